@@ -1,0 +1,233 @@
+# Test helpers that boot the kit guest (scripts/build-kit.sh) under QEMU.
+# Source from bash; the caller is expected to `set -euo pipefail`.
+#
+# Environment:
+#   KVMCDP_QEMU_PREFIX  QEMU install prefix: bin/qemu-system-x86_64 is used.
+#   KVMCDP_KIT          directory holding vmlinuz and initramfs.img.
+#   KVMCDP_QEMU_DATADIR optional firmware directory passed as -L, for a QEMU
+#                       that cannot find its own (a build tree, a scratch
+#                       unpack of a distribution package).
+#
+# Typical use:
+#   kit_init                                   # checks env, temp dir, trap
+#   kit_make_script_disk my.sh "$KIT_TMPDIR/script.img"
+#   kit_run_guest --script "$KIT_TMPDIR/script.img" --data disk.img
+#   kit_wait_poweroff 120 || kit_fail "guest did not power off"
+#   rc=$(kit_script_rc)
+#
+# kit_run_guest starts QEMU as a child of the calling shell, so call it
+# directly, never inside $(...): a subshell's child could not be waited for
+# or reaped by the cleanup. kit_init installs a trap that kills and reaps
+# QEMU on any exit of the test, including failures and Ctrl-C, and QEMU is
+# started with a parent-death signal so even a SIGKILLed test takes it along.
+
+KIT_TMPDIR=
+KIT_QEMU_PID=
+KIT_QEMU_STATUS=
+KIT_CONSOLE_LOG=
+KIT_QMP_SOCK=
+KIT_CMDLINE="console=ttyS0 quiet panic=-1"
+# Node and device names that QMP commands in tests address.
+KIT_DATA_NODE=kit-data
+KIT_DATA_FILE_NODE=kit-data-file
+KIT_DATA_DEVICE=kit-data-dev
+KIT_SCRIPT_NODE=kit-script
+KIT_SCRIPT_SERIAL=kvmcdp-script
+KIT_DATA_SERIAL=kvmcdp-data
+
+kit_fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+
+# Fail loudly, never skip: a kit test that silently passes without a guest
+# hides a broken CI setup.
+kit_require_env() {
+    [[ -n ${KVMCDP_QEMU_PREFIX:-} ]] ||
+        kit_fail "KVMCDP_QEMU_PREFIX is not set (QEMU install prefix with bin/qemu-system-x86_64)"
+    [[ -n ${KVMCDP_KIT:-} ]] ||
+        kit_fail "KVMCDP_KIT is not set (directory built by scripts/build-kit.sh)"
+    [[ -x $KVMCDP_QEMU_PREFIX/bin/qemu-system-x86_64 ]] ||
+        kit_fail "no executable $KVMCDP_QEMU_PREFIX/bin/qemu-system-x86_64"
+    local f
+    for f in vmlinuz initramfs.img; do
+        [[ -r $KVMCDP_KIT/$f ]] ||
+            kit_fail "no $KVMCDP_KIT/$f (run scripts/build-kit.sh $KVMCDP_KIT)"
+    done
+}
+
+kit_init() {
+    kit_require_env
+    KIT_TMPDIR=$(mktemp -d "${TMPDIR:-/tmp}/kvmcdp-guest.XXXXXX")
+    KIT_CONSOLE_LOG=$KIT_TMPDIR/console.log
+    KIT_QMP_SOCK=$KIT_TMPDIR/qmp.sock
+    trap kit_cleanup EXIT
+    # Turning signals into exits makes the EXIT trap do the cleanup.
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    trap 'exit 129' HUP
+}
+
+# Kill QEMU if it still runs, reap it, remove the temp dir. Safe to call
+# more than once.
+kit_cleanup() {
+    if [[ -n $KIT_QEMU_PID ]]; then
+        if kill -0 "$KIT_QEMU_PID" 2>/dev/null; then
+            kill -TERM "$KIT_QEMU_PID" 2>/dev/null || true
+            local i
+            for ((i = 0; i < 20; i++)); do
+                kill -0 "$KIT_QEMU_PID" 2>/dev/null || break
+                sleep 0.1
+            done
+            kill -KILL "$KIT_QEMU_PID" 2>/dev/null || true
+        fi
+        wait "$KIT_QEMU_PID" 2>/dev/null || true
+        KIT_QEMU_PID=
+    fi
+    if [[ -n $KIT_TMPDIR && -z ${KIT_KEEP_TMPDIR:-} ]]; then
+        rm -rf "$KIT_TMPDIR"
+    fi
+}
+
+# kit_make_script_disk SCRIPT_FILE OUT_IMG
+# A raw image of the script padded with NUL bytes to a 4 KiB multiple (at
+# least one padding byte), which the guest's init strips before running it.
+kit_make_script_disk() {
+    local script=$1 out=$2 size
+    [[ -r $script ]] || kit_fail "no script $script"
+    if LC_ALL=C grep -q -P '\x00' "$script" 2>/dev/null; then
+        kit_fail "script $script contains NUL bytes"
+    fi
+    size=$(stat -c %s "$script")
+    cp "$script" "$out"
+    truncate -s $(((size / 4096 + 1) * 4096)) "$out"
+}
+
+# kit_run_guest [--script IMG] [--data IMG] [--data-format raw|qcow2]
+#               [--data-node NAME] [--mem MIB] [-- EXTRA_QEMU_ARGS...]
+# Starts QEMU in the background; sets KIT_QEMU_PID. The data disk is a
+# virtio-blk-pci device (id $KIT_DATA_DEVICE, serial kvmcdp-data) on a
+# format node named $KIT_DATA_NODE over a file node $KIT_DATA_FILE_NODE.
+# QMP listens on $KIT_QMP_SOCK; the console goes to $KIT_CONSOLE_LOG.
+kit_run_guest() {
+    local script_img="" data_img="" data_fmt=raw mem=256
+    while [[ $# -gt 0 ]]; do
+        case $1 in
+            --script) script_img=$2; shift 2 ;;
+            --data) data_img=$2; shift 2 ;;
+            --data-format) data_fmt=$2; shift 2 ;;
+            --data-node) KIT_DATA_NODE=$2; shift 2 ;;
+            --mem) mem=$2; shift 2 ;;
+            --) shift; break ;;
+            *) kit_fail "kit_run_guest: unknown option $1" ;;
+        esac
+    done
+    [[ -n $KIT_TMPDIR ]] || kit_fail "kit_run_guest: call kit_init first"
+    [[ -z $KIT_QEMU_PID ]] || kit_fail "kit_run_guest: a guest is already running"
+
+    local args=(
+        -accel tcg -m "$mem" -nodefaults -display none -no-reboot
+        -kernel "$KVMCDP_KIT/vmlinuz" -initrd "$KVMCDP_KIT/initramfs.img"
+        -append "$KIT_CMDLINE"
+        -serial "file:$KIT_CONSOLE_LOG"
+        -qmp "unix:$KIT_QMP_SOCK,server=on,wait=off"
+    )
+    [[ -n ${KVMCDP_QEMU_DATADIR:-} ]] && args+=(-L "$KVMCDP_QEMU_DATADIR")
+    # The data disk goes first so that, without other disks, it is vda.
+    if [[ -n $data_img ]]; then
+        args+=(
+            -blockdev "driver=file,filename=$data_img,node-name=$KIT_DATA_FILE_NODE"
+            -blockdev "driver=$data_fmt,file=$KIT_DATA_FILE_NODE,node-name=$KIT_DATA_NODE"
+            -device "virtio-blk-pci,drive=$KIT_DATA_NODE,id=$KIT_DATA_DEVICE,serial=$KIT_DATA_SERIAL"
+        )
+    fi
+    if [[ -n $script_img ]]; then
+        args+=(
+            -blockdev "driver=file,filename=$script_img,node-name=$KIT_SCRIPT_NODE-file,read-only=on"
+            -blockdev "driver=raw,file=$KIT_SCRIPT_NODE-file,node-name=$KIT_SCRIPT_NODE,read-only=on"
+            -device "virtio-blk-pci,drive=$KIT_SCRIPT_NODE,id=$KIT_SCRIPT_NODE-dev,serial=$KIT_SCRIPT_SERIAL"
+        )
+    fi
+    args+=("$@")
+
+    : >"$KIT_CONSOLE_LOG"
+    local launcher=()
+    # Parent-death signal: QEMU dies with the test even if the test is
+    # SIGKILLed and no trap runs.
+    if setpriv --help 2>/dev/null | grep -q -- --pdeathsig; then
+        launcher=(setpriv --pdeathsig KILL --)
+    fi
+    echo "$KVMCDP_QEMU_PREFIX/bin/qemu-system-x86_64 ${args[*]}" >"$KIT_TMPDIR/qemu.cmdline"
+    "${launcher[@]}" "$KVMCDP_QEMU_PREFIX/bin/qemu-system-x86_64" "${args[@]}" \
+        </dev/null >"$KIT_TMPDIR/qemu.out" 2>&1 &
+    KIT_QEMU_PID=$!
+    KIT_QEMU_STATUS=
+}
+
+# kit_wait_poweroff TIMEOUT_SECONDS
+# Returns 0 once QEMU has exited (its exit status in KIT_QEMU_STATUS), 1 if
+# it still runs at the timeout (it is left running; the cleanup kills it).
+kit_wait_poweroff() {
+    local timeout=$1 deadline
+    [[ -n $KIT_QEMU_PID ]] || kit_fail "kit_wait_poweroff: no guest running"
+    deadline=$((SECONDS + timeout))
+    while kill -0 "$KIT_QEMU_PID" 2>/dev/null; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.1
+    done
+    KIT_QEMU_STATUS=0
+    wait "$KIT_QEMU_PID" || KIT_QEMU_STATUS=$?
+    KIT_QEMU_PID=
+    return 0
+}
+
+# The console log without the serial line's carriage returns.
+kit_console() {
+    tr -d '\r' <"$KIT_CONSOLE_LOG"
+}
+
+# Print the script's exit code from the console log; return 1 if the
+# script never finished (no end marker).
+kit_script_rc() {
+    local rc
+    rc=$(kit_console | sed -n 's/^KVMCDP-SCRIPT-END rc=\([0-9]*\)$/\1/p' | tail -n 1)
+    [[ -n $rc ]] || return 1
+    echo "$rc"
+}
+
+# Print what the script wrote to the console, between the markers.
+kit_script_output() {
+    kit_console | awk '/^KVMCDP-SCRIPT-END rc=/ { on = 0 } on { print } /^KVMCDP-SCRIPT-BEGIN$/ { on = 1 }'
+}
+
+# Show the console and QEMU's own output on stderr, for failure reports.
+kit_dump_console() {
+    {
+        echo "---- guest console ($KIT_CONSOLE_LOG) ----"
+        kit_console 2>/dev/null || true
+        echo "---- qemu output ----"
+        cat "$KIT_TMPDIR/qemu.out" 2>/dev/null || true
+        echo "---- qemu command line ----"
+        cat "$KIT_TMPDIR/qemu.cmdline" 2>/dev/null || true
+        echo "----"
+    } >&2
+}
+
+# kit_boot_script SCRIPT_FILE TIMEOUT [kit_run_guest options...]
+# The common case in one call: run the script, wait for power-off, fail
+# with the console shown if the guest hangs or the script never ends.
+# Leaves the script's rc in KIT_SCRIPT_RC.
+kit_boot_script() {
+    local script=$1 timeout=$2
+    shift 2
+    kit_make_script_disk "$script" "$KIT_TMPDIR/script.img"
+    kit_run_guest --script "$KIT_TMPDIR/script.img" "$@"
+    if ! kit_wait_poweroff "$timeout"; then
+        kit_dump_console
+        kit_fail "guest did not power off within ${timeout}s"
+    fi
+    if ! KIT_SCRIPT_RC=$(kit_script_rc); then
+        kit_dump_console
+        kit_fail "guest script did not finish (QEMU exit status $KIT_QEMU_STATUS)"
+    fi
+}
