@@ -16,7 +16,8 @@
 # so an interrupted run never leaves a kit that half works.
 set -euo pipefail
 
-readonly KIT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kit
+KIT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kit
+readonly KIT_DIR
 readonly METAPACKAGE=linux-image-cloud-amd64
 # Module name and the config symbol that decides whether the kernel has it
 # built in (=y, nothing to ship), as a module (=m, ship it and its
@@ -142,7 +143,7 @@ main() {
     # 3. Lay out the initramfs: busybox with one link per applet, the init,
     # and a console node so the kernel can give init a stdout before
     # devtmpfs is mounted.
-    mkdir -p "$stage"/{bin,dev,proc,sys,tmp,root}
+    mkdir -p "$stage"/{bin,dev,mnt,proc,sys,tmp,root}
     cp /bin/busybox "$stage/bin/busybox"
     local applet
     for applet in $(/bin/busybox --list); do

@@ -7,6 +7,7 @@
 # Needs KVMCDP_QEMU_PREFIX and KVMCDP_KIT (see tests/lib/guest.sh).
 set -euo pipefail
 
+# shellcheck source=SCRIPTDIR/../lib/guest.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/guest.sh"
 
 readonly TIMEOUT=180

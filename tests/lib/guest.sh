@@ -1,8 +1,10 @@
+# shellcheck shell=bash
 # Test helpers that boot the kit guest (scripts/build-kit.sh) under QEMU.
 # Source from bash; the caller is expected to `set -euo pipefail`.
 #
 # Environment:
-#   KVMCDP_QEMU_PREFIX  QEMU install prefix: bin/qemu-system-x86_64 is used.
+#   KVMCDP_QEMU_PREFIX  QEMU install prefix: bin/qemu-system-x86_64 and
+#                       bin/qemu-img are used (a QEMU build tree also works).
 #   KVMCDP_KIT          directory holding vmlinuz and initramfs.img.
 #   KVMCDP_QEMU_DATADIR optional firmware directory passed as -L, for a QEMU
 #                       that cannot find its own (a build tree, a scratch
@@ -22,8 +24,10 @@
 # started with a parent-death signal so even a SIGKILLed test takes it along.
 
 KIT_TMPDIR=
+KIT_QEMU_BINDIR=
 KIT_QEMU_PID=
 KIT_QEMU_STATUS=
+KIT_SCRIPT_RC=
 KIT_CONSOLE_LOG=
 KIT_QMP_SOCK=
 KIT_CMDLINE="console=ttyS0 quiet panic=-1"
@@ -47,13 +51,28 @@ kit_require_env() {
         kit_fail "KVMCDP_QEMU_PREFIX is not set (QEMU install prefix with bin/qemu-system-x86_64)"
     [[ -n ${KVMCDP_KIT:-} ]] ||
         kit_fail "KVMCDP_KIT is not set (directory built by scripts/build-kit.sh)"
-    [[ -x $KVMCDP_QEMU_PREFIX/bin/qemu-system-x86_64 ]] ||
-        kit_fail "no executable $KVMCDP_QEMU_PREFIX/bin/qemu-system-x86_64"
+    KIT_QEMU_BINDIR=$(kit_qemu_bindir) ||
+        kit_fail "no executable qemu-system-x86_64 in $KVMCDP_QEMU_PREFIX/bin (nor in $KVMCDP_QEMU_PREFIX)"
     local f
     for f in vmlinuz initramfs.img; do
         [[ -r $KVMCDP_KIT/$f ]] ||
             kit_fail "no $KVMCDP_KIT/$f (run scripts/build-kit.sh $KVMCDP_KIT)"
     done
+}
+
+# An install prefix has the binaries in bin/; a QEMU build tree, which a
+# developer may point at while working on the patch, has them at its top.
+kit_qemu_bindir() {
+    local d
+    for d in "$KVMCDP_QEMU_PREFIX/bin" "$KVMCDP_QEMU_PREFIX"; do
+        [[ -x $d/qemu-system-x86_64 ]] && { echo "$d"; return 0; }
+    done
+    return 1
+}
+
+# The qemu-img next to the QEMU under test, e.g. to make a qcow2 data disk.
+kit_qemu_img() {
+    "$KIT_QEMU_BINDIR/qemu-img" "$@"
 }
 
 kit_init() {
@@ -157,8 +176,8 @@ kit_run_guest() {
     if setpriv --help 2>/dev/null | grep -q -- --pdeathsig; then
         launcher=(setpriv --pdeathsig KILL --)
     fi
-    echo "$KVMCDP_QEMU_PREFIX/bin/qemu-system-x86_64 ${args[*]}" >"$KIT_TMPDIR/qemu.cmdline"
-    "${launcher[@]}" "$KVMCDP_QEMU_PREFIX/bin/qemu-system-x86_64" "${args[@]}" \
+    echo "$KIT_QEMU_BINDIR/qemu-system-x86_64 ${args[*]}" >"$KIT_TMPDIR/qemu.cmdline"
+    "${launcher[@]}" "$KIT_QEMU_BINDIR/qemu-system-x86_64" "${args[@]}" \
         </dev/null >"$KIT_TMPDIR/qemu.out" 2>&1 &
     KIT_QEMU_PID=$!
     KIT_QEMU_STATUS=
@@ -226,6 +245,7 @@ kit_boot_script() {
         kit_dump_console
         kit_fail "guest did not power off within ${timeout}s"
     fi
+    # shellcheck disable=SC2034  # read by the test after this returns
     if ! KIT_SCRIPT_RC=$(kit_script_rc); then
         kit_dump_console
         kit_fail "guest script did not finish (QEMU exit status $KIT_QEMU_STATUS)"
