@@ -1,0 +1,62 @@
+// Helpers shared by the journal unit tests: temp stores and records.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "record.h"
+
+namespace kvmcdp::journal::testing {
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/kvmcdp-journal-test-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+};
+
+inline Record write_rec(uint64_t seq, uint64_t off, std::vector<uint8_t> data,
+                        uint64_t t = 0) {
+  Record r;
+  r.seq = seq;
+  r.time_ns = t ? t : 1000 + seq * 10;
+  r.type = RecordType::kWrite;
+  r.offset = off;
+  r.length = data.size();
+  r.data = std::move(data);
+  return r;
+}
+
+inline Record plain_rec(uint64_t seq, RecordType type, uint64_t off = 0,
+                        uint64_t len = 0, uint64_t t = 0) {
+  Record r;
+  r.seq = seq;
+  r.time_ns = t ? t : 1000 + seq * 10;
+  r.type = type;
+  r.offset = off;
+  r.length = len;
+  return r;
+}
+
+inline std::vector<uint8_t> read_bytes(const std::string& p) {
+  std::vector<uint8_t> b;
+  if (FILE* f = std::fopen(p.c_str(), "rb")) {
+    int c;
+    while ((c = std::fgetc(f)) != EOF) b.push_back(uint8_t(c));
+    std::fclose(f);
+  }
+  return b;
+}
+
+inline void write_bytes(const std::string& p, const std::vector<uint8_t>& b) {
+  FILE* f = std::fopen(p.c_str(), "wb");
+  if (!b.empty()) std::fwrite(b.data(), 1, b.size(), f);
+  std::fclose(f);
+}
+
+}  // namespace kvmcdp::journal::testing

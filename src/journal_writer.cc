@@ -1,0 +1,279 @@
+// The journal writer.  Records are serialized into a frame buffer as they
+// are appended; a full frame is compressed at once (so compression overlaps
+// with the caller receiving more records), and commit() writes all pending
+// frames with a single pwrite and a single fdatasync: group commit, so the
+// cost of durability is per batch, not per record.  Rotation happens only
+// between frames, and a closed segment gets its .idx written atomically.
+#include "journal_writer.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <ctime>
+
+#include "crc32c.h"
+#include "fsutil.h"
+#include "segment_list.h"
+
+namespace kvmcdp::journal {
+namespace {
+
+uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+}
+
+Status write_index(const std::string& store, uint64_t n, uint64_t size,
+                   const std::vector<FrameInfo>& frames) {
+  auto b = encode_index(n, size, frames);
+  return fsutil::replace_file_atomic(index_path(store, n),
+                                     std::string(b.begin(), b.end()));
+}
+
+}  // namespace
+
+Result<std::unique_ptr<JournalWriter>> JournalWriter::open(
+    const std::string& store_dir, const WriterOptions& opts) {
+  std::unique_ptr<JournalWriter> w(new JournalWriter());
+  w->store_ = store_dir;
+  w->opts_ = opts;
+  if (opts.frame_raw_bytes == 0 || opts.frame_raw_bytes > kMaxFrameRaw)
+    return Status(ErrorKind::kUsage, "frame size must be 1.." +
+                                         std::to_string(kMaxFrameRaw));
+  struct stat st;
+  if (::stat(store_dir.c_str(), &st) != 0)
+    return Status(ErrorKind::kNotFound, fsutil::errno_message("open store", store_dir));
+  if (opts.take_lock) {
+    auto l = StoreLock::acquire(store_dir);
+    if (!l) return l.status();
+    w->lock_.emplace(std::move(*l));
+  }
+  std::string dir = journal_dir(store_dir);
+  if (::mkdir(dir.c_str(), 0755) == 0) {
+    if (auto s = fsutil::fsync_dir(store_dir); !s) return s;
+  } else if (errno != EEXIST) {
+    return Status(ErrorKind::kFailure, fsutil::errno_message("create", dir));
+  }
+  if (auto s = w->recover(); !s) return s;
+  if (opts.stream_id != 0 && w->stream_id_ != 0 && w->stream_id_ != opts.stream_id)
+    return Status(ErrorKind::kFailure,
+                  "journal in " + store_dir + " belongs to stream " +
+                      std::to_string(w->stream_id_) + ", not " +
+                      std::to_string(opts.stream_id));
+  if (w->stream_id_ == 0) w->stream_id_ = opts.stream_id;
+  w->cctx_ = ZSTD_createCCtx();
+  ZSTD_CCtx_setParameter(w->cctx_, ZSTD_c_compressionLevel, opts.zstd_level);
+  if (opts.zstd_workers > 0)  // ignored if libzstd lacks threads
+    ZSTD_CCtx_setParameter(w->cctx_, ZSTD_c_nbWorkers, opts.zstd_workers);
+  return w;
+}
+
+// Finds the last durable record.  The last segment may have been cut by a
+// crash: scan it, truncate the torn frame, report it, and close it with an
+// index.  A last segment left with no frames is removed and the one before
+// it takes its place.  A damaged segment header followed by data is
+// corruption, not a torn creation, and is left for verify to report.
+Status JournalWriter::recover() {
+  auto segs = list_segments(store_);
+  if (!segs) return segs.status();
+  stats_.segments = segs->size();
+  while (!segs->empty()) {
+    uint64_t n = segs->back();
+    std::string path = segment_path(store_, n);
+    auto sf = load_segment(store_, n);
+    if (!sf) return sf.status();
+    if (sf->damage) {
+      const Damage& d = *sf->damage;
+      if (d.offset == 0 && sf->file_size > kSegmentHeaderSize)
+        return Status(ErrorKind::kDamaged,
+                      d.to_string() + "; refusing to append (run verify)");
+      if (d.offset > 0 && ::truncate(path.c_str(), off_t(d.offset)) != 0)
+        return Status(ErrorKind::kFailure, fsutil::errno_message("truncate", path));
+      recovered_ = d;
+    }
+    if (sf->frames.empty()) {
+      ::unlink(index_path(store_, n).c_str());
+      if (::unlink(path.c_str()) != 0)
+        return Status(ErrorKind::kFailure, fsutil::errno_message("remove", path));
+      if (auto s = fsutil::fsync_dir(journal_dir(store_)); !s) return s;
+      segs->pop_back();
+      stats_.segments--;
+      seg_number_ = std::max(seg_number_, n - 1);
+      continue;
+    }
+    if (sf->damage || !sf->from_index) {
+      fsutil::Fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+      if (!fd.valid() || ::fdatasync(fd.get()) != 0)
+        return Status(ErrorKind::kFailure, fsutil::errno_message("sync", path));
+      const auto& last = sf->frames.back();
+      if (auto s = write_index(store_, n, last.offset + last.length, sf->frames); !s)
+        return s;
+    }
+    stream_id_ = sf->header.stream_id;
+    durable_seq_ = appended_seq_ = sf->frames.back().last_seq;
+    have_appended_ = true;
+    seg_number_ = n;
+    break;
+  }
+  return {};
+}
+
+JournalWriter::~JournalWriter() {
+  if (!failed_) (void)close();
+  if (cctx_) ZSTD_freeCCtx(cctx_);
+}
+
+Status JournalWriter::append(Record&& r) {
+  if (failed_) return *failed_;
+  if (have_appended_)
+    if (auto e = continuity_error(appended_seq_, r.seq, r.type, r.offset))
+      return {ErrorKind::kFailure, "append: " + *e};
+  if (r.type == RecordType::kWrite && r.data.size() != r.length)
+    return {ErrorKind::kFailure, "append: write record data length differs "
+                                 "from its length"};
+  size_t size = serialized_size(r);
+  if (size > kMaxFrameRaw)
+    return {ErrorKind::kFailure, "append: record too large"};
+  if (!raw_.empty() && raw_.size() + size > opts_.frame_raw_bytes) finish_frame();
+  if (failed_) return *failed_;
+  if (raw_.empty()) {
+    cur_ = FrameHeader{};
+    cur_.first_seq = r.seq;
+    cur_.first_ns = r.time_ns;
+  }
+  cur_.last_seq = r.seq;
+  cur_.last_ns = r.time_ns;
+  cur_.count++;
+  cur_.flags |= frame_flag_for(r.type);
+  size_t at = raw_.size();
+  raw_.resize(at + size);
+  encode_record_header(r, raw_.data() + at);
+  if (!r.data.empty())
+    std::memcpy(raw_.data() + at + kRecordHeaderSize, r.data.data(), r.data.size());
+  appended_seq_ = r.seq;
+  have_appended_ = true;
+  stats_.records++;
+  stats_.raw_bytes += size;
+  return {};
+}
+
+void JournalWriter::finish_frame() {
+  if (raw_.empty()) return;
+  size_t bound = ZSTD_compressBound(raw_.size());
+  size_t at = out_.size();
+  out_.resize(at + kFrameHeaderSize + bound);
+  uint8_t* payload = out_.data() + at + kFrameHeaderSize;
+  size_t n = ZSTD_compress2(cctx_, payload, bound, raw_.data(), raw_.size());
+  if (ZSTD_isError(n)) {
+    out_.resize(at);
+    failed_ = Status(ErrorKind::kFailure,
+                     std::string("zstd: ") + ZSTD_getErrorName(n));
+    return;
+  }
+  cur_.payload_len = static_cast<uint32_t>(n);
+  cur_.raw_len = static_cast<uint32_t>(raw_.size());
+  cur_.payload_crc = crc32c(payload, n);
+  encode_frame_header(cur_, out_.data() + at);
+  out_.resize(at + kFrameHeaderSize + n);
+  pending_.push_back(Pending{
+      at, FrameInfo{0, 0, uint32_t(kFrameHeaderSize + n), cur_.count,
+                    cur_.first_seq, cur_.last_seq, cur_.first_ns, cur_.last_ns,
+                    cur_.flags}});
+  raw_.clear();
+}
+
+Result<uint64_t> JournalWriter::commit() {
+  if (failed_) return *failed_;
+  finish_frame();
+  if (failed_) return *failed_;
+  uint64_t now = now_ns();
+  size_t i = 0;
+  while (i < pending_.size()) {
+    const uint64_t max = opts_.segment_max_bytes;
+    bool full = seg_size_ + pending_[i].info.length > max ||
+                now - seg_created_ns_ >= opts_.segment_max_age_ns;
+    if (fd_ >= 0 && seg_frames_.size() > 0 && full) {
+      if (auto s = seal_segment(); !s) return *(failed_ = s);
+    }
+    if (fd_ < 0)
+      if (auto s = open_segment(now); !s) return *(failed_ = s);
+    // Every frame goes into the open segment; a segment holds at least one.
+    size_t j = i + 1;
+    uint64_t size = seg_size_ + pending_[i].info.length;
+    while (j < pending_.size() && size + pending_[j].info.length <= max) {
+      size += pending_[j].info.length;
+      j++;
+    }
+    if (auto s = write_pending(i, j); !s) return *(failed_ = s);
+    i = j;
+  }
+  if (!pending_.empty()) durable_seq_ = pending_.back().info.last_seq;
+  out_.clear();
+  pending_.clear();
+  return durable_seq_;
+}
+
+Status JournalWriter::write_pending(size_t from, size_t to) {
+  size_t begin = pending_[from].pos;
+  size_t end = pending_[to - 1].pos + pending_[to - 1].info.length;
+  std::string path = segment_path(store_, seg_number_);
+  if (auto s = fsutil::pwrite_all(fd_, out_.data() + begin, end - begin,
+                                  seg_size_, path); !s)
+    return s;
+  if (::fdatasync(fd_) != 0)
+    return {ErrorKind::kFailure, fsutil::errno_message("fdatasync", path)};
+  for (size_t k = from; k < to; k++) {
+    FrameInfo f = pending_[k].info;
+    f.segment = seg_number_;
+    f.offset = seg_size_ + (pending_[k].pos - begin);
+    seg_frames_.push_back(f);
+  }
+  seg_size_ += end - begin;
+  stats_.compressed_bytes += end - begin;
+  stats_.commits++;
+  return {};
+}
+
+Status JournalWriter::open_segment(uint64_t now) {
+  uint64_t n = seg_number_ + 1;
+  std::string path = segment_path(store_, n);
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return {ErrorKind::kFailure, fsutil::errno_message("create", path)};
+  fd_ = fd;
+  seg_number_ = n;
+  uint8_t hb[kSegmentHeaderSize];
+  encode_segment_header(SegmentHeader{n, stream_id_, now}, hb);
+  if (auto s = fsutil::pwrite_all(fd_, hb, sizeof hb, 0, path); !s) return s;
+  if (::fdatasync(fd_) != 0)
+    return {ErrorKind::kFailure, fsutil::errno_message("fdatasync", path)};
+  if (auto s = fsutil::fsync_dir(journal_dir(store_)); !s) return s;
+  seg_size_ = kSegmentHeaderSize;
+  seg_created_ns_ = now;
+  seg_frames_.clear();
+  stats_.segments++;
+  stats_.current_segment = n;
+  return {};
+}
+
+Status JournalWriter::seal_segment() {
+  if (fd_ < 0) return {};
+  if (auto s = write_index(store_, seg_number_, seg_size_, seg_frames_); !s)
+    return s;
+  ::close(fd_);
+  fd_ = -1;
+  stats_.current_segment = 0;
+  return {};
+}
+
+Status JournalWriter::close() {
+  if (failed_) return *failed_;
+  auto c = commit();
+  if (!c) return c.status();
+  if (auto s = seal_segment(); !s) return *(failed_ = s);
+  return {};
+}
+
+}  // namespace kvmcdp::journal

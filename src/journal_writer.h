@@ -1,0 +1,111 @@
+// Appending records to a store's journal with group commit.
+//
+//   auto w = JournalWriter::open(store, opts);      // recovers the tail
+//   w->append(std::move(rec)); ...                   // buffers, no syscalls
+//   auto durable = w->commit();                      // one fdatasync
+//   // ack the filter up to *durable only now
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <zstd.h>
+
+#include "journal_bytebuf.h"
+#include "journal_codec.h"
+#include "record.h"
+#include "segment_reader.h"
+#include "status.h"
+#include "store_lock.h"
+
+namespace kvmcdp::journal {
+
+struct WriterOptions {
+  uint64_t stream_id = 0;  // 0: whatever the existing segments say
+  uint64_t segment_max_bytes = 256ull << 20;
+  uint64_t segment_max_age_ns = 3600ull * 1000000000ull;
+  int zstd_level = 1;
+  int zstd_workers = 0;  // ZSTD_c_nbWorkers: >0 compresses on other cores
+  uint32_t frame_raw_bytes = 1u << 20;  // records per frame, uncompressed
+  bool take_lock = true;  // false if the caller already holds StoreLock
+};
+
+struct WriterStats {
+  uint64_t segments = 0;          // segment files in the journal
+  uint64_t current_segment = 0;   // 0 if none is open
+  uint64_t records = 0;           // appended since open
+  uint64_t raw_bytes = 0;         // serialized record bytes since open
+  uint64_t compressed_bytes = 0;  // bytes written since open (with headers)
+  uint64_t commits = 0;           // fdatasyncs since open
+};
+
+class JournalWriter {
+ public:
+  // Opens (creating <store>/journal if needed) and recovers: a torn last
+  // frame is truncated away and reported by recovered(); the last segment
+  // is closed (its index written) so new records go to a new segment.
+  static Result<std::unique_ptr<JournalWriter>> open(const std::string& store_dir,
+                                                     const WriterOptions& opts);
+  ~JournalWriter();
+
+  // What open() cut off the tail, if anything.
+  const std::optional<Damage>& recovered() const { return recovered_; }
+
+  // Buffers a record.  Its seq must follow the last one (see
+  // continuity_error); the first record of an empty journal may have any
+  // seq.  May compress a full frame; never does I/O.
+  Status append(Record&& r);
+  // Writes every buffered record and makes it durable with one fdatasync
+  // (two if a segment rotates).  Returns the last durable seq.  After an
+  // I/O error the writer refuses further work: reopen to recover.
+  Result<uint64_t> commit();
+  // Commits and closes the current segment (writes its index).
+  Status close();
+
+  uint64_t last_durable_seq() const { return durable_seq_; }  // 0: none
+  uint64_t last_appended_seq() const { return appended_seq_; }
+  uint64_t stream_id() const { return stream_id_; }
+  WriterStats stats() const { return stats_; }
+
+ private:
+  JournalWriter() = default;
+  Status recover();
+  void finish_frame();
+  Status open_segment(uint64_t now_ns);
+  Status seal_segment();
+  Status write_pending(size_t from, size_t to);
+
+  struct Pending {
+    size_t pos;
+    FrameInfo info;
+  };
+
+  std::string store_;
+  WriterOptions opts_;
+  std::optional<StoreLock> lock_;
+  std::optional<Damage> recovered_;
+  std::optional<Status> failed_;
+  ZSTD_CCtx* cctx_ = nullptr;
+  uint64_t stream_id_ = 0;
+  uint64_t durable_seq_ = 0;
+  uint64_t appended_seq_ = 0;
+  bool have_appended_ = false;
+  // The frame being filled.
+  ByteBuf raw_;
+  FrameHeader cur_;
+  // Compressed frames (header + payload) not yet written.
+  ByteBuf out_;
+  std::vector<Pending> pending_;
+  // The open segment.
+  int fd_ = -1;
+  uint64_t seg_number_ = 0;  // open segment, or the last one if none open
+  uint64_t seg_size_ = 0;
+  uint64_t seg_created_ns_ = 0;
+  std::vector<FrameInfo> seg_frames_;
+  WriterStats stats_;
+};
+
+}  // namespace kvmcdp::journal
