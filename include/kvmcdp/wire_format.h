@@ -1,0 +1,83 @@
+// The stream protocol between QEMU's cdp filter (qemu-patch/) and kvmcdp.
+// Prose specification with a worked example: man/kvmcdp-wire.5.
+//
+// Transport: a stream socket (unix, or an fd passed to QEMU with getfd).
+// kvmcdp listens, the filter connects.  Every message in both directions is
+// one 48-byte header, little-endian, followed by payload_len bytes:
+//
+//   offset size field
+//        0    4 magic        0x5044434b ("KCDP" read as bytes K C D P)
+//        4    2 type         MsgType below
+//        6    2 flags        MsgFlag bits below
+//        8    8 seq          sequence number (per filter instance, from 1)
+//       16    8 time_ns      CLOCK_REALTIME in ns when seq was assigned
+//       24    8 offset       byte offset on the disk
+//       32    8 length       bytes of the disk affected
+//       40    4 payload_len  bytes that follow this header
+//       44    4 aux          HELLO / HELLO_REPLY: protocol version (1);
+//                             otherwise 0
+//
+// Filter -> kvmcdp, after connect: HELLO, then records in strictly
+// increasing, consecutive seq order (WRITE, WRITE_ZEROES, DISCARD, FLUSH,
+// MARK, GAP, RESYNC_DONE).  kvmcdp -> filter: HELLO_REPLY once, then ACKs.
+// There is no checksum: the socket is local, and the journal checksums
+// what it stores.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+namespace kvmcdp::wire {
+
+inline constexpr uint32_t kMagic = 0x5044434b;
+inline constexpr uint32_t kVersion = 1;
+inline constexpr uint32_t kHeaderSize = 48;
+// A WRITE never carries more than this; the filter splits larger requests.
+inline constexpr uint32_t kMaxPayload = 4u << 20;
+
+enum class MsgType : uint16_t {
+  // filter -> kvmcdp
+  kHello = 1,        // seq: last seq assigned so far; length: disk size;
+                     // offset: stream id (random, fixed per filter
+                     // instance); payload: node name; flags: kFlagGap if a
+                     // dirty bitmap is pending resync.
+  kWrite = 2,        // payload: the data written (payload_len == length)
+  kWriteZeroes = 3,  // flags may hold kFlagUnmap
+  kDiscard = 4,      // restore writes zeroes for it: raw files and qcow2
+                     // images without a backing file read zeroes after it
+  kFlush = 5,        // the guest asked for durability of all seq < this
+  kMark = 6,         // payload: the mark's name (UTF-8, no NUL)
+  kGap = 7,          // records after the last one kvmcdp acked were dropped;
+                     // offset: first seq that is missing; the dirty ranges
+                     // follow as kWrite records with kFlagResync
+  kResyncDone = 8,   // every dirty range was resent: the disk equals the
+                     // replay of all records up to this seq again
+  // kvmcdp -> filter
+  kHelloReply = 64,  // seq: last seq kvmcdp holds durably for this stream
+                     // id (0 if none); the filter resends what follows
+  kAck = 65,         // every record with seq <= this is durable
+};
+
+enum MsgFlag : uint16_t {
+  kFlagUnmap = 1u << 0,   // kWriteZeroes: the guest allowed unmapping
+  kFlagFua = 1u << 1,     // kWrite: forced unit access
+  kFlagResync = 1u << 2,  // kWrite: re-read from disk to close a gap
+  kFlagGap = 1u << 3,     // kHello: a resync is pending
+};
+
+struct MsgHeader {
+  uint32_t magic;
+  uint16_t type;
+  uint16_t flags;
+  uint64_t seq;
+  uint64_t time_ns;
+  uint64_t offset;
+  uint64_t length;
+  uint32_t payload_len;
+  uint32_t aux;
+};
+static_assert(sizeof(MsgHeader) == kHeaderSize);
+
+std::string_view type_name(MsgType t);
+
+}  // namespace kvmcdp::wire

@@ -1,0 +1,124 @@
+// Parses the command line with CLI11, runs the chosen subcommand and maps
+// its Status to an exit code.  Nothing below this file prints errors or
+// exits: a layer returns a Status and this file decides what it means for
+// the shell.
+#include "cli.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "version.h"
+
+namespace kvmcdp {
+namespace {
+
+const std::vector<Command>& commands() {
+  static const std::vector<Command> table = {
+      {"qmp", "Send one QMP command to a QEMU and print its reply",
+       setup_qmp_command},
+  };
+  return table;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] != b[j - 1])});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+void print_error(const std::string& message) {
+  std::fprintf(stderr, "kvmcdp: error: %s\n", message.c_str());
+}
+
+}  // namespace
+
+int exit_code_for(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::kFailure: return 1;
+    case ErrorKind::kUsage: return 2;
+    case ErrorKind::kQemu: return 3;
+    case ErrorKind::kDamaged: return 4;
+    case ErrorKind::kBusy: return 5;
+    case ErrorKind::kNotRecoverable: return 6;
+    case ErrorKind::kNotFound: return 7;
+  }
+  return 1;
+}
+
+std::string suggest_command(const std::string& word) {
+  std::string best;
+  size_t best_distance = 3;  // farther than this is no suggestion
+  for (const auto& c : commands()) {
+    size_t d = edit_distance(word, c.name);
+    if (std::string(c.name).rfind(word, 0) == 0 && !word.empty()) d = 1;
+    if (d < best_distance) {
+      best_distance = d;
+      best = c.name;
+    }
+  }
+  return best;
+}
+
+int run_cli(int argc, char** argv) {
+  CLI::App app{"kvmcdp: agentless continuous data protection for KVM/QEMU disks"};
+  app.name("kvmcdp");
+  app.set_version_flag("--version", "kvmcdp " KVMCDP_VERSION);
+  app.require_subcommand(1);
+  app.fallthrough(false);
+
+  std::vector<std::pair<CLI::App*, CommandRunner>> runners;
+  for (const auto& c : commands()) {
+    CLI::App* sub = app.add_subcommand(c.name, c.help);
+    runners.emplace_back(sub, c.setup(sub));
+  }
+
+  // CLI11 would call an unknown word a stray argument; say what it is.
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string word = argv[1];
+    bool known = std::any_of(commands().begin(), commands().end(),
+                             [&](const Command& c) { return word == c.name; });
+    if (!known) {
+      std::string hint = suggest_command(word);
+      print_error(hint.empty()
+                      ? fmt::format("unknown subcommand '{}' (see kvmcdp --help)", word)
+                      : fmt::format("unknown subcommand '{}'; did you mean '{}'?", word, hint));
+      return exit_code_for(ErrorKind::kUsage);
+    }
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    print_error(e.what());
+    return exit_code_for(ErrorKind::kUsage);
+  }
+
+  for (auto& [sub, run] : runners) {
+    if (!sub->parsed()) continue;
+    Status status = run();
+    if (status) return 0;
+    print_error(status.message());
+    return exit_code_for(status.kind());
+  }
+  return exit_code_for(ErrorKind::kUsage);
+}
+
+}  // namespace kvmcdp

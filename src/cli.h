@@ -1,0 +1,36 @@
+// The command line: one table of subcommands (cli.cc), one place where a
+// failed Status becomes "kvmcdp: error: ..." and an exit code.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "status.h"
+
+namespace kvmcdp {
+
+// A subcommand adds its options to `app` and returns the function that runs
+// it once the command line is parsed.
+using CommandRunner = std::function<Status()>;
+using CommandSetup = std::function<CommandRunner(CLI::App* app)>;
+
+struct Command {
+  const char* name;
+  const char* help;
+  CommandSetup setup;
+};
+
+// Exit codes scripts may rely on (man/kvmcdp.1, EXIT STATUS).
+int exit_code_for(ErrorKind kind);
+
+// The closest subcommand name to `word`, or "" if none is close.
+std::string suggest_command(const std::string& word);
+
+int run_cli(int argc, char** argv);
+
+// One per subcommand file (cmd_*.cc).
+CommandRunner setup_qmp_command(CLI::App* app);
+
+}  // namespace kvmcdp
