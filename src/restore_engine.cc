@@ -1,0 +1,167 @@
+// Restore without replay.  Replaying every record in order would write
+// hot blocks many times and read the whole base first.  Instead:
+//
+//  1. Journal pass, newest first: frames are read from the one holding
+//     target_seq back to the start, records in each frame from last to
+//     first.  An ExtentMap remembers which output bytes already have their
+//     newest version; a record contributes only the parts not yet covered.
+//     Write data goes straight to the output at once (so memory holds one
+//     frame, not the journal); write-zeroes and discards just cover their
+//     range and leave a hole.  The pass stops early once the whole disk is
+//     covered.
+//  2. Base pass: the data extents of the sparse base image (SEEK_DATA /
+//     SEEK_HOLE) are copied, with copy_file_range, into whatever the
+//     journal did not cover.  Holes stay holes.
+//
+// Every output byte is thus written at most once, and the output is the
+// temp file truncated to the disk size, so untouched bytes are holes.
+#include "restore_engine.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <vector>
+
+#include "extent_map.h"
+#include "fsutil.h"
+#include "journal_ranges.h"
+#include "journal_reader.h"
+#include "manifest.h"
+
+namespace kvmcdp {
+namespace {
+
+using journal::RecordView;
+
+// Copies [b, e) from in to out at the same offset.
+Status copy_range(int in, int out, uint64_t b, uint64_t e,
+                  const std::string& in_path, const std::string& out_path,
+                  std::vector<uint8_t>* buf) {
+  while (b < e) {
+    loff_t ib = loff_t(b), ob = loff_t(b);
+    ssize_t n = ::copy_file_range(in, &ib, out, &ob, e - b, 0);
+    if (n > 0) {
+      b += uint64_t(n);
+      continue;
+    }
+    if (n == 0) break;  // base shorter than expected: the rest reads zero
+    if (errno == EINTR) continue;
+    if (errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
+      return {ErrorKind::kFailure, fsutil::errno_message("copy from", in_path)};
+    // No in-kernel copy here: plain reads and writes.
+    buf->resize(1u << 20);
+    while (b < e) {
+      size_t want = size_t(std::min<uint64_t>(buf->size(), e - b));
+      auto got = fsutil::pread_full(in, buf->data(), want, b, in_path);
+      if (!got) return got.status();
+      if (*got == 0) return {};
+      if (auto s = fsutil::pwrite_all(out, buf->data(), *got, b, out_path); !s) return s;
+      b += *got;
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
+                             const std::string& out_path,
+                             const RestoreProgressFn& progress) {
+  // Step 1: is the point recoverable?
+  auto m = read_manifest(store_dir);
+  if (!m) return m.status();
+  if (!m->base_complete)
+    return Status(ErrorKind::kNotRecoverable,
+                  "the base copy of " + store_dir + " never completed");
+  auto reader = journal::JournalReader::open(store_dir);
+  if (!reader) return reader.status();
+  auto& r = **reader;
+  auto ranges = journal::recoverable_ranges(r, m->base_complete_seq,
+                                            m->base_complete_time_ns);
+  if (!ranges) return ranges.status();
+  if (auto s = journal::check_recoverable(*ranges, target_seq); !s) return s;
+
+  // Step 2: the output, a sparse file of the disk's size.
+  RestoreStats st;
+  st.disk_size = m->disk_size;
+  const uint64_t size = m->disk_size;
+  std::string tmp = out_path + ".kvmcdp-partial";
+  fsutil::Fd out(::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!out.valid())
+    return Status(ErrorKind::kFailure, fsutil::errno_message("create", tmp));
+  auto fail = [&](Status s) -> Result<RestoreStats> {
+    ::unlink(tmp.c_str());
+    return s;
+  };
+  if (::ftruncate(out.get(), off_t(size)) != 0)
+    return fail({ErrorKind::kFailure, fsutil::errno_message("truncate", tmp)});
+
+  // Step 3: journal pass, newest first.
+  ExtentMap done;
+  std::vector<uint8_t> raw;
+  std::vector<RecordView> recs;
+  size_t first = r.frames().size();
+  while (first > 0 && r.frames()[first - 1].first_seq > target_seq) first--;
+  for (size_t i = first; i-- > 0 && !done.covers(size);) {
+    if (auto s = r.read_frame(i, &raw, &recs); !s) return fail(s);
+    st.frames_read++;
+    for (size_t k = recs.size(); k-- > 0;) {
+      const RecordView& v = recs[k];
+      if (v.seq > target_seq) continue;
+      bool write = v.type == RecordType::kWrite;
+      if (!write && v.type != RecordType::kWriteZeroes &&
+          v.type != RecordType::kDiscard)
+        continue;
+      if (v.offset >= size) continue;
+      uint64_t end = std::min(size, v.offset + v.length);
+      Status err;
+      done.cover(v.offset, end, [&](uint64_t b, uint64_t e) {
+        if (!write) {
+          st.zero_bytes += e - b;
+          return;
+        }
+        if (err) err = fsutil::pwrite_all(out.get(), v.data + (b - v.offset),
+                                           e - b, b, tmp);
+        st.journal_bytes += e - b;
+      });
+      if (!err) return fail(err);
+    }
+    if (progress) progress({"journal", first - i, first});
+  }
+
+  // Step 4: base pass, data extents only.
+  std::string base_path = store_dir + "/" + m->base_image;
+  fsutil::Fd base(::open(base_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!base.valid())
+    return fail({ErrorKind::kNotFound, fsutil::errno_message("open", base_path)});
+  std::vector<uint8_t> buf;
+  uint64_t pos = 0;
+  while (pos < size && !done.covers(size)) {
+    off_t d = ::lseek(base.get(), off_t(pos), SEEK_DATA);
+    if (d < 0) break;  // ENXIO: only holes (or EOF) from here on
+    off_t h = ::lseek(base.get(), d, SEEK_HOLE);
+    if (h < 0) h = off_t(size);
+    uint64_t b = uint64_t(d), e = std::min<uint64_t>(size, uint64_t(h));
+    if (b >= size) break;
+    Status err;
+    done.uncovered(b, e, [&](uint64_t cb, uint64_t ce) {
+      if (err) err = copy_range(base.get(), out.get(), cb, ce, base_path, tmp, &buf);
+      st.base_bytes += ce - cb;
+    });
+    if (!err) return fail(err);
+    pos = e;
+    if (progress) progress({"base", pos, size});
+  }
+
+  // Step 5: durable, then in place.
+  if (::fsync(out.get()) != 0)
+    return fail({ErrorKind::kFailure, fsutil::errno_message("fsync", tmp)});
+  if (::rename(tmp.c_str(), out_path.c_str()) != 0)
+    return fail({ErrorKind::kFailure, fsutil::errno_message("rename", tmp)});
+  if (auto s = fsutil::fsync_dir(fsutil::dirname_of(out_path)); !s) return s;
+  return st;
+}
+
+}  // namespace kvmcdp
