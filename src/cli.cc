@@ -17,6 +17,14 @@ namespace {
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
+      {"protect", "Capture a running VM's disk into a store until stopped",
+       setup_protect_command},
+      {"status", "Show whether a store is protected, its lag, size and range",
+       setup_status_command},
+      {"points", "List a store's recoverable ranges, marks and gaps", setup_points_command},
+      {"mark", "Put a named point into a protected drive's stream", setup_mark_command},
+      {"restore", "Write the disk image as of a point in time", setup_restore_command},
+      {"journal", "Verify or dump a store's journal", setup_journal_command},
       {"qmp", "Send one QMP command to a QEMU and print its reply",
        setup_qmp_command},
   };

@@ -32,5 +32,11 @@ int run_cli(int argc, char** argv);
 
 // One per subcommand file (cmd_*.cc).
 CommandRunner setup_qmp_command(CLI::App* app);
+CommandRunner setup_protect_command(CLI::App* app);
+CommandRunner setup_status_command(CLI::App* app);
+CommandRunner setup_points_command(CLI::App* app);
+CommandRunner setup_mark_command(CLI::App* app);
+CommandRunner setup_restore_command(CLI::App* app);
+CommandRunner setup_journal_command(CLI::App* app);
 
 }  // namespace kvmcdp

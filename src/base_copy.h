@@ -1,0 +1,25 @@
+// The base copy: a full image of the disk read while the filter already
+// captures.  The copy is fuzzy (blocks are read at different moments), but
+// every write after the filter's hello is in the journal, so base plus the
+// records up to any seq at or after the copy's end is exact.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "qmp_client.h"
+#include "status.h"
+
+namespace kvmcdp {
+
+struct BaseCopyResult {
+  uint64_t complete_seq = 0;   // base + records <= this = the disk
+  uint64_t complete_time_ns = 0;
+};
+
+// Reads `filter_node` through a read-only NBD export of this QEMU into a
+// sparse raw file `out_path` (written as out_path.tmp and renamed).
+Result<BaseCopyResult> take_base_copy(QmpClient& qmp, const std::string& filter_node,
+                                      const std::string& out_path, bool show_progress);
+
+}  // namespace kvmcdp

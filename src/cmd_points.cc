@@ -1,0 +1,186 @@
+// kvmcdp points and kvmcdp status: what a store can restore, and how the
+// protection of its drive is doing.
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli.h"
+#include "point.h"
+#include "protect_state.h"
+
+namespace kvmcdp {
+namespace {
+
+using nlohmann::json;
+
+uint64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+json ranges_json(const StoreView& v) {
+  json out = json::array();
+  for (const auto& r : v.ranges)
+    out.push_back({{"first_seq", r.first_seq},
+                   {"first_time", format_time_ns(r.first_time_ns)},
+                   {"first_time_ns", r.first_time_ns},
+                   {"last_seq", r.last_seq},
+                   {"last_time", format_time_ns(r.last_time_ns)},
+                   {"last_time_ns", r.last_time_ns}});
+  return out;
+}
+
+// The stretches between recoverable ranges, and a damaged tail: where
+// restore is refused.
+json gaps_json(const StoreView& v) {
+  json out = json::array();
+  for (size_t i = 1; i < v.ranges.size(); ++i)
+    out.push_back({{"after_seq", v.ranges[i - 1].last_seq},
+                   {"resumes_seq", v.ranges[i].first_seq},
+                   {"from", format_time_ns(v.ranges[i - 1].last_time_ns)},
+                   {"to", format_time_ns(v.ranges[i].first_time_ns)}});
+  return out;
+}
+
+Status run_points(const std::string& store, bool as_json) {
+  auto view = open_store_view(store);
+  if (!view) return view.status();
+  auto marks = journal::list_marks(*view->reader);
+  if (!marks) return marks.status();
+  json j = {{"store", store},
+            {"base_complete", view->manifest.base_complete},
+            {"recoverable", ranges_json(*view)},
+            {"gaps", gaps_json(*view)},
+            {"marks", json::array()}};
+  if (view->manifest.base_complete)
+    j["base_copy"] = {{"seq", view->manifest.base_complete_seq},
+                      {"time", format_time_ns(view->manifest.base_complete_time_ns)}};
+  for (const auto& m : *marks)
+    j["marks"].push_back({{"name", m.name}, {"seq", m.seq}, {"time", format_time_ns(m.time_ns)}});
+  if (view->reader->damage())
+    j["damage"] = view->reader->damage()->to_string();
+  if (as_json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return Status::ok();
+  }
+  if (view->manifest.base_complete)
+    std::printf("base copy: seq %llu at %s\n",
+                static_cast<unsigned long long>(view->manifest.base_complete_seq),
+                format_time_ns(view->manifest.base_complete_time_ns).c_str());
+  else
+    std::printf("base copy: not complete, nothing recoverable yet\n");
+  for (const auto& r : view->ranges)
+    std::printf("recoverable: seq %llu..%llu  %s .. %s\n",
+                static_cast<unsigned long long>(r.first_seq),
+                static_cast<unsigned long long>(r.last_seq), format_time_ns(r.first_time_ns).c_str(),
+                format_time_ns(r.last_time_ns).c_str());
+  for (const auto& g : j["gaps"])
+    std::printf("gap: after seq %llu, resumes at seq %llu\n",
+                static_cast<unsigned long long>(g["after_seq"].get<uint64_t>()),
+                static_cast<unsigned long long>(g["resumes_seq"].get<uint64_t>()));
+  for (const auto& m : *marks)
+    std::printf("mark: %s  seq %llu  %s\n", m.name.c_str(), static_cast<unsigned long long>(m.seq),
+                format_time_ns(m.time_ns).c_str());
+  if (view->reader->damage())
+    std::printf("damage: %s\n", view->reader->damage()->to_string().c_str());
+  return Status::ok();
+}
+
+uint64_t dir_bytes(const std::string& dir, const std::vector<uint64_t>& segments) {
+  uint64_t total = 0;
+  for (uint64_t n : segments) {
+    struct stat st;
+    if (stat(fmt::format("{}/journal/{:012}.seg", dir, n).c_str(), &st) == 0) total += st.st_size;
+  }
+  return total;
+}
+
+Status run_status(const std::string& store, bool as_json) {
+  auto view = open_store_view(store);
+  if (!view) return view.status();
+  auto state = read_protect_state(store);
+  bool running = state && protect_running(*state);
+  uint64_t records = 0;
+  for (const auto& f : view->reader->frames()) records += f.count;
+  uint64_t compressed = dir_bytes(store, view->reader->segments());
+  json j = {{"store", store},
+            {"protected", running},
+            {"segments", view->reader->segments().size()},
+            {"records", records},
+            {"compressed_bytes", compressed},
+            {"last_seq", view->reader->last_seq()},
+            {"recoverable", ranges_json(*view)},
+            {"gaps", gaps_json(*view)}};
+  if (state) {
+    uint64_t lag_records = state->received_seq - state->durable_seq;
+    double lag_seconds =
+        running && lag_records ? (now_ns() - state->durable_time_ns) / 1e9 : 0.0;
+    j["drive"] = state->drive;
+    j["filter_node"] = state->filter_node;
+    j["qmp_socket"] = state->qmp_socket;
+    j["connected"] = running && state->connected;
+    j["lag"] = {{"records", lag_records}, {"seconds", lag_seconds}};
+    j["durable_seq"] = state->durable_seq;
+    // Payload bytes the current (or last) protect run received: the raw
+    // side of the compression ratio.
+    j["session_raw_bytes"] = state->bytes;
+  }
+  if (view->reader->damage()) j["damage"] = view->reader->damage()->to_string();
+  if (as_json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return Status::ok();
+  }
+  std::printf("store:       %s\n", store.c_str());
+  std::printf("protected:   %s\n",
+              running ? fmt::format("yes (pid {}, drive {}, {})", state->pid, state->drive,
+                                    state->connected ? "connected" : "reconnecting")
+                            .c_str()
+                      : "no");
+  if (state)
+    std::printf("lag:         %llu records, %.1f s\n",
+                static_cast<unsigned long long>(j["lag"]["records"].get<uint64_t>()),
+                j["lag"]["seconds"].get<double>());
+  std::printf("journal:     %zu segments, %llu records, %llu bytes on disk\n",
+              view->reader->segments().size(), static_cast<unsigned long long>(records),
+              static_cast<unsigned long long>(compressed));
+  if (state)
+    std::printf("last run:    %llu bytes of writes received\n",
+                static_cast<unsigned long long>(state->bytes));
+  for (const auto& r : view->ranges)
+    std::printf("recoverable: seq %llu..%llu  %s .. %s\n",
+                static_cast<unsigned long long>(r.first_seq),
+                static_cast<unsigned long long>(r.last_seq), format_time_ns(r.first_time_ns).c_str(),
+                format_time_ns(r.last_time_ns).c_str());
+  if (view->ranges.empty()) std::printf("recoverable: nothing yet\n");
+  std::printf("gaps:        %zu\n", j["gaps"].size());
+  if (view->reader->damage())
+    std::printf("damage:      %s\n", view->reader->damage()->to_string().c_str());
+  return Status::ok();
+}
+
+}  // namespace
+
+CommandRunner setup_points_command(CLI::App* app) {
+  auto store = std::make_shared<std::string>();
+  auto as_json = std::make_shared<bool>(false);
+  app->add_option("--store", *store, "the store")->required();
+  app->add_flag("--json", *as_json, "print JSON");
+  return [store, as_json]() { return run_points(*store, *as_json); };
+}
+
+CommandRunner setup_status_command(CLI::App* app) {
+  auto store = std::make_shared<std::string>();
+  auto as_json = std::make_shared<bool>(false);
+  app->add_option("--store", *store, "the store")->required();
+  app->add_flag("--json", *as_json, "print JSON");
+  return [store, as_json]() { return run_status(*store, *as_json); };
+}
+
+}  // namespace kvmcdp

@@ -1,0 +1,317 @@
+// kvmcdp protect: capture a running VM's disk into a store until stopped.
+//
+// The stream runs over a socketpair whose QEMU end is handed over with
+// getfd, so no socket path has to be shared or cleaned up, and QMP is held
+// only for the few commands that need it: other kvmcdp commands and other
+// QMP clients can use the same VM meanwhile.  A receiver thread pumps the
+// stream into the journal the whole time (the base copy included), while
+// the main thread waits for SIGINT/SIGTERM and publishes protect.json.
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "base_copy.h"
+#include "cli.h"
+#include "fsutil.h"
+#include "journal_writer.h"
+#include "manifest.h"
+#include "protect_state.h"
+#include "qemu_drive.h"
+#include "receiver.h"
+#include "store_lock.h"
+
+namespace kvmcdp {
+namespace {
+
+struct ProtectOptions {
+  std::string qmp_socket;
+  std::string drive;
+  std::string store;
+  std::string mode = "async";
+  int level = 1;
+  uint64_t segment_mib = 256;
+  uint64_t queue_mib = 64;
+  bool quiet = false;
+};
+
+uint64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string format_time(uint64_t ns) {
+  time_t s = static_cast<time_t>(ns / 1000000000);
+  char buf[64];
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", gmtime(&s));
+  return buf;
+}
+
+void say(const ProtectOptions& o, const std::string& line) {
+  if (!o.quiet) std::fprintf(stderr, "kvmcdp: %s\n", line.c_str());
+}
+
+Result<std::unique_ptr<QmpClient>> qmp_connect(const ProtectOptions& o) {
+  return QmpClient::connect(o.qmp_socket);
+}
+
+// Hands one end of a fresh socketpair to QEMU and points the filter at it:
+// a new filter above `node` (cdp-attach) or the existing one (cdp-connect).
+Result<int> connect_filter(QmpClient& qmp, const ProtectOptions& o, const std::string& node,
+                           const std::string& filter, bool exists) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    return Status(ErrorKind::kFailure, fsutil::errno_message("socketpair", ""));
+  std::string fdname = fmt::format("kvmcdp-{}", getpid());
+  QmpReply got = qmp.execute_with_fd("getfd", {{"fdname", fdname}}, sv[1]);
+  close(sv[1]);
+  if (!got.ok()) {
+    close(sv[0]);
+    return got.status();
+  }
+  json addr = {{"type", "fd"}, {"str", fdname}};
+  QmpReply r = exists ? qmp.execute("cdp-connect", {{"node-name", filter}, {"addr", addr}})
+                      : qmp.execute("cdp-attach", {{"node", node},
+                                                   {"node-name", filter},
+                                                   {"addr", addr},
+                                                   {"mode", o.mode},
+                                                   {"queue-size", o.queue_mib << 20}});
+  if (!r.ok()) {
+    close(sv[0]);
+    return Status(ErrorKind::kQemu, fmt::format("{} failed: {}",
+                                                exists ? "cdp-connect" : "cdp-attach",
+                                                r.status().message()));
+  }
+  return sv[0];
+}
+
+// Everything the receiver thread and the main thread share.
+struct Session {
+  ProtectOptions opts;
+  std::string node;
+  std::string filter;
+  journal::JournalWriter* writer = nullptr;
+  std::atomic<bool> stop{false};     // give up at once (fatal error)
+  std::atomic<bool> detaching{false};
+  std::mutex mu;                     // guards the fields below
+  ReceiverCounters counters;
+  bool connected = false;
+  Status error;
+};
+
+// The receiver thread: pump the stream; if the filter goes away without
+// being detached (a socket error, QEMU dropping the connection), connect
+// it again with a fresh socketpair and let it resend what is not durable.
+// `rx` arrives connected, its handshake done.
+void receive_loop(Session* s, std::unique_ptr<StreamReceiver> rx, int fd) {
+  for (;;) {
+    { std::lock_guard l(s->mu); s->connected = true; }
+    auto end = rx->run(s->stop);
+    {
+      std::lock_guard l(s->mu);
+      s->counters = rx->counters();
+      s->connected = false;
+      if (!end) s->error = end.status();
+    }
+    close(fd);
+    if (s->detaching || s->stop || !end) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    auto qmp = qmp_connect(s->opts);
+    auto next = qmp ? connect_filter(**qmp, s->opts, s->node, s->filter, true)
+                    : Result<int>(qmp.status());
+    if (!next) { std::lock_guard l(s->mu); s->error = next.status(); break; }
+    fd = *next;
+    rx = std::make_unique<StreamReceiver>(fd, s->writer);
+    auto hello = rx->handshake(s->writer->last_durable_seq(), 10000);
+    if (!hello) { close(fd); std::lock_guard l(s->mu); s->error = hello.status(); break; }
+  }
+  s->stop = true;
+}
+
+Status publish_state(Session& s, const ProtectState& base) {
+  ProtectState st = base;
+  {
+    std::lock_guard l(s.mu);
+    st.connected = s.connected;
+    st.records = s.counters.records;
+    st.bytes = s.counters.bytes;
+    st.received_seq = s.counters.last_seq;
+    st.durable_seq = s.counters.durable_seq;
+    st.durable_time_ns = s.counters.last_time_ns;
+  }
+  st.updated_ns = now_ns();
+  return write_protect_state(s.opts.store, st);
+}
+
+Status run_protect(const ProtectOptions& o) {
+  // 1. Own the store: one protect per store, ever.
+  if (mkdir(o.store.c_str(), 0755) != 0 && errno != EEXIST)
+    return {ErrorKind::kFailure, fsutil::errno_message("mkdir", o.store)};
+  auto lock = StoreLock::acquire(o.store);
+  if (!lock) return lock.status();
+  auto manifest = read_manifest(o.store);
+  bool new_store = !manifest && manifest.status().kind() == ErrorKind::kNotFound;
+  if (!manifest && !new_store) return manifest.status();
+  Manifest m = new_store ? Manifest{} : *manifest;
+
+  // 2. Find the drive and the filter (still attached if a previous protect
+  //    of this store was killed).
+  auto qmp = qmp_connect(o);
+  if (!qmp) return qmp.status();
+  auto node = resolve_drive(**qmp, o.drive);
+  if (!node) return node.status();
+  std::string filter = m.extra.value("filter_node", fmt::format("kvmcdp-{}", o.drive));
+  auto existing = query_cdp(**qmp, filter);
+  if (!existing) return existing.status();
+  bool reattach = existing->has_value();
+  if (reattach && !new_store && (*existing)->stream_id != m.stream_id)
+    return {ErrorKind::kFailure,
+            fmt::format("filter {} streams {:016x}, but the store holds stream {:016x}", filter,
+                        (*existing)->stream_id, m.stream_id)};
+  if (!reattach && !new_store)
+    return {ErrorKind::kFailure,
+            fmt::format("the stream of {} ended when its filter was detached; "
+                        "protect into a new store", o.store)};
+  if (reattach) node = (*existing)->child;
+
+  // 3. Connect the filter and shake hands; a new store adopts its stream.
+  auto fd = connect_filter(**qmp, o, *node, filter, reattach);
+  if (!fd) return fd.status();
+  journal::WriterOptions wo;
+  wo.stream_id = m.stream_id;
+  wo.zstd_level = o.level;
+  wo.segment_max_bytes = o.segment_mib << 20;
+  wo.take_lock = false;
+  auto rx = std::make_unique<StreamReceiver>(*fd, nullptr);
+  if (new_store) {
+    // The stream id comes with the hello: a new store adopts it.  Nothing
+    // is durable yet, so the reply is 0.
+    auto hello = rx->handshake(0, 10000);
+    if (!hello) return hello.status();
+    m.stream_id = hello->stream_id;
+    m.disk_size = hello->disk_size;
+    m.node_name = *node;
+    m.created_time_ns = now_ns();
+    m.extra["filter_node"] = filter;
+    m.extra["drive"] = o.drive;
+    if (Status s = write_manifest(o.store, m); !s) return s;
+    wo.stream_id = m.stream_id;
+  }
+  auto writer = journal::JournalWriter::open(o.store, wo);
+  if (!writer) return writer.status();
+  if ((*writer)->recovered())
+    say(o, fmt::format("recovering: {}", (*writer)->recovered()->to_string()));
+  rx->set_writer(writer->get());
+  if (!new_store) {
+    auto hello = rx->handshake((*writer)->last_durable_seq(), 10000);
+    if (!hello) return hello.status();
+  }
+
+  Session s;
+  s.opts = o;
+  s.node = *node;
+  s.filter = filter;
+  s.writer = writer->get();
+  ProtectState state{getpid(), o.qmp_socket, o.drive, filter, o.mode, now_ns()};
+  std::thread receiver(receive_loop, &s, std::move(rx), *fd);
+  say(o, fmt::format("protecting {} (node {}) into {}, mode {}", o.drive, *node, o.store, o.mode));
+
+  // 4. The base copy, while the stream already flows.
+  if (!m.base_complete) {
+    say(o, "taking the base copy");
+    auto base = take_base_copy(**qmp, filter, o.store + "/" + m.base_image,
+                               !o.quiet && isatty(2));
+    if (!base) {
+      s.stop = true;
+      receiver.join();
+      return base.status();
+    }
+    m.base_complete = true;
+    m.base_complete_seq = base->complete_seq;
+    m.base_complete_time_ns = now_ns();
+    if (Status st = write_manifest(o.store, m); !st) return st;
+    say(o, fmt::format("base copy complete: the first recoverable point is seq {} ({})",
+                       m.base_complete_seq, format_time(m.base_complete_time_ns)));
+  }
+  qmp->reset();  // QMP is free for others until we stop
+
+  // 5. Serve until a signal (or a fatal stream error).
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  timespec second{1, 0};
+  while (!s.stop) {
+    publish_state(s, state);
+    if (sigtimedwait(&sigs, nullptr, &second) > 0) break;
+  }
+
+  // 6. Detach: the filter drains its queue into our receiver first.
+  s.detaching = true;
+  Status result = Status::ok();
+  if (!s.stop) {
+    say(o, "stopping: detaching the filter");
+    auto q = qmp_connect(o);
+    QmpReply r = q ? (*q)->execute("cdp-detach", {{"node-name", filter}}, Millis(60000))
+                   : QmpReply{};
+    if (!q) result = q.status();
+    else if (!r.ok()) result = Status(ErrorKind::kQemu, "cdp-detach failed: " + r.status().message());
+    if (!result) s.stop = true;
+  }
+  receiver.join();
+  if (Status c = s.writer->close(); !c && result) result = c;
+  publish_state(s, state);
+  {
+    std::lock_guard l(s.mu);
+    if (!s.error.is_ok() && result) result = s.error;
+  }
+  if (result) say(o, fmt::format("stopped at seq {}", s.counters.durable_seq));
+  return result;
+}
+
+}  // namespace
+
+CommandRunner setup_protect_command(CLI::App* app) {
+  auto o = std::make_shared<ProtectOptions>();
+  app->add_option("--qmp", o->qmp_socket, "QEMU's QMP unix socket")->required();
+  app->add_option("--drive", o->drive, "drive id, device id or node-name to protect")
+      ->required();
+  app->add_option("--store", o->store, "directory holding the journal")->required();
+  app->add_option("--mode", o->mode, "async: a guest flush waits for the journal; "
+                                     "sync: every write does")
+      ->check(CLI::IsMember({"async", "sync"}))
+      ->capture_default_str();
+  app->add_option("--level", o->level, "zstd compression level")
+      ->check(CLI::Range(1, 19))
+      ->capture_default_str();
+  app->add_option("--segment-size", o->segment_mib, "segment size in MiB before rotation")
+      ->check(CLI::Range(1, 65536))
+      ->capture_default_str();
+  app->add_option("--queue-size", o->queue_mib, "filter queue budget in MiB")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  app->add_flag("--quiet", o->quiet, "no progress messages");
+  return [o]() {
+    // Signals are taken synchronously by the main thread (sigtimedwait), so
+    // block them before any thread starts.
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+    return run_protect(*o);
+  };
+}
+
+}  // namespace kvmcdp

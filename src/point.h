@@ -1,0 +1,37 @@
+// Turning what the user asked for (--seq, --at, --mark, --latest) into one
+// recoverable seq of a store, with errors that name the nearest
+// recoverable points.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "journal_ranges.h"
+#include "manifest.h"
+#include "status.h"
+
+namespace kvmcdp {
+
+struct PointSpec {
+  std::optional<uint64_t> seq;
+  std::optional<std::string> at;
+  std::optional<std::string> mark;
+  bool latest = false;
+};
+
+struct StoreView {
+  std::string store_dir;
+  Manifest manifest;
+  std::unique_ptr<journal::JournalReader> reader;
+  std::vector<journal::RecoverableRange> ranges;
+};
+
+Result<StoreView> open_store_view(const std::string& store_dir);
+
+Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t now_ns);
+
+std::string format_time_ns(uint64_t ns);  // 2026-11-21T16:20:05.123Z
+
+}  // namespace kvmcdp

@@ -1,0 +1,62 @@
+#include "protect_state.h"
+
+#include <signal.h>
+
+#include <cerrno>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "fsutil.h"
+
+namespace kvmcdp {
+
+std::string protect_state_path(const std::string& store_dir) {
+  return store_dir + "/protect.json";
+}
+
+Status write_protect_state(const std::string& store_dir, const ProtectState& s) {
+  nlohmann::json j = {
+      {"pid", s.pid},           {"qmp_socket", s.qmp_socket},
+      {"drive", s.drive},       {"filter_node", s.filter_node},
+      {"mode", s.mode},         {"started_ns", s.started_ns},
+      {"updated_ns", s.updated_ns}, {"connected", s.connected},
+      {"records", s.records},   {"bytes", s.bytes},
+      {"received_seq", s.received_seq}, {"durable_seq", s.durable_seq},
+      {"durable_time_ns", s.durable_time_ns}};
+  return fsutil::replace_file_atomic(protect_state_path(store_dir), j.dump(2) + "\n");
+}
+
+Result<ProtectState> read_protect_state(const std::string& store_dir) {
+  auto bytes = fsutil::read_file(protect_state_path(store_dir));
+  if (!bytes) return Status(ErrorKind::kNotFound, fmt::format("{} is not protected", store_dir));
+  auto j = nlohmann::json::parse(bytes->begin(), bytes->end(), nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return Status(ErrorKind::kDamaged, fmt::format("{} does not parse", protect_state_path(store_dir)));
+  ProtectState s;
+  try {
+    s.pid = j.at("pid");
+    s.qmp_socket = j.at("qmp_socket");
+    s.drive = j.at("drive");
+    s.filter_node = j.at("filter_node");
+    s.mode = j.value("mode", "async");
+    s.started_ns = j.value("started_ns", uint64_t{0});
+    s.updated_ns = j.value("updated_ns", uint64_t{0});
+    s.connected = j.value("connected", false);
+    s.records = j.value("records", uint64_t{0});
+    s.bytes = j.value("bytes", uint64_t{0});
+    s.received_seq = j.value("received_seq", uint64_t{0});
+    s.durable_seq = j.value("durable_seq", uint64_t{0});
+    s.durable_time_ns = j.value("durable_time_ns", uint64_t{0});
+  } catch (const nlohmann::json::exception& e) {
+    return Status(ErrorKind::kDamaged,
+                  fmt::format("{}: {}", protect_state_path(store_dir), e.what()));
+  }
+  return s;
+}
+
+bool protect_running(const ProtectState& s) {
+  return s.pid > 0 && (kill(s.pid, 0) == 0 || errno == EPERM);
+}
+
+}  // namespace kvmcdp

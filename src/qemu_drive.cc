@@ -1,0 +1,50 @@
+#include "qemu_drive.h"
+
+#include <fmt/format.h>
+
+namespace kvmcdp {
+
+Result<std::string> resolve_drive(QmpClient& qmp, const std::string& name) {
+  QmpReply block = qmp.execute("query-block");
+  if (!block.ok()) return block.status();
+  for (const auto& b : block.value) {
+    if (!b.contains("inserted")) continue;
+    if (b.value("device", "") == name || b.value("qdev", "") == name ||
+        (!b.value("qdev", "").empty() &&
+         b.value("qdev", "").find("/" + name + "/") != std::string::npos))
+      return b["inserted"].value("node-name", "");
+  }
+  QmpReply nodes = qmp.execute("query-named-block-nodes", {{"flat", true}});
+  if (!nodes.ok()) return nodes.status();
+  for (const auto& n : nodes.value)
+    if (n.value("node-name", "") == name) return name;
+  return Result<std::string>(ErrorKind::kNotFound,
+                             fmt::format("QEMU has no drive or block node named '{}'", name));
+}
+
+Result<std::optional<CdpInfo>> query_cdp(QmpClient& qmp, const std::string& filter_node) {
+  QmpReply r = qmp.execute("query-cdp");
+  if (!r.ok()) {
+    if (r.error_class == "CommandNotFound")
+      return Status(ErrorKind::kQemu,
+                    "this QEMU has no cdp filter (query-cdp unknown): use the patched QEMU");
+    return r.status();
+  }
+  for (const auto& f : r.value) {
+    if (f.value("node-name", "") != filter_node) continue;
+    CdpInfo info;
+    info.node_name = filter_node;
+    info.child = f.value("child", "");
+    info.connected = f.value("connected", false);
+    info.seq = f.value("seq", uint64_t{0});
+    info.acked_seq = f.value("acked-seq", uint64_t{0});
+    info.queued_bytes = f.value("queued-bytes", uint64_t{0});
+    info.gap = f.value("gap", false);
+    info.dirty_bytes = f.value("dirty-bytes", uint64_t{0});
+    info.stream_id = f.value("stream-id", uint64_t{0});
+    return std::optional<CdpInfo>(info);
+  }
+  return std::optional<CdpInfo>();
+}
+
+}  // namespace kvmcdp

@@ -1,0 +1,109 @@
+#include "receiver.h"
+
+#include <fcntl.h>
+#include <poll.h>
+
+#include <cerrno>
+#include <cstring>
+#include <chrono>
+
+#include <fmt/format.h>
+
+namespace kvmcdp {
+
+using wire::MsgHeader;
+using wire::MsgType;
+
+Result<Hello> StreamReceiver::handshake(uint64_t durable_seq, int timeout_ms) {
+  fcntl(fd_, F_SETFL, fcntl(fd_, F_GETFL) | O_NONBLOCK);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  MsgHeader h{};
+  const uint8_t* payload = nullptr;
+  for (;;) {
+    auto got = reader_.next(&h, &payload);
+    if (!got) return got.status();
+    if (*got) break;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    pollfd p{fd_, POLLIN, 0};
+    if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) == 0)
+      return Status(ErrorKind::kQemu, "the cdp filter did not say hello in time");
+    auto r = reader_.fill();
+    if (!r) return r.status();
+    if (*r == wire::MessageReader::Next::kClosed)
+      return Status(ErrorKind::kQemu, "the cdp filter closed the stream before its hello");
+  }
+  if (h.type != static_cast<uint16_t>(MsgType::kHello))
+    return Status(ErrorKind::kQemu, fmt::format("stream: expected hello, got message type {}", h.type));
+  if (h.aux != wire::kVersion)
+    return Status(ErrorKind::kQemu,
+                  fmt::format("stream: the filter speaks protocol version {}, kvmcdp {}", h.aux,
+                              wire::kVersion));
+  Hello hello;
+  hello.stream_id = h.offset;
+  hello.last_seq = h.seq;
+  hello.disk_size = h.length;
+  hello.gap_pending = h.flags & wire::kFlagGap;
+  hello.node_name.assign(reinterpret_cast<const char*>(payload), h.payload_len);
+  if (Status s = wire::send_control(fd_, MsgType::kHelloReply, durable_seq); !s) return s;
+  counters_.last_seq = counters_.durable_seq = durable_seq;
+  return hello;
+}
+
+Status StreamReceiver::commit_and_ack() {
+  if (!uncommitted_) return Status::ok();
+  auto durable = writer_->commit();
+  if (!durable) return durable.status();
+  uncommitted_ = false;
+  counters_.commits++;
+  counters_.durable_seq = *durable;
+  return wire::send_control(fd_, MsgType::kAck, *durable);
+}
+
+Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
+  while (!stop.load()) {
+    // Drain every message already buffered into the journal's batch.
+    MsgHeader h{};
+    const uint8_t* payload = nullptr;
+    for (;;) {
+      auto got = reader_.next(&h, &payload);
+      if (!got) return got.status();
+      if (!*got) break;
+      if (h.type == static_cast<uint16_t>(MsgType::kHello) || h.seq <= counters_.last_seq)
+        continue;  // a resend of something the journal already has
+      Record rec = wire::to_record(h, payload);
+      counters_.bytes += h.payload_len;
+      counters_.records++;
+      counters_.last_seq = h.seq;
+      counters_.last_time_ns = h.time_ns;
+      if (Status s = writer_->append(std::move(rec)); !s) return s;
+      uncommitted_ = true;
+    }
+    // Commit when the socket has nothing more right now: one fsync covers
+    // everything that arrived meanwhile.
+    pollfd p{fd_, POLLIN, 0};
+    int ready = poll(&p, 1, uncommitted_ ? 0 : 100);
+    if (ready < 0 && errno != EINTR)
+      return Status(ErrorKind::kFailure, fmt::format("poll: {}", std::strerror(errno)));
+    if (ready <= 0 || reader_.buffered_message()) {
+      if (Status s = commit_and_ack(); !s) return s;
+      continue;
+    }
+    auto r = reader_.fill();
+    if (!r) return r.status();
+    if (*r == wire::MessageReader::Next::kClosed) {
+      // Make durable what arrived; the ack cannot reach a closed peer, and
+      // the filter learns the durable seq from the next handshake.
+      if (uncommitted_) {
+        auto durable = writer_->commit();
+        if (!durable) return durable.status();
+        counters_.durable_seq = *durable;
+      }
+      return End::kDisconnected;
+    }
+  }
+  if (Status s = commit_and_ack(); !s) return s;
+  return End::kStopped;
+}
+
+}  // namespace kvmcdp

@@ -1,0 +1,66 @@
+// The kvmcdp end of the filter's stream: reads records from the socket,
+// appends them to the journal, and acknowledges them to the filter only
+// once a group commit has made them durable.
+//
+// Batching follows the socket: everything one read() brought in is
+// appended, then committed with one fdatasync and acked with one message.
+// Under load reads come back full and batches grow; when idle each record
+// is committed at once, so a guest flush waits for one fsync, not a timer.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "journal_writer.h"
+#include "kvmcdp/wire_format.h"
+#include "status.h"
+#include "wire_io.h"
+
+namespace kvmcdp {
+
+struct Hello {
+  uint64_t stream_id = 0;
+  uint64_t last_seq = 0;  // the last seq the filter has assigned
+  uint64_t disk_size = 0;
+  bool gap_pending = false;
+  std::string node_name;
+};
+
+struct ReceiverCounters {
+  uint64_t records = 0;
+  uint64_t bytes = 0;  // payload bytes
+  uint64_t commits = 0;
+  uint64_t last_seq = 0;       // appended
+  uint64_t durable_seq = 0;    // committed and acked
+  uint64_t last_time_ns = 0;   // of the newest durable record
+};
+
+class StreamReceiver {
+ public:
+  StreamReceiver(int fd, journal::JournalWriter* writer) : fd_(fd), reader_(fd), writer_(writer) {}
+
+  // Reads the filter's HELLO and answers with `durable_seq`, the last seq
+  // the journal holds for this stream (the filter resends what follows).
+  Result<Hello> handshake(uint64_t durable_seq, int timeout_ms);
+
+  enum class End { kStopped, kDisconnected };
+  // Pumps records until `stop` is set (then commits what it has) or the
+  // filter disconnects.  An error from the journal (out of space, I/O) ends
+  // it with that error and nothing acked beyond what is durable.
+  Result<End> run(const std::atomic<bool>& stop);
+
+  const ReceiverCounters& counters() const { return counters_; }
+  void set_writer(journal::JournalWriter* writer) { writer_ = writer; }
+
+ private:
+  Status commit_and_ack();
+
+  int fd_;
+  wire::MessageReader reader_;
+  journal::JournalWriter* writer_;
+  ReceiverCounters counters_;
+  bool uncommitted_ = false;
+};
+
+}  // namespace kvmcdp

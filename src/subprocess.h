@@ -1,0 +1,19 @@
+// Running the QEMU tools kvmcdp builds on (qemu-img) as child processes.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "status.h"
+
+namespace kvmcdp {
+
+// The qemu-img to use: $KVMCDP_QEMU_IMG, else the one on PATH.
+std::string qemu_img_binary();
+
+// Runs argv; ok on exit status 0, else kFailure with the last lines the
+// child wrote to stderr.  With `show_output`, stdout/stderr go to ours
+// (progress bars on a TTY) and are not captured.
+Status run_process(const std::vector<std::string>& argv, bool show_output = false);
+
+}  // namespace kvmcdp
