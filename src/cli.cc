@@ -25,6 +25,9 @@ const std::vector<Command>& commands() {
       {"mark", "Put a named point into a protected drive's stream", setup_mark_command},
       {"restore", "Write the disk image as of a point in time", setup_restore_command},
       {"journal", "Verify or dump a store's journal", setup_journal_command},
+      {"snapshot", "Create, list, check, delete, revert snapshots of a drive (a qcow2 tree)",
+       setup_snapshot_command},
+      {"merge", "Merge a snapshot node into its only child", setup_merge_command},
       {"qmp", "Send one QMP command to a QEMU and print its reply",
        setup_qmp_command},
   };

@@ -1,0 +1,176 @@
+#include "snapshot_qemu.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "subprocess.h"
+
+namespace kvmcdp {
+
+using json = nlohmann::json;
+
+Result<std::string> run_capture(const std::vector<std::string>& argv) {
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) < 0)
+    return {ErrorKind::kFailure, fmt::format("pipe: {}", std::strerror(errno))};
+  // stderr goes to an anonymous file so that a chatty child never blocks
+  // on a pipe we are not reading yet.
+  int err = memfd_create("kvmcdp-stderr", MFD_CLOEXEC);
+  pid_t pid = fork();
+  if (pid < 0) return {ErrorKind::kFailure, fmt::format("fork: {}", std::strerror(errno))};
+  if (pid == 0) {
+    int null = open("/dev/null", O_RDONLY);
+    dup2(null, 0);
+    dup2(out[1], 1);
+    if (err >= 0) dup2(err, 2);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    fprintf(stderr, "cannot run %s: %s\n", args[0], std::strerror(errno));
+    _exit(127);
+  }
+  close(out[1]);
+  std::string text;
+  char buf[8192];
+  ssize_t n;
+  while ((n = read(out[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
+    if (n > 0) text.append(buf, static_cast<size_t>(n));
+  close(out[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  std::string errtext;
+  if (err >= 0) {
+    off_t off = 0;
+    while ((n = pread(err, buf, sizeof buf, off)) > 0) {
+      errtext.append(buf, static_cast<size_t>(n));
+      off += n;
+    }
+    close(err);
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return text;
+  while (!errtext.empty() && errtext.back() == '\n') errtext.pop_back();
+  if (auto nl = errtext.rfind('\n'); nl != std::string::npos) errtext = errtext.substr(nl + 1);
+  return {ErrorKind::kFailure,
+          fmt::format("{} failed{}{}", argv[0], errtext.empty() ? "" : ": ", errtext)};
+}
+
+Result<ImageInfo> image_info(const std::string& path, bool shared) {
+  std::vector<std::string> argv = {qemu_img_binary(), "info", "--output=json"};
+  if (shared) argv.push_back("-U");
+  argv.push_back(path);
+  auto out = run_capture(argv);
+  if (!out) return out.status();
+  json j = json::parse(*out, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return {ErrorKind::kFailure, "qemu-img info printed something that is not JSON"};
+  ImageInfo info;
+  info.format = j.value("format", "");
+  info.virtual_size = j.value("virtual-size", uint64_t{0});
+  info.backing = j.value("backing-filename", "");
+  info.backing_format = j.value("backing-filename-format", "");
+  info.full_backing = j.value("full-backing-filename", "");
+  return info;
+}
+
+bool image_in_use(const std::string& path) {
+  auto r = image_info(path, false);
+  return !r && r.status().message().find("lock") != std::string::npos;
+}
+
+Status create_overlay(const std::string& path, const std::string& backing,
+                      const std::string& backing_format, uint64_t size) {
+  return run_process({qemu_img_binary(), "create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F",
+                      backing_format, path, std::to_string(size)});
+}
+
+Status rebase_safe(const std::string& path, const std::string& new_backing,
+                   const std::string& new_format) {
+  std::vector<std::string> argv = {qemu_img_binary(), "rebase", "-q", "-f", "qcow2", "-b",
+                                   new_backing};
+  if (!new_backing.empty()) {
+    argv.push_back("-F");
+    argv.push_back(new_format);
+  }
+  argv.push_back(path);
+  return run_process(argv);
+}
+
+Result<std::vector<QemuNode>> qemu_format_nodes(QmpClient& qmp) {
+  QmpReply r = qmp.execute("query-named-block-nodes", {{"flat", true}});
+  if (!r.ok()) return Status(ErrorKind::kQemu, "query-named-block-nodes: " + r.message);
+  std::vector<QemuNode> out;
+  for (const auto& n : r.value) {
+    QemuNode q;
+    q.node_name = n.value("node-name", "");
+    q.driver = n.value("drv", "");
+    q.filename = n.value("file", "");
+    if (n.contains("image")) q.virtual_size = n["image"].value("virtual-size", uint64_t{0});
+    out.push_back(q);
+  }
+  return out;
+}
+
+std::optional<QemuNode> find_node_by_name(const std::vector<QemuNode>& nodes,
+                                          const std::string& node_name) {
+  for (const auto& n : nodes)
+    if (n.node_name == node_name) return n;
+  return std::nullopt;
+}
+
+std::optional<QemuNode> find_node_by_file(const std::vector<QemuNode>& nodes,
+                                          const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path want = fs::weakly_canonical(path, ec);
+  // Protocol nodes ("file") carry the same name; the format node is the one
+  // whose image the tree means.
+  for (const auto& n : nodes) {
+    if (n.driver == "file" || n.driver == "host_device" || n.filename.empty()) continue;
+    if (fs::weakly_canonical(n.filename, ec) == want) return n;
+  }
+  return std::nullopt;
+}
+
+Status stream_and_wait(QmpClient& qmp, const std::string& job_id, const std::string& device,
+                       const std::string& base_node, const std::string& backing_file) {
+  json args = {{"job-id", job_id}, {"device", device}};
+  if (!base_node.empty()) {
+    args["base-node"] = base_node;
+    args["backing-file"] = backing_file;
+  }
+  QmpReply r = qmp.execute("block-stream", args);
+  if (!r.ok()) return {ErrorKind::kQemu, "block-stream: " + r.message};
+  for (;;) {
+    auto ev = qmp.next_event(std::chrono::minutes(60));
+    if (!ev) return {ErrorKind::kQemu, "block-stream: no completion event within an hour"};
+    std::string name = ev->value("event", "");
+    if (name != "BLOCK_JOB_COMPLETED" && name != "BLOCK_JOB_CANCELLED") continue;
+    const json& data = (*ev)["data"];
+    if (data.value("device", "") != job_id) continue;
+    if (name == "BLOCK_JOB_CANCELLED") return {ErrorKind::kQemu, "block-stream was cancelled"};
+    if (data.contains("error"))
+      return {ErrorKind::kQemu, "block-stream failed: " + data["error"].get<std::string>()};
+    return Status::ok();
+  }
+}
+
+void crash_point(const std::string& op, int step) {
+  const char* env = std::getenv("KVMCDP_CRASH_AT_STEP");
+  if (!env || !*env) return;
+  std::string want = env;
+  std::string here = fmt::format("{}:{}", op, step);
+  if (want == here || want == std::to_string(step)) _exit(9);
+}
+
+}  // namespace kvmcdp
