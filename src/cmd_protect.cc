@@ -7,7 +7,9 @@
 // stream into the journal the whole time (the base copy included), while
 // the main thread waits for SIGINT/SIGTERM and publishes protect.json.
 #include <signal.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -66,8 +68,24 @@ Result<std::unique_ptr<QmpClient>> qmp_connect(const ProtectOptions& o) {
   return QmpClient::connect(o.qmp_socket);
 }
 
-// Hands one end of a fresh socketpair to QEMU and points the filter at it:
-// a new filter above `node` (cdp-attach) or the existing one (cdp-connect).
+// Points the filter at a fresh connection to us: a new filter above
+// `node` (cdp-attach) or the existing one (cdp-connect).
+Status point_filter(QmpClient& qmp, const ProtectOptions& o, const std::string& node,
+                    const std::string& filter, bool exists, const json& addr) {
+  QmpReply r = exists ? qmp.execute("cdp-connect", {{"node-name", filter}, {"addr", addr}})
+                      : qmp.execute("cdp-attach", {{"node", node},
+                                                   {"node-name", filter},
+                                                   {"addr", addr},
+                                                   {"mode", o.mode},
+                                                   {"queue-size", o.queue_mib << 20}});
+  if (r.ok()) return Status::ok();
+  return {ErrorKind::kQemu, fmt::format("{} failed: {}", exists ? "cdp-connect" : "cdp-attach",
+                                        r.status().message())};
+}
+
+// The stream's connection: one end of a socketpair handed to QEMU with
+// getfd, so no socket path is shared.  qemu-storage-daemon has no getfd;
+// there we listen on a private unix socket and the filter connects to it.
 Result<int> connect_filter(QmpClient& qmp, const ProtectOptions& o, const std::string& node,
                            const std::string& filter, bool exists) {
   int sv[2];
@@ -76,24 +94,37 @@ Result<int> connect_filter(QmpClient& qmp, const ProtectOptions& o, const std::s
   std::string fdname = fmt::format("kvmcdp-{}", getpid());
   QmpReply got = qmp.execute_with_fd("getfd", {{"fdname", fdname}}, sv[1]);
   close(sv[1]);
-  if (!got.ok()) {
-    close(sv[0]);
-    return got.status();
+  if (got.ok()) {
+    Status s = point_filter(qmp, o, node, filter, exists, {{"type", "fd"}, {"str", fdname}});
+    if (!s) {
+      close(sv[0]);
+      return s;
+    }
+    return sv[0];
   }
-  json addr = {{"type", "fd"}, {"str", fdname}};
-  QmpReply r = exists ? qmp.execute("cdp-connect", {{"node-name", filter}, {"addr", addr}})
-                      : qmp.execute("cdp-attach", {{"node", node},
-                                                   {"node-name", filter},
-                                                   {"addr", addr},
-                                                   {"mode", o.mode},
-                                                   {"queue-size", o.queue_mib << 20}});
-  if (!r.ok()) {
-    close(sv[0]);
-    return Status(ErrorKind::kQemu, fmt::format("{} failed: {}",
-                                                exists ? "cdp-connect" : "cdp-attach",
-                                                r.status().message()));
+  close(sv[0]);
+  if (got.error_class != "CommandNotFound") return got.status();
+
+  static int counter = 0;
+  std::string path = fmt::format("/tmp/kvmcdp-{}-{}.sock", getpid(), counter++);
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path.c_str());
+  fsutil::Fd listener(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  unlink(path.c_str());
+  if (listener.get() < 0 || bind(listener.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 ||
+      listen(listener.get(), 1) != 0)
+    return Status(ErrorKind::kFailure, fsutil::errno_message("listen", path));
+  Status s = point_filter(qmp, o, node, filter, exists, {{"type", "unix"}, {"path", path}});
+  int fd = -1;
+  if (s) {
+    pollfd p{listener.get(), POLLIN, 0};
+    if (poll(&p, 1, 10000) == 1) fd = accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) s = Status(ErrorKind::kQemu, "the cdp filter did not connect within 10 s");
   }
-  return sv[0];
+  unlink(path.c_str());
+  if (!s) return s;
+  return fd;
 }
 
 // Everything the receiver thread and the main thread share.

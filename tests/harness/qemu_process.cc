@@ -46,9 +46,11 @@ TempDir::~TempDir() {
 
 std::unique_ptr<QemuProcess> QemuProcess::spawn(const TempDir& dir, const std::string& binary,
                                                 std::vector<std::string> args,
-                                                const std::string& qmp_socket) {
+                                                const std::string& qmp_socket,
+                                                const std::string& tool_socket) {
   std::unique_ptr<QemuProcess> p(new QemuProcess());
   p->qmp_socket_ = qmp_socket;
+  p->tool_socket_ = tool_socket;
   p->console_log_ = dir.file(fmt::format("console-{}.log", std::rand()));
   args.insert(args.begin(), binary);
   pid_t parent = getpid();
@@ -93,22 +95,29 @@ std::unique_ptr<QemuProcess> QemuProcess::spawn(const TempDir& dir, const std::s
 
 std::unique_ptr<QemuProcess> QemuProcess::start_storage_daemon(const TempDir& dir,
                                                                std::vector<std::string> args) {
-  std::string sock = dir.file(fmt::format("qsd-{}.qmp", std::rand()));
-  args.push_back("--chardev");
-  args.push_back(fmt::format("socket,id=kvmcdp_qmp,path={},server=on,wait=off", sock));
-  args.push_back("--monitor");
-  args.push_back("chardev=kvmcdp_qmp");
-  return spawn(dir, qemu_bin("qemu-storage-daemon"), std::move(args), sock);
+  int n = std::rand();
+  std::string sock = dir.file(fmt::format("qsd-{}.qmp", n));
+  std::string tool = dir.file(fmt::format("qsd-{}-tool.qmp", n));
+  for (const auto& [id, path] : {std::pair{"kvmcdp_qmp", sock}, std::pair{"kvmcdp_tool", tool}}) {
+    args.push_back("--chardev");
+    args.push_back(fmt::format("socket,id={},path={},server=on,wait=off", id, path));
+    args.push_back("--monitor");
+    args.push_back(fmt::format("chardev={}", id));
+  }
+  return spawn(dir, qemu_bin("qemu-storage-daemon"), std::move(args), sock, tool);
 }
 
 std::unique_ptr<QemuProcess> QemuProcess::start_system(const TempDir& dir,
                                                        std::vector<std::string> args) {
-  std::string sock = dir.file(fmt::format("vm-{}.qmp", std::rand()));
+  int n = std::rand();
+  std::string sock = dir.file(fmt::format("vm-{}.qmp", n));
+  std::string tool = dir.file(fmt::format("vm-{}-tool.qmp", n));
   std::vector<std::string> base = {
       "-accel", "tcg", "-m", "256", "-nodefaults", "-no-user-config", "-display", "none",
-      "-serial", "stdio", "-no-reboot", "-qmp", fmt::format("unix:{},server=on,wait=off", sock)};
+      "-serial", "stdio", "-no-reboot", "-qmp", fmt::format("unix:{},server=on,wait=off", sock),
+      "-qmp", fmt::format("unix:{},server=on,wait=off", tool)};
   base.insert(base.end(), args.begin(), args.end());
-  return spawn(dir, qemu_bin("qemu-system-x86_64"), std::move(base), sock);
+  return spawn(dir, qemu_bin("qemu-system-x86_64"), std::move(base), sock, tool);
 }
 
 QemuProcess::~QemuProcess() { kill_and_reap(); }

@@ -49,7 +49,10 @@ class QemuProcess {
   ~QemuProcess();
 
   QmpClient& qmp() { return *qmp_; }
+  // The harness's own QMP connection holds qmp_socket(); a QMP socket
+  // serves one client at a time, so kvmcdp commands get a second one.
   const std::string& qmp_socket() const { return qmp_socket_; }
+  const std::string& tool_socket() const { return tool_socket_; }
   const std::string& console_log() const { return console_log_; }
   pid_t pid() const { return pid_; }
   std::string console() const;  // what the process printed so far
@@ -63,10 +66,12 @@ class QemuProcess {
   QemuProcess() = default;
   static std::unique_ptr<QemuProcess> spawn(const TempDir& dir, const std::string& binary,
                                             std::vector<std::string> args,
-                                            const std::string& qmp_socket);
+                                            const std::string& qmp_socket,
+                                            const std::string& tool_socket);
   pid_t pid_ = -1;
   bool reaped_ = false;
   std::string qmp_socket_;
+  std::string tool_socket_;
   std::string console_log_;
   std::unique_ptr<QmpClient> qmp_;
 };

@@ -40,10 +40,10 @@ TEST_CASE("qmp: command, error reply and ordered events with qemu-system") {
   CHECK(vm->qmp().execute("query-status").value["status"] == "paused");
 }
 
-TEST_CASE("qmp: getfd passes a file descriptor to qemu-storage-daemon") {
+TEST_CASE("qmp: add-fd passes a file descriptor to qemu-system") {
   TempDir dir;
   write_file(dir.file("disk.raw"), std::string(1 << 20, 'x'));
-  auto qsd = QemuProcess::start_storage_daemon(dir, {});
+  auto qsd = QemuProcess::start_system(dir, {"-S"});
 
   int fd = open(dir.file("disk.raw").c_str(), O_RDWR);
   REQUIRE(fd >= 0);
@@ -67,11 +67,11 @@ TEST_CASE("qmp: getfd passes a file descriptor to qemu-storage-daemon") {
 TEST_CASE("qmp: the CLI's qmp subcommand talks to a real QEMU") {
   TempDir dir;
   auto qsd = QemuProcess::start_storage_daemon(dir, {});
-  auto ok = run_command({KVMCDP_BINARY, "qmp", "--qmp", qsd->qmp_socket(),
+  auto ok = run_command({KVMCDP_BINARY, "qmp", "--qmp", qsd->tool_socket(),
                          R"({"execute":"query-block-exports"})"});
   CHECK(ok.status == 0);
   CHECK(ok.output.find("[]") != std::string::npos);
-  auto bad = run_command({KVMCDP_BINARY, "qmp", "--qmp", qsd->qmp_socket(),
+  auto bad = run_command({KVMCDP_BINARY, "qmp", "--qmp", qsd->tool_socket(),
                           R"({"execute":"blockdev-del","arguments":{"node-name":"x"}})"});
   CHECK(bad.status == 3);
   CHECK(bad.output.rfind("kvmcdp: error: blockdev-del failed: GenericError", 0) == 0);

@@ -1,0 +1,35 @@
+// A `kvmcdp protect` running in the background of a test, killed and
+// reaped with the test like QemuProcess.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace kvmcdp::test {
+
+class ProtectProcess {
+ public:
+  ProtectProcess(const std::string& qmp_socket, const std::string& drive,
+                 const std::string& store, std::vector<std::string> extra = {});
+  ~ProtectProcess();
+
+  // Waits until protect says the base copy is complete (or it exited).
+  bool wait_base_complete(std::chrono::seconds timeout);
+  // SIGTERM and wait: protect's exit status.
+  int stop();
+  // SIGKILL, as a crash.
+  void kill9();
+  std::string output() const;
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+  int status_ = -1;
+  std::string log_;
+};
+
+}  // namespace kvmcdp::test

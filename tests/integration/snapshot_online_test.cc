@@ -1,0 +1,208 @@
+// The snapshot tree against a running QEMU (qemu-storage-daemon exporting
+// the disk over NBD; writes go through the export like a guest's): online
+// create with its I/O pause, and each delete rule while the disk is in use.
+// Every remaining node's full image keeps its MD5 and every file passes
+// qemu-img check.
+#include <cstdlib>
+#include <map>
+#include <string>
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "harness/qemu_process.h"
+
+namespace kvmcdp::test {
+namespace {
+
+using json = nlohmann::json;
+
+struct Vm {
+  TempDir dir;
+  std::string tree = dir.file("t");
+  std::string nbd = dir.file("nbd.sock");
+  std::unique_ptr<QemuProcess> qsd;
+
+  Vm() { setenv("KVMCDP_QEMU_IMG", qemu_bin("qemu-img").c_str(), 1); }
+
+  void start(const std::string& image) {
+    qsd = QemuProcess::start_storage_daemon(
+        dir, {"--blockdev", fmt::format("file,node-name=f0,filename={}", image), "--blockdev",
+              "qcow2,node-name=disk,file=f0", "--nbd-server",
+              fmt::format("addr.type=unix,addr.path={}", nbd), "--export",
+              "nbd,id=e0,node-name=disk,name=d,writable=on"});
+  }
+  std::string uri() const { return fmt::format("nbd+unix:///d?socket={}", nbd); }
+  // A write the way a guest's would arrive: through the running disk.
+  void guest_write(int pattern, const std::string& off, const std::string& len) {
+    auto r = run_command({qemu_bin("qemu-io"), "-f", "raw", "-c",
+                          fmt::format("write -P {} {} {}", pattern, off, len), uri()});
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+  }
+  CommandOutput kvmcdp(std::vector<std::string> args) {
+    args.insert(args.begin(), KVMCDP_BINARY);
+    return run_command(args);
+  }
+  json meta() const { return json::parse(read_file(tree + "/tree.json")); }
+  std::string path(const json& node) const {
+    std::string f = node["file"];
+    return f[0] == '/' ? f : tree + "/" + f;
+  }
+  std::string image_md5(const std::string& source, bool raw_nbd) {
+    std::string out = dir.file("out.raw");
+    std::vector<std::string> argv = {qemu_bin("qemu-img"), "convert", "-U"};
+    if (raw_nbd) argv.insert(argv.end(), {"-f", "raw"});
+    argv.insert(argv.end(), {"-O", "raw", source, out});
+    auto r = run_command(argv);
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+    return md5_of_file(out);
+  }
+  // Every node's full image; the active one as the running disk shows it.
+  std::map<std::string, std::string> all_md5() {
+    json m = meta();
+    std::map<std::string, std::string> out;
+    for (const auto& n : m["nodes"]) {
+      bool active = n["name"] == m["active"];
+      out[n["name"]] = active ? image_md5(uri(), true) : image_md5(path(n), false);
+    }
+    return out;
+  }
+  void stop_and_check_files() {
+    REQUIRE(qsd->qmp().execute("quit").ok());
+    REQUIRE(qsd->wait_exit(std::chrono::seconds(20)));
+    json m = meta();
+    for (const auto& n : m["nodes"]) {
+      auto r = run_command({qemu_bin("qemu-img"), "check", path(n)});
+      CHECK_MESSAGE(r.status == 0, path(n), ": ", r.output);
+    }
+    auto c = kvmcdp({"snapshot", "check", "--tree", tree});
+    CHECK_MESSAGE(c.status == 0, c.output);
+  }
+};
+
+std::map<std::string, std::string> without(std::map<std::string, std::string> m,
+                                           const std::string& name) {
+  m.erase(name);
+  return m;
+}
+
+double pause_ms(const std::string& output) {
+  auto at = output.find("I/O paused for ");
+  REQUIRE(at != std::string::npos);
+  return std::stod(output.substr(at + 15));
+}
+
+}  // namespace
+
+TEST_CASE("snapshot: online create, then delete by streaming into the running chain") {
+  Vm vm;
+  std::string base = vm.dir.file("base.qcow2");
+  REQUIRE(run_command({qemu_bin("qemu-img"), "create", "-q", "-f", "qcow2", base, "8M"}).status == 0);
+  vm.start(base);
+  vm.guest_write(1, "0", "2M");
+
+  // base(s1) <- s2 <- s3 <- active, each with its own writes.
+  int n = 1;
+  for (const char* name : {"s1", "s2", "s3"}) {
+    std::vector<std::string> args = {"snapshot", "create", name, "--tree", vm.tree, "--qmp",
+                                     vm.qsd->qmp_socket()};
+    if (n == 1) args.insert(args.end(), {"--drive", "disk"});
+    auto r = vm.kvmcdp(args);
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+    double ms = pause_ms(r.output);
+    MESSAGE("snapshot create ", name, ": I/O paused for ", ms, " ms");
+    CHECK(ms < 1000);
+    vm.guest_write(1 + ++n, fmt::format("{}M", n), "1536K");
+  }
+  auto listed = vm.kvmcdp({"snapshot", "tree", "--tree", vm.tree});
+  CHECK(listed.output.find("(active: the VM writes into it)") != std::string::npos);
+
+  // The running disk itself cannot be deleted.
+  auto refused = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qsd->qmp_socket(),
+                            vm.meta()["active"].get<std::string>()});
+  CHECK(refused.status == 1);
+  CHECK(refused.output.find("writes into") != std::string::npos);
+
+  // Rule 2, child in the running chain but not its top: stream into s3.
+  auto before = vm.all_md5();
+  auto r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qsd->qmp_socket(), "s2"});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  CHECK(r.output.find("streamed s2 into s3") != std::string::npos);
+  CHECK(vm.all_md5() == without(before, "s2"));
+  CHECK(!std::filesystem::exists(vm.tree + "/n0001.qcow2"));
+
+  // Rule 2, child is the running top.
+  before = vm.all_md5();
+  r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qsd->qmp_socket(), "s3"});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  CHECK(r.output.find("streamed s3 into @n0003") != std::string::npos);
+  CHECK(vm.all_md5() == without(before, "s3"));
+
+  // The guest goes on writing into the switched chain.
+  vm.guest_write(9, "7M", "1M");
+  auto last = vm.kvmcdp({"snapshot", "create", "s4", "--tree", vm.tree, "--qmp", vm.qsd->qmp_socket()});
+  REQUIRE_MESSAGE(last.status == 0, last.output);
+  before = vm.all_md5();
+  vm.stop_and_check_files();
+  json m = vm.meta();
+  CHECK(m["nodes"].size() == 3);
+}
+
+TEST_CASE("snapshot: online rules 1 and 3, deferred merge into the running disk") {
+  Vm vm;
+  std::string base = vm.dir.file("base.qcow2");
+  REQUIRE(run_command({qemu_bin("qemu-img"), "create", "-q", "-f", "qcow2", base, "8M"}).status == 0);
+  REQUIRE(run_command({qemu_bin("qemu-io"), "-c", "write -P 1 0 3M", base}).status == 0);
+  // Offline: s1(base) <- s2 <- old; revert to s1 and run the VM on the new branch.
+  for (const char* name : {"s1", "s2"}) {
+    std::vector<std::string> args = {"snapshot", "create", name, "--tree", vm.tree};
+    if (std::string(name) == "s1") args.insert(args.end(), {"--base", base});
+    auto r = vm.kvmcdp(args);
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+    std::string active = vm.path(vm.meta()["nodes"].back());
+    REQUIRE(run_command({qemu_bin("qemu-io"), "-c", "write -P 7 2M 2M", active}).status == 0);
+  }
+  REQUIRE(vm.kvmcdp({"snapshot", "revert", "--tree", vm.tree, "s1"}).status == 0);
+  json m = vm.meta();
+  std::string active_path = vm.path(m["nodes"].back());
+  vm.start(active_path);
+  vm.guest_write(3, "1M", "2M");
+  auto c = vm.kvmcdp({"snapshot", "create", "b1", "--tree", vm.tree, "--qmp",
+                      vm.qsd->qmp_socket(), "--drive", "disk"});
+  REQUIRE_MESSAGE(c.status == 0, c.output);
+  MESSAGE("snapshot create b1: I/O paused for ", pause_ms(c.output), " ms");
+  vm.guest_write(4, "5M", "1M");
+
+  // Rule 3: s1 has two children (s2 and b1): logical delete only.
+  auto before = vm.all_md5();
+  auto r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qsd->qmp_socket(), "s1"});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  CHECK(r.output.find("logically deleted") != std::string::npos);
+  CHECK(vm.all_md5() == before);
+  CHECK(vm.kvmcdp({"snapshot", "tree", "--tree", vm.tree}).output.find("s1") == std::string::npos);
+  CHECK(vm.kvmcdp({"snapshot", "tree", "--tree", vm.tree, "--all"}).output.find("s1 ") !=
+        std::string::npos);
+
+  // Rule 1: the old branch's leaf (no child) is removed.
+  r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qsd->qmp_socket(), "@n0002"});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  CHECK(r.output.find("no child") != std::string::npos);
+  CHECK(!std::filesystem::exists(vm.tree + "/n0002.qcow2"));
+
+  // Rule 2 off the running chain while the VM runs: s2 (one child? none
+  // now) -- delete it, which leaves s1 with one child, b1, in the running
+  // chain: s1 is streamed into b1 and disappears.
+  before = vm.all_md5();
+  r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qsd->qmp_socket(), "s2"});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  CHECK(r.output.find("logically deleted and has 1 child") != std::string::npos);
+  CHECK(r.output.find("streamed s1 into b1") != std::string::npos);
+  CHECK(vm.all_md5() == without(without(before, "s2"), "s1"));
+  CHECK(std::filesystem::exists(base));  // the imported root file stays
+  m = vm.meta();
+  CHECK(m["nodes"].size() == 2);
+  vm.stop_and_check_files();
+}
+
+}  // namespace kvmcdp::test
