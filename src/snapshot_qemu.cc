@@ -115,6 +115,13 @@ Result<std::vector<QemuNode>> qemu_format_nodes(QmpClient& qmp) {
     q.node_name = n.value("node-name", "");
     q.driver = n.value("drv", "");
     q.filename = n.value("file", "");
+    // A node whose options differ from its header (an overlay added with
+    // "backing": null) is named by its options: json:{...,"file":{...}}.
+    if (q.filename.rfind("json:", 0) == 0) {
+      json spec = json::parse(q.filename.substr(5), nullptr, false);
+      if (spec.is_object() && spec.contains("file") && spec["file"].is_object())
+        q.filename = spec["file"].value("filename", q.filename);
+    }
     if (n.contains("image")) q.virtual_size = n["image"].value("virtual-size", uint64_t{0});
     out.push_back(q);
   }

@@ -22,6 +22,7 @@ struct Vm {
   TempDir dir;
   std::string tree = dir.file("t");
   std::string nbd = dir.file("nbd.sock");
+  std::string qmp = dir.file("kvmcdp.qmp");  // a second monitor, for kvmcdp
   std::unique_ptr<QemuProcess> qsd;
 
   Vm() { setenv("KVMCDP_QEMU_IMG", qemu_bin("qemu-img").c_str(), 1); }
@@ -31,7 +32,9 @@ struct Vm {
         dir, {"--blockdev", fmt::format("file,node-name=f0,filename={}", image), "--blockdev",
               "qcow2,node-name=disk,file=f0", "--nbd-server",
               fmt::format("addr.type=unix,addr.path={}", nbd), "--export",
-              "nbd,id=e0,node-name=disk,name=d,writable=on"});
+              "nbd,id=e0,node-name=disk,name=d,writable=on", "--chardev",
+              fmt::format("socket,path={},server=on,wait=off,id=m2", qmp), "--monitor",
+              "chardev=m2"});
   }
   std::string uri() const { return fmt::format("nbd+unix:///d?socket={}", nbd); }
   // A write the way a guest's would arrive: through the running disk.
@@ -106,12 +109,12 @@ TEST_CASE("snapshot: online create, then delete by streaming into the running ch
   int n = 1;
   for (const char* name : {"s1", "s2", "s3"}) {
     std::vector<std::string> args = {"snapshot", "create", name, "--tree", vm.tree, "--qmp",
-                                     vm.qsd->qmp_socket()};
+                                     vm.qmp};
     if (n == 1) args.insert(args.end(), {"--drive", "disk"});
     auto r = vm.kvmcdp(args);
     REQUIRE_MESSAGE(r.status == 0, r.output);
     double ms = pause_ms(r.output);
-    MESSAGE("snapshot create ", name, ": I/O paused for ", ms, " ms");
+    MESSAGE("snapshot create ", std::string(name), ": I/O paused for ", ms, " ms");
     CHECK(ms < 1000);
     vm.guest_write(1 + ++n, fmt::format("{}M", n), "1536K");
   }
@@ -119,14 +122,14 @@ TEST_CASE("snapshot: online create, then delete by streaming into the running ch
   CHECK(listed.output.find("(active: the VM writes into it)") != std::string::npos);
 
   // The running disk itself cannot be deleted.
-  auto refused = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qsd->qmp_socket(),
+  auto refused = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qmp,
                             vm.meta()["active"].get<std::string>()});
   CHECK(refused.status == 1);
   CHECK(refused.output.find("writes into") != std::string::npos);
 
   // Rule 2, child in the running chain but not its top: stream into s3.
   auto before = vm.all_md5();
-  auto r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qsd->qmp_socket(), "s2"});
+  auto r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qmp, "s2"});
   REQUIRE_MESSAGE(r.status == 0, r.output);
   CHECK(r.output.find("streamed s2 into s3") != std::string::npos);
   CHECK(vm.all_md5() == without(before, "s2"));
@@ -134,14 +137,14 @@ TEST_CASE("snapshot: online create, then delete by streaming into the running ch
 
   // Rule 2, child is the running top.
   before = vm.all_md5();
-  r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qsd->qmp_socket(), "s3"});
+  r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qmp, "s3"});
   REQUIRE_MESSAGE(r.status == 0, r.output);
   CHECK(r.output.find("streamed s3 into @n0003") != std::string::npos);
   CHECK(vm.all_md5() == without(before, "s3"));
 
   // The guest goes on writing into the switched chain.
   vm.guest_write(9, "7M", "1M");
-  auto last = vm.kvmcdp({"snapshot", "create", "s4", "--tree", vm.tree, "--qmp", vm.qsd->qmp_socket()});
+  auto last = vm.kvmcdp({"snapshot", "create", "s4", "--tree", vm.tree, "--qmp", vm.qmp});
   REQUIRE_MESSAGE(last.status == 0, last.output);
   before = vm.all_md5();
   vm.stop_and_check_files();
@@ -169,14 +172,14 @@ TEST_CASE("snapshot: online rules 1 and 3, deferred merge into the running disk"
   vm.start(active_path);
   vm.guest_write(3, "1M", "2M");
   auto c = vm.kvmcdp({"snapshot", "create", "b1", "--tree", vm.tree, "--qmp",
-                      vm.qsd->qmp_socket(), "--drive", "disk"});
+                      vm.qmp, "--drive", "disk"});
   REQUIRE_MESSAGE(c.status == 0, c.output);
   MESSAGE("snapshot create b1: I/O paused for ", pause_ms(c.output), " ms");
   vm.guest_write(4, "5M", "1M");
 
   // Rule 3: s1 has two children (s2 and b1): logical delete only.
   auto before = vm.all_md5();
-  auto r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qsd->qmp_socket(), "s1"});
+  auto r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qmp, "s1"});
   REQUIRE_MESSAGE(r.status == 0, r.output);
   CHECK(r.output.find("logically deleted") != std::string::npos);
   CHECK(vm.all_md5() == before);
@@ -185,7 +188,7 @@ TEST_CASE("snapshot: online rules 1 and 3, deferred merge into the running disk"
         std::string::npos);
 
   // Rule 1: the old branch's leaf (no child) is removed.
-  r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qsd->qmp_socket(), "@n0002"});
+  r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qmp, "@n0002"});
   REQUIRE_MESSAGE(r.status == 0, r.output);
   CHECK(r.output.find("no child") != std::string::npos);
   CHECK(!std::filesystem::exists(vm.tree + "/n0002.qcow2"));
@@ -194,7 +197,7 @@ TEST_CASE("snapshot: online rules 1 and 3, deferred merge into the running disk"
   // now) -- delete it, which leaves s1 with one child, b1, in the running
   // chain: s1 is streamed into b1 and disappears.
   before = vm.all_md5();
-  r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qsd->qmp_socket(), "s2"});
+  r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qmp, "s2"});
   REQUIRE_MESSAGE(r.status == 0, r.output);
   CHECK(r.output.find("logically deleted and has 1 child") != std::string::npos);
   CHECK(r.output.find("streamed s1 into b1") != std::string::npos);
