@@ -481,6 +481,11 @@ Status repair_tree(Tree& t, QmpClient* qmp, OpLog* log) {
       log->push_back(fmt::format("repair: finished creating snapshot {}", name));
       return save_tree(t);
     }
+    if (image_in_use(path))
+      return {ErrorKind::kDamaged,
+              fmt::format("repair: {} is in use by a running QEMU but the VM cannot be asked; "
+                          "run kvmcdp snapshot repair --qmp SOCKET",
+                          path)};
     ::unlink(path.c_str());
     t.intent.reset();
     log->push_back(fmt::format("repair: rolled back creating snapshot {}", name));

@@ -85,7 +85,10 @@ Result<ImageInfo> image_info(const std::string& path, bool shared) {
 
 bool image_in_use(const std::string& path) {
   auto r = image_info(path, false);
-  return !r && r.status().message().find("lock") != std::string::npos;
+  if (r) return false;
+  // "Failed to get shared "write" lock" / "Is another process using the image?"
+  const std::string& m = r.status().message();
+  return m.find("lock") != std::string::npos || m.find("another process") != std::string::npos;
 }
 
 Status create_overlay(const std::string& path, const std::string& backing,

@@ -208,4 +208,58 @@ TEST_CASE("snapshot: online rules 1 and 3, deferred merge into the running disk"
   vm.stop_and_check_files();
 }
 
+// kill -9 (KVMCDP_CRASH_AT_STEP) after each step of an online create and an
+// online merge; the next command with --qmp finishes or rolls back, the
+// running disk keeps its data and the tree matches the images.
+TEST_CASE("snapshot: online crash at every step, then repair") {
+  Vm vm;
+  std::string base = vm.dir.file("base.qcow2");
+  REQUIRE(run_command({qemu_bin("qemu-img"), "create", "-q", "-f", "qcow2", base, "8M"}).status == 0);
+  vm.start(base);
+  vm.guest_write(1, "0", "1M");
+  auto first = vm.kvmcdp({"snapshot", "create", "s0", "--tree", vm.tree, "--qmp", vm.qmp,
+                          "--drive", "disk"});
+  REQUIRE_MESSAGE(first.status == 0, first.output);
+
+  for (int step = 1; step <= 3; ++step) {
+    vm.guest_write(10 + step, fmt::format("{}M", step), "512K");
+    std::string disk = vm.image_md5(vm.uri(), true);
+    std::string name = fmt::format("c{}", step);
+    auto crashed = run_command({"env", fmt::format("KVMCDP_CRASH_AT_STEP=create:{}", step),
+                                KVMCDP_BINARY, "snapshot", "create", name, "--tree", vm.tree,
+                                "--qmp", vm.qmp});
+    CHECK(crashed.status == 9);
+    auto repaired = vm.kvmcdp({"snapshot", "repair", "--tree", vm.tree, "--qmp", vm.qmp});
+    REQUIRE_MESSAGE(repaired.status == 0, repaired.output);
+    CHECK(repaired.output.find(step == 3 ? "finished creating" : "rolled back creating") !=
+          std::string::npos);
+    CHECK(vm.meta()["intent"].is_null());
+    CHECK(vm.image_md5(vm.uri(), true) == disk);
+    auto check = vm.kvmcdp({"snapshot", "check", "--tree", vm.tree});
+    CHECK_MESSAGE(check.status == 0, check.output);
+    // The repaired tree takes the next snapshot normally.
+    auto again = vm.kvmcdp({"snapshot", "create", name + "b", "--tree", vm.tree, "--qmp", vm.qmp});
+    REQUIRE_MESSAGE(again.status == 0, again.output);
+  }
+
+  for (int step = 1; step <= 4; ++step) {
+    auto made = vm.kvmcdp({"snapshot", "create", fmt::format("m{}", step), "--tree", vm.tree,
+                           "--qmp", vm.qmp});
+    REQUIRE_MESSAGE(made.status == 0, made.output);
+    vm.guest_write(20 + step, fmt::format("{}M", step + 3), "512K");
+    auto before = without(vm.all_md5(), fmt::format("m{}", step));
+    auto crashed = run_command({"env", fmt::format("KVMCDP_CRASH_AT_STEP=merge:{}", step),
+                                KVMCDP_BINARY, "snapshot", "delete", "--tree", vm.tree, "--qmp",
+                                vm.qmp, fmt::format("m{}", step)});
+    CHECK(crashed.status == 9);
+    auto repaired = vm.kvmcdp({"snapshot", "repair", "--tree", vm.tree, "--qmp", vm.qmp});
+    REQUIRE_MESSAGE(repaired.status == 0, repaired.output);
+    CHECK(vm.meta()["intent"].is_null());
+    CHECK(without(vm.all_md5(), fmt::format("m{}", step)) == before);
+    auto check = vm.kvmcdp({"snapshot", "check", "--tree", vm.tree});
+    CHECK_MESSAGE(check.status == 0, check.output);
+  }
+  vm.stop_and_check_files();
+}
+
 }  // namespace kvmcdp::test
