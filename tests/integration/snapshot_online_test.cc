@@ -262,4 +262,34 @@ TEST_CASE("snapshot: online crash at every step, then repair") {
   vm.stop_and_check_files();
 }
 
+// Rule 2 with the child off the running chain while the VM runs: a
+// safe-mode qemu-img rebase onto a parent the VM has open read-only.
+TEST_CASE("snapshot: online delete of a node whose child is on another branch") {
+  Vm vm;
+  std::string base = vm.dir.file("base.qcow2");
+  REQUIRE(run_command({qemu_bin("qemu-img"), "create", "-q", "-f", "qcow2", base, "8M"}).status == 0);
+  REQUIRE(run_command({qemu_bin("qemu-io"), "-c", "write -P 1 0 4M", base}).status == 0);
+  for (const char* name : {"s1", "s2"}) {
+    std::vector<std::string> args = {"snapshot", "create", name, "--tree", vm.tree};
+    if (std::string(name) == "s1") args.insert(args.end(), {"--base", base});
+    REQUIRE(vm.kvmcdp(args).status == 0);
+    std::string active = vm.path(vm.meta()["nodes"].back());
+    REQUIRE(run_command({qemu_bin("qemu-io"), "-c",
+                         fmt::format("write -P {} {}M 2M", name[1] - '0' + 4, name[1] - '0'),
+                         active})
+                .status == 0);
+  }
+  REQUIRE(vm.kvmcdp({"snapshot", "revert", "--tree", vm.tree, "s1"}).status == 0);
+  vm.start(vm.path(vm.meta()["nodes"].back()));
+  vm.guest_write(9, "6M", "1M");
+
+  auto before = vm.all_md5();
+  auto r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qmp, "s2"});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  CHECK(r.output.find("rebased s2 into @n0002") != std::string::npos);
+  CHECK(vm.all_md5() == without(before, "s2"));
+  CHECK(!std::filesystem::exists(vm.tree + "/n0001.qcow2"));
+  vm.stop_and_check_files();
+}
+
 }  // namespace kvmcdp::test
