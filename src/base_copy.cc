@@ -24,7 +24,7 @@ Result<BaseCopyResult> take_base_copy(QmpClient& qmp, const std::string& filter_
   unlink(sock.c_str());
 
   QmpReply started = qmp.execute(
-      "nbd-server-start", {{"addr", {{"type", "unix"}, {"path", sock}}}});
+      "nbd-server-start", {{"addr", {{"type", "unix"}, {"data", {{"path", sock}}}}}});
   if (!started.ok())
     return Status(ErrorKind::kQemu,
                   fmt::format("cannot start an NBD server for the base copy ({}); "
@@ -32,6 +32,7 @@ Result<BaseCopyResult> take_base_copy(QmpClient& qmp, const std::string& filter_
                               started.status().message()));
   QmpReply exported = qmp.execute("block-export-add", {{"type", "nbd"},
                                                        {"id", export_id},
+                                                       {"name", export_id},
                                                        {"node-name", filter_node},
                                                        {"writable", false}});
   Status copied = exported.status();
