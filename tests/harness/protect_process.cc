@@ -42,10 +42,10 @@ ProtectProcess::~ProtectProcess() {
 
 std::string ProtectProcess::output() const { return read_file(log_); }
 
-bool ProtectProcess::wait_base_complete(std::chrono::seconds timeout) {
+bool ProtectProcess::wait_output(const std::string& text, std::chrono::seconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
-    if (output().find("base copy complete") != std::string::npos) return true;
+    if (output().find(text) != std::string::npos) return true;
     int st;
     if (!reaped_ && waitpid(pid_, &st, WNOHANG) == pid_) {
       reaped_ = true;

@@ -16,8 +16,12 @@ class ProtectProcess {
                  const std::string& store, std::vector<std::string> extra = {});
   ~ProtectProcess();
 
-  // Waits until protect says the base copy is complete (or it exited).
-  bool wait_base_complete(std::chrono::seconds timeout);
+  // Waits until protect's output contains `text` (false if it exited or
+  // the time ran out).
+  bool wait_output(const std::string& text, std::chrono::seconds timeout);
+  bool wait_base_complete(std::chrono::seconds timeout) {
+    return wait_output("base copy complete", timeout);
+  }
   // SIGTERM and wait: protect's exit status.
   int stop();
   // SIGKILL, as a crash.

@@ -152,6 +152,62 @@ TEST_CASE("protect: restore by --seq and --at matches the disk's MD5 at 10 point
   CHECK(cdp.value.empty());
 }
 
+// Waits until kvmcdp acknowledged everything the filter assigned.
+void wait_acked(QemuProcess& vm) {
+  for (int i = 0; i < 500; ++i) {
+    QmpReply r = vm.qmp().execute("query-cdp");
+    REQUIRE(r.ok());
+    REQUIRE(r.value.size() == 1);
+    if (r.value[0]["acked-seq"] == r.value[0]["seq"] && r.value[0]["connected"] == true) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  FAIL("the filter's records were not acknowledged in 10 s");
+}
+
+TEST_CASE("protect: kill -9, writes meanwhile, restart: the filter resends, nothing lost") {
+  TempDir dir;
+  std::string disk = dir.file("disk.raw");
+  REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
+  auto vm = QemuProcess::start_system(
+      dir, {"-S", "-blockdev",
+            fmt::format("driver=file,filename={},node-name=disk0-file,discard=unmap", disk),
+            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0,discard=unmap", "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0"});
+  std::string store = dir.file("store");
+  std::mt19937_64 rng(42);
+  std::vector<Checkpoint> points;
+  {
+    ProtectProcess first(vm->tool_socket(), "vd0", store);
+    REQUIRE_MESSAGE(first.wait_base_complete(std::chrono::seconds(60)), first.output());
+    random_round(*vm, rng);
+    wait_acked(*vm);
+    points.push_back({filter_seq(*vm), "", md5_of_file(disk)});
+    first.kill9();
+  }
+  // The guest keeps writing with nobody listening: the filter queues.
+  for (int i = 0; i < 5; ++i)
+    qemu_io(*vm, fmt::format("write -P {} {} 65536", 10 + i, i * 1048576));
+  points.push_back({filter_seq(*vm), "", md5_of_file(disk)});
+
+  ProtectProcess second(vm->tool_socket(), "vd0", store);
+  REQUIRE_MESSAGE(second.wait_output("protecting", std::chrono::seconds(30)), second.output());
+  wait_acked(*vm);
+  random_round(*vm, rng);
+  wait_acked(*vm);
+  points.push_back({filter_seq(*vm), "", md5_of_file(disk)});
+  REQUIRE_MESSAGE(second.stop() == 0, second.output());
+
+  auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", store});
+  CHECK_MESSAGE(verify.status == 0, verify.output);
+  for (const auto& c : points) {
+    std::string out = dir.file("r.raw");
+    auto r = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
+                          std::to_string(c.seq), "-o", out});
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+    CHECK_MESSAGE(md5_of_file(out) == c.md5, "seq ", c.seq);
+  }
+}
+
 TEST_CASE("protect: a second protect of the same store exits busy (5)") {
   TempDir dir;
   std::string disk = dir.file("disk.raw");
