@@ -185,6 +185,7 @@ cat >"$build_dir/env.sh" <<EOF
 export KVMCDP_QEMU_PREFIX=$QEMU_PREFIX
 export KVMCDP_KIT=$KIT_DIR
 export KVMCDP=$build_dir/kvmcdp
+export KVMCDP_QEMU_IMG=$QEMU_PREFIX/bin/qemu-img
 EOF
 log "patched QEMU: $QEMU_PREFIX/bin"
 log "guest kit:    $KIT_DIR"

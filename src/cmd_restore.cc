@@ -49,6 +49,11 @@ Status run_restore(const RestoreOptions& o) {
   std::string raw_out = o.format == "raw" ? o.output : o.output + ".raw.tmp";
   auto stats = restore(o.store, *seq, raw_out, progress);
   if (tty) std::fprintf(stderr, "\n");
+  if (!stats && stats.status().kind() == ErrorKind::kDamaged)
+    return Status(ErrorKind::kNotRecoverable,
+                  fmt::format("seq {} lies past damage in the journal ({}); "
+                              "`kvmcdp journal verify` shows the last good record",
+                              *seq, stats.status().message()));
   if (!stats) return stats.status();
   if (o.format == "qcow2") {
     Status s = run_process({qemu_img_binary(), "convert", "-q", "-f", "raw", "-O", "qcow2",

@@ -248,3 +248,63 @@ TEST_CASE("protect: unknown drive and missing QEMU are clear errors") {
 }
 
 }  // namespace kvmcdp::test
+
+namespace kvmcdp::test {
+
+TEST_CASE("protect: a damaged journal: verify names the place, restore stops before it") {
+  TempDir dir;
+  std::string disk = dir.file("disk.raw");
+  REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
+  auto vm = QemuProcess::start_system(
+      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=f0", disk),
+            "-blockdev", "driver=raw,file=f0,node-name=disk0", "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0"});
+  std::string store = dir.file("store");
+  std::mt19937_64 rng(7);
+  Checkpoint early{}, late{};
+  {
+    ProtectProcess protect(vm->tool_socket(), "vd0", store);
+    REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
+    random_round(*vm, rng);
+    wait_acked(*vm);
+    early = {filter_seq(*vm), "", md5_of_file(disk)};
+    random_round(*vm, rng);
+    wait_acked(*vm);
+    late = {filter_seq(*vm), "", md5_of_file(disk)};
+    REQUIRE(protect.stop() == 0);
+  }
+  std::string seg = store + "/journal/000000000001.seg";
+  std::string pristine = read_file(seg);
+  REQUIRE(pristine.size() > 200);
+
+  for (bool truncate_instead : {false, true}) {
+    CAPTURE(truncate_instead);
+    std::string damaged = pristine;
+    if (truncate_instead)
+      damaged.resize(damaged.size() - 100);
+    else
+      damaged[damaged.size() - 100] ^= 0x40;
+    write_file(seg, damaged);
+
+    auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", store});
+    CHECK(verify.status == 4);
+    CHECK_MESSAGE(verify.output.find(seg) != std::string::npos, verify.output);
+    CHECK_MESSAGE(verify.output.find("damage at byte") != std::string::npos, verify.output);
+
+    std::string out = dir.file("r.raw");
+    auto before = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
+                               std::to_string(early.seq), "-o", out});
+    REQUIRE_MESSAGE(before.status == 0, before.output);
+    CHECK(md5_of_file(out) == early.md5);
+    auto after = run_command({KVMCDP_BINARY, "restore", "--store", store, "--seq",
+                              std::to_string(late.seq), "-o", out});
+    CHECK_MESSAGE(after.status == 6, after.output);
+    CHECK(after.output.rfind("kvmcdp: error: ", 0) == 0);
+  }
+  // Undamaged again, everything restores: the reader guessed nothing.
+  write_file(seg, pristine);
+  auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", store});
+  CHECK_MESSAGE(verify.status == 0, verify.output);
+}
+
+}  // namespace kvmcdp::test
