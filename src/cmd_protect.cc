@@ -44,6 +44,7 @@ struct ProtectOptions {
   int level = 1;
   uint64_t segment_mib = 256;
   uint64_t queue_mib = 64;
+  uint32_t filter_timeout_ms = 10000;
   bool quiet = false;
 };
 
@@ -77,7 +78,8 @@ Status point_filter(QmpClient& qmp, const ProtectOptions& o, const std::string& 
                                                    {"node-name", filter},
                                                    {"addr", addr},
                                                    {"mode", o.mode},
-                                                   {"queue-size", o.queue_mib << 20}});
+                                                   {"queue-size", o.queue_mib << 20},
+                                                   {"timeout", o.filter_timeout_ms}});
   if (r.ok()) return Status::ok();
   return {ErrorKind::kQemu, fmt::format("{} failed: {}", exists ? "cdp-connect" : "cdp-attach",
                                         r.status().message())};
@@ -331,6 +333,11 @@ CommandRunner setup_protect_command(CLI::App* app) {
       ->capture_default_str();
   app->add_option("--queue-size", o->queue_mib, "filter queue budget in MiB")
       ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  app->add_option("--filter-timeout", o->filter_timeout_ms,
+                  "ms the filter holds the guest back (queue full or kvmcdp gone) "
+                  "before it falls back to its dirty bitmap")
+      ->check(CLI::Range(100, 600000))
       ->capture_default_str();
   app->add_flag("--quiet", o->quiet, "no progress messages");
   return [o]() {

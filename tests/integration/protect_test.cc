@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include <doctest/doctest.h>
@@ -305,6 +306,93 @@ TEST_CASE("protect: a damaged journal: verify names the place, restore stops bef
   write_file(seg, pristine);
   auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", store});
   CHECK_MESSAGE(verify.status == 0, verify.output);
+}
+
+}  // namespace kvmcdp::test
+
+namespace kvmcdp::test {
+
+TEST_CASE("protect: receiver gone past the queue budget: gap, resync, exact again") {
+  TempDir dir;
+  std::string disk = dir.file("disk.raw");
+  REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
+  auto vm = QemuProcess::start_system(
+      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=f0", disk),
+            "-blockdev", "driver=raw,file=f0,node-name=disk0", "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0"});
+  std::string store = dir.file("store");
+  std::vector<std::string> small = {"--queue-size", "1", "--filter-timeout", "300"};
+  std::mt19937_64 rng(99);
+  Checkpoint before_gap{};
+  {
+    ProtectProcess first(vm->tool_socket(), "vd0", store, small);
+    REQUIRE_MESSAGE(first.wait_base_complete(std::chrono::seconds(60)), first.output());
+    random_round(*vm, rng);
+    wait_acked(*vm);
+    before_gap = {filter_seq(*vm), "", md5_of_file(disk)};
+    first.kill9();
+  }
+  // 4 MiB with nobody listening overflows the 1 MiB queue: after the
+  // timeout the guest goes on and the filter keeps a dirty bitmap.
+  for (int i = 0; i < 64; ++i)
+    qemu_io(*vm, fmt::format("write -P {} {} 65536", i + 1, (i * 3 % 200) * 65536));
+  uint64_t seq_in_gap = filter_seq(*vm);
+  QmpReply q = vm->qmp().execute("query-cdp");
+  REQUIRE(q.ok());
+  CHECK(q.value[0]["gap"] == true);
+  CHECK(q.value[0]["connected"] == false);
+  uint64_t dirty = q.value[0]["dirty-bytes"].get<uint64_t>();
+  CHECK(dirty > 0);
+  CHECK(vm->qmp().execute("query-status").value["status"] == "prelaunch");
+
+  ProtectProcess second(vm->tool_socket(), "vd0", store, small);
+  REQUIRE_MESSAGE(second.wait_output("protecting", std::chrono::seconds(30)), second.output());
+  wait_acked(*vm);
+  for (int i = 0; i < 500; ++i) {  // the resync runs after the handshake
+    QmpReply r = vm->qmp().execute("query-cdp");
+    if (r.value[0]["gap"] == false && r.value[0]["acked-seq"] == r.value[0]["seq"]) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  QmpReply after = vm->qmp().execute("query-cdp");
+  CHECK(after.value[0]["gap"] == false);
+  Checkpoint resynced{filter_seq(*vm), "", md5_of_file(disk)};
+  REQUIRE_MESSAGE(second.stop() == 0, second.output());
+
+  // The resync resent exactly the dirty ranges: as many bytes as the
+  // bitmap held.
+  auto dump = run_command({KVMCDP_BINARY, "journal", "dump", "--json", "--store", store});
+  REQUIRE(dump.status == 0);
+  uint64_t resent = 0;
+  bool saw_gap = false, saw_done = false;
+  std::istringstream lines(dump.output);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line[0] != '{') continue;
+    json r = json::parse(line);
+    if (r["type"] == "write" && (r["flags"].get<int>() & 4)) resent += r["length"].get<uint64_t>();
+    saw_gap |= r["type"] == "gap";
+    saw_done |= r["type"] == "resync-done";
+  }
+  CHECK(saw_gap);
+  CHECK(saw_done);
+  CHECK(resent == dirty);
+
+  auto points = run_command({KVMCDP_BINARY, "points", "--json", "--store", store});
+  REQUIRE(points.status == 0);
+  json pj = json::parse(points.output);
+  CHECK(pj["recoverable"].size() == 2);
+  CHECK(pj["gaps"].size() == 1);
+
+  std::string out = dir.file("r.raw");
+  for (const auto& c : {before_gap, resynced}) {
+    auto r = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
+                          std::to_string(c.seq), "-o", out});
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+    CHECK_MESSAGE(md5_of_file(out) == c.md5, "seq ", c.seq);
+  }
+  auto in_gap = run_command({KVMCDP_BINARY, "restore", "--store", store, "--seq",
+                             std::to_string(seq_in_gap), "-o", out});
+  CHECK_MESSAGE(in_gap.status == 6, in_gap.output);
+  CHECK(in_gap.output.find("nearest") != std::string::npos);
 }
 
 }  // namespace kvmcdp::test
