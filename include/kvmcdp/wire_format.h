@@ -44,7 +44,12 @@ enum class MsgType : uint16_t {
   kWrite = 2,        // payload: the data written (payload_len == length)
   kWriteZeroes = 3,  // flags may hold kFlagUnmap
   kDiscard = 4,      // restore writes zeroes for it: raw files and qcow2
-                     // images without a backing file read zeroes after it
+                     // images without a backing file read zeroes after it.
+                     // The filter guarantees it: it sends kDiscard only if
+                     // the range reads back as zeroes after the discard;
+                     // otherwise it sends the data read back as a kWrite
+                     // (a discard is at most kMaxPayload), and nothing if
+                     // the disk ignores discards (discard=ignore).
   kFlush = 5,        // the guest asked for durability of all seq < this
   kMark = 6,         // payload: the mark's name (UTF-8, no NUL)
   kGap = 7,          // records after the last one kvmcdp acked were dropped;
