@@ -1,0 +1,45 @@
+// A minimal stream receiver for filter tests: it speaks the real protocol
+// (wire_io) over a unix socket the cdp filter connects to, keeps every
+// record in memory, and acknowledges only when the test says so, which a
+// journal never does on purpose.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "record.h"
+
+namespace kvmcdp::test {
+
+class TestReceiver {
+ public:
+  // Listens on `socket_path`; `auto_ack` acks each batch as it arrives.
+  TestReceiver(const std::string& socket_path, bool auto_ack);
+  ~TestReceiver();
+
+  void ack_all();  // ack everything received so far
+  std::vector<Record> records();
+  uint64_t last_seq();
+  bool connected() const { return connected_; }
+  // Replays every kWrite/kWriteZeroes/kDiscard received onto `image`.
+  void replay_onto(const std::string& image);
+
+ private:
+  void run();
+  std::string path_;
+  bool auto_ack_;
+  int listen_fd_ = -1;
+  int fd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> connected_{false};
+  std::atomic<uint64_t> ack_request_{0};
+  std::mutex mu_;
+  std::vector<Record> records_;
+  std::thread thread_;
+};
+
+}  // namespace kvmcdp::test
