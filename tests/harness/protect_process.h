@@ -24,6 +24,8 @@ class ProtectProcess {
   }
   // SIGTERM and wait: protect's exit status.
   int stop();
+  // Waits for protect to exit by itself: its exit status, or -1 on timeout.
+  int wait_exit(std::chrono::seconds timeout);
   // SIGKILL, as a crash.
   void kill9();
   std::string output() const;

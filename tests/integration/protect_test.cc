@@ -396,3 +396,74 @@ TEST_CASE("protect: receiver gone past the queue budget: gap, resync, exact agai
 }
 
 }  // namespace kvmcdp::test
+
+namespace kvmcdp::test {
+
+// A small tmpfs for the store, unmounted however the test ends.
+struct SmallFs {
+  std::string path;
+  explicit SmallFs(const std::string& where, const std::string& size) : path(where) {
+    REQUIRE(run_command({"mkdir", "-p", path}).status == 0);
+    auto m = run_command({"mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", path});
+    REQUIRE_MESSAGE(m.status == 0, "cannot mount a tmpfs (root needed): ", m.output);
+  }
+  void grow(const std::string& size) {
+    REQUIRE(run_command({"mount", "-o", "remount,size=" + size, path}).status == 0);
+  }
+  ~SmallFs() { run_command({"umount", "-l", path}); }
+};
+
+TEST_CASE("protect: the store runs out of space: clear error, guest unharmed, resumes") {
+  TempDir dir;
+  std::string disk = dir.file("disk.raw");
+  REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
+  auto vm = QemuProcess::start_system(
+      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=f0", disk),
+            "-blockdev", "driver=raw,file=f0,node-name=disk0", "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0"});
+  SmallFs fs(dir.file("fs"), "8M");
+  std::string store = fs.path + "/store";
+  Checkpoint before{}, after{};
+  {
+    ProtectProcess first(vm->tool_socket(), "vd0", store);
+    REQUIRE_MESSAGE(first.wait_base_complete(std::chrono::seconds(60)), first.output());
+    qemu_io(*vm, "write -P 1 0 1M");
+    wait_acked(*vm);
+    before = {filter_seq(*vm), "", md5_of_file(disk)};
+    // Incompressible data, more than the store can hold.
+    std::string noise = dir.file("noise");
+    REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + noise, "bs=1M", "count=12"}).status == 0);
+    for (int i = 0; i < 12; ++i)
+      qemu_io(*vm, fmt::format("write -s {} {} 1M", noise, (2 + i) * 1048576));
+    // protect gives up by itself; it must not detach the filter.
+    int rc = first.wait_exit(std::chrono::seconds(60));
+    std::string out = first.output();
+    CHECK_MESSAGE(rc == 1, out);
+    CHECK_MESSAGE(out.find("kvmcdp: error: ") != std::string::npos, out);
+    CHECK_MESSAGE(out.find("No space left on device") != std::string::npos, out);
+  }
+  // The guest kept going: its writes are on the disk, the filter waits.
+  CHECK(vm->qmp().execute("query-status").ok());
+  QmpReply q = vm->qmp().execute("query-cdp");
+  REQUIRE(q.value.size() == 1);
+  CHECK(q.value[0]["connected"] == false);
+
+  fs.grow("64M");
+  ProtectProcess second(vm->tool_socket(), "vd0", store);
+  REQUIRE_MESSAGE(second.wait_output("protecting", std::chrono::seconds(30)), second.output());
+  wait_acked(*vm);
+  after = {filter_seq(*vm), "", md5_of_file(disk)};
+  REQUIRE_MESSAGE(second.stop() == 0, second.output());
+
+  auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", store});
+  CHECK_MESSAGE(verify.status == 0, verify.output);
+  std::string out = dir.file("r.raw");
+  for (const auto& c : {before, after}) {
+    auto r = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
+                          std::to_string(c.seq), "-o", out});
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+    CHECK_MESSAGE(md5_of_file(out) == c.md5, "seq ", c.seq);
+  }
+}
+
+}  // namespace kvmcdp::test
