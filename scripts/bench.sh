@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# kvmcdp benchmarks (issue 6): every figure measured side by side, in the
+# same run, against a reference, and given as a ratio, because the machine
+# is shared and absolute times drift.  Prints a table and writes the same
+# figures to bench-results.json (default tests/bench/bench-results.json).
+#
+#   bash scripts/bench.sh [--quick] [--out FILE]
+#
+# --quick shrinks every size (for trying the script; its figures mean
+# little).  BENCH_DIR picks the scratch directory (default
+# /var/tmp/kvmcdp-bench.PID, removed at the end unless BENCH_KEEP=1).
+#
+# Method
+# ------
+# Guest I/O (figures 1-3).  One qemu-storage-daemon (the patched QEMU)
+# holds two identical preallocated raw disks, cache.direct=on, aio=native
+# (what a production VM with cache=none uses): disk0 is protected by
+# `kvmcdp protect --mode async|sync`, disk1 is the reference.  The daemon
+# has two QMP monitors: protect gets one to itself (it attaches the cdp
+# filter, takes the base copy through its own NBD server, then stops that
+# server); once the base copy is complete we start our own NBD server on
+# the other monitor and export, writable, the filter node kvmcdp-disk0
+# (every write goes through the filter) and disk1 (no filter).  fio's nbd
+# engine then plays the guest.  Each fio job runs on both exports in the
+# order none, cdp, cdp, none and the two runs of each are averaged, so a
+# drift in the machine's load hits both sides alike.
+#   * throughput: 1 MiB sequential and 4 KiB random writes, QD 16;
+#   * p99 write latency: completion latency of the 4 KiB random job;
+#   * flush: 64 KiB write + flush, QD 1 (fio --fsync=1); the sync latency,
+#     and the extra time over one journal commit (a 64 KiB append +
+#     fdatasync in the store's directory, measured by scripts/bench/fsync.py).
+#
+# Ingest (figures 4, 6).  scripts/bench/fakefilter.py plays QEMU to
+# `kvmcdp protect`: a QMP server and the filter's stream, fed as fast as
+# protect takes it, so only kvmcdp's receiver and journal are measured.
+# The records carry a pool file exactly once (64 KiB writes); ingest time
+# runs from the first byte sent to the ACK of the last record (all of it
+# durable).  References on the same pool file: `zstd -1 -T0` (to
+# /dev/null: the compression limit) and `dd bs=1M conv=fdatasync` to the
+# store's file system (the disk limit).  Two pools: compressible (system
+# libraries and binaries concatenated) and incompressible (/dev/urandom).
+# Compression ratio: pool bytes / journal segment bytes, against pool bytes
+# / `zstd -1` output bytes.  Meanwhile protect's VmRSS/VmHWM and
+# utime+stime are sampled from /proc every 0.25 s.
+#
+# Restore (figures 5, 7).  Same fake filter.  Full restore: a disk (4 GiB,
+# 256 MiB with --quick) whose base image holds ~30% data in 16 MiB extents
+# and whose journal holds 4 KiB random writes worth ~10% of the disk, i.e.
+# ~40% data; `kvmcdp restore --latest` is compared with `qemu-img convert
+# -O raw` of the restored image (a raw source with the same data), both
+# followed by fsync of the output.  Scaling: 1e4, 1e5, 1e6 (1e3..1e5 with
+# --quick) random 4 KiB records over the same 1 GiB disk, restore time
+# each; linear growth is ~10x per step, quadratic ~100x.
+#
+# No figure is asserted; the script fails only if a tool fails.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+quick=0
+out=$here/tests/bench/bench-results.json
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) quick=1 ;;
+    --out) out=$2; shift ;;
+    *) echo "usage: $0 [--quick] [--out FILE]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [ -z "${BENCH_SKIP_SETUP:-}" ]; then
+  bash "$here/scripts/setup.sh"
+fi
+# shellcheck source=/dev/null
+source "$here/build/env.sh"
+QBIN=${BENCH_QEMU_BIN:-$KVMCDP_QEMU_PREFIX/bin}
+K=${BENCH_KVMCDP:-$KVMCDP}
+H=$here/scripts/bench
+B=${BENCH_DIR:-/var/tmp/kvmcdp-bench.$$}
+R=$B/results
+mkdir -p "$B" "$R"
+
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ -n "${BENCH_KEEP:-}" ] || rm -rf "$B"
+}
+trap cleanup EXIT
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+wait_for() {  # wait_for SECONDS TEST...
+  local n=$(($1 * 10)); shift
+  while ! "$@"; do
+    n=$((n - 1)); [ $n -gt 0 ] || return 1
+    sleep 0.1
+  done
+}
+qmp() { "$K" qmp --qmp "$1" "$2" >/dev/null; }
+
+if [ $quick = 1 ]; then
+  fio_secs=3; fio_disk=256M; pool_mib=64; full_disk=$((256 << 20))
+  scale_counts=(1000 10000 100000)
+else
+  fio_secs=6; fio_disk=1G; pool_mib=512; full_disk=$((4 << 30))
+  scale_counts=(10000 100000 1000000)
+fi
+
+machine_json() {
+  python3 - "$@" <<EOF
+import json, os, platform, subprocess
+cpu = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
+mem = [l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")][0]
+fs = subprocess.run(["df", "--output=fstype,source", "$B"], capture_output=True,
+                    text=True).stdout.split("\n")[1].split()
+print(json.dumps({
+  "cpus": os.cpu_count(), "cpu_model": cpu[0] if cpu else "?",
+  "mem_gib": round(int(mem) / 2**20, 1), "kernel": platform.release(),
+  "scratch_fs": fs, "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
+  "qemu": "$QBIN", "kvmcdp_rev": subprocess.run(["git", "-C", "$here", "rev-parse",
+          "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+  "quick": $quick}))
+EOF
+}
+machine_json >"$R/machine.json"
+log "scratch $B, QEMU $QBIN, kvmcdp $K"
+
+# ---------------------------------------------------------------- guest I/O
+# fio_run EXPORT NAME JOBARGS...: one fio run, its JSON in $R/fio-NAME.json
+fio_run() {
+  local exp=$1 name=$2; shift 2
+  fio --name="$name" --ioengine=nbd --uri="nbd+unix:///$exp?socket=$B/nbd.sock" \
+    --size="$fio_disk" --time_based --runtime="$fio_secs" --output-format=json \
+    --output="$R/fio-$name.json" "$@" >/dev/null 2>"$B/fio.err" ||
+    { cat "$B/fio.err" >&2; die "fio $name failed"; }
+}
+
+guest_io() {
+  local mode=$1
+  local d=$B/io-$mode
+  mkdir -p "$d"
+  fallocate -l "$fio_disk" "$d/disk0.raw"
+  fallocate -l "$fio_disk" "$d/disk1.raw"
+  local bd="cache.direct=on,aio=native"
+  "$QBIN/qemu-storage-daemon" \
+    --blockdev "driver=file,filename=$d/disk0.raw,node-name=f0,$bd" \
+    --blockdev driver=raw,file=f0,node-name=disk0 \
+    --blockdev "driver=file,filename=$d/disk1.raw,node-name=f1,$bd" \
+    --blockdev driver=raw,file=f1,node-name=disk1 \
+    --chardev "socket,id=m0,path=$d/qmp-protect.sock,server=on,wait=off" --monitor chardev=m0 \
+    --chardev "socket,id=m1,path=$d/qmp-bench.sock,server=on,wait=off" --monitor chardev=m1 \
+    >"$d/qsd.log" 2>&1 &
+  local qsd=$!
+  pids+=("$qsd")
+  wait_for 20 test -S "$d/qmp-bench.sock" || die "qemu-storage-daemon did not start: $(cat "$d/qsd.log")"
+  "$K" protect --qmp "$d/qmp-protect.sock" --drive disk0 --store "$d/store" --mode "$mode" \
+    >"$d/protect.log" 2>&1 &
+  local prot=$!
+  pids+=("$prot")
+  wait_for 120 grep -q "base copy complete" "$d/protect.log" ||
+    die "protect ($mode): no base copy: $(cat "$d/protect.log")"
+  qmp "$d/qmp-bench.sock" "{\"execute\":\"nbd-server-start\",\"arguments\":{\"addr\":{\"type\":\"unix\",\"data\":{\"path\":\"$B/nbd.sock\"}}}}"
+  qmp "$d/qmp-bench.sock" '{"execute":"block-export-add","arguments":{"type":"nbd","id":"cdp","name":"cdp","node-name":"kvmcdp-disk0","writable":true}}'
+  qmp "$d/qmp-bench.sock" '{"execute":"block-export-add","arguments":{"type":"nbd","id":"none","name":"none","node-name":"disk1","writable":true}}'
+  local job args
+  for job in seq1m rand4k flush64k; do
+    case $job in
+      seq1m) args=(--rw=write --bs=1M --iodepth=16) ;;
+      rand4k) args=(--rw=randwrite --bs=4k --iodepth=16 --randrepeat=0) ;;
+      flush64k) args=(--rw=write --bs=64k --iodepth=1 --fsync=1) ;;
+    esac
+    log "fio $job, $mode: none, cdp, cdp, none (${fio_secs} s each)"
+    fio_run none "$mode-$job-none-1" "${args[@]}"
+    fio_run cdp "$mode-$job-cdp-1" "${args[@]}"
+    fio_run cdp "$mode-$job-cdp-2" "${args[@]}"
+    fio_run none "$mode-$job-none-2" "${args[@]}"
+  done
+  "$K" qmp --qmp "$d/qmp-bench.sock" '{"execute":"query-cdp"}' >"$R/query-cdp-$mode.json"
+  qmp "$d/qmp-bench.sock" '{"execute":"block-export-del","arguments":{"id":"cdp","mode":"hard"}}'
+  qmp "$d/qmp-bench.sock" '{"execute":"block-export-del","arguments":{"id":"none","mode":"hard"}}'
+  qmp "$d/qmp-bench.sock" '{"execute":"nbd-server-stop"}'
+  python3 "$H/fsync.py" "$d/store" 65536 200 >"$R/fsync-$mode.json"
+  kill -TERM "$prot"; wait "$prot" || die "protect ($mode) failed: $(tail -3 "$d/protect.log")"
+  kill -TERM "$qsd"; wait "$qsd" || true
+  rm -rf "$d"
+}
+
+# ------------------------------------------------------------------- ingest
+# fake_protect DIR BASE DISKSIZE POOL PLAN RESULT: protect fed by the fake filter
+fake_protect() {
+  local d=$1 base=$2 size=$3 pool=$4 plan=$5 res=$6
+  mkdir -p "$d"
+  rm -f "$d/fq.sock"
+  python3 "$H/fakefilter.py" --qmp "$d/fq.sock" --base "$base" --disk-size "$size" \
+    --pool "$pool" --plan "$plan" --result "$res" --qemu-nbd "$QBIN/qemu-nbd" \
+    2>"$d/fake.log" &
+  local fake=$!
+  pids+=("$fake")
+  wait_for 20 test -S "$d/fq.sock" || die "fake filter did not start: $(cat "$d/fake.log")"
+  "$K" protect --qmp "$d/fq.sock" --drive disk0 --store "$d/store" --quiet >"$d/protect.log" 2>&1 &
+  local prot=$!
+  pids+=("$prot")
+  while [ ! -e "$res" ]; do
+    kill -0 "$prot" 2>/dev/null || die "protect died: $(cat "$d/protect.log")"
+    kill -0 "$fake" 2>/dev/null || die "fake filter died: $(cat "$d/fake.log")"
+    sleep 0.2
+  done
+  kill -TERM "$prot"; wait "$prot" || die "protect failed: $(cat "$d/protect.log")"
+  wait "$fake" || die "fake filter failed: $(cat "$d/fake.log")"
+}
+
+make_pools() {
+  log "pools: ${pool_mib} MiB compressible, ${pool_mib} MiB incompressible"
+  python3 "$H/mkpool.py" "$B/pool.comp" $((pool_mib << 20))
+  head -c $((pool_mib << 20)) /dev/urandom >"$B/pool.rand"
+}
+
+ingest() {
+  local kind=$1
+  local pool=$B/pool.$kind d=$B/ingest-$kind
+  mkdir -p "$d"
+  truncate -s 1G "$d/base.raw"
+  log "ingest ($kind): zstd -1 -T0, dd conv=fdatasync, kvmcdp protect"
+  python3 "$H/timeit.py" "$R/zstd-$kind.json" sh -c "zstd -1 -T0 -q -c '$pool' >/dev/null"
+  zstd -1 -T0 -q -c "$pool" | wc -c >"$R/zstd-size-$kind"
+  python3 "$H/timeit.py" "$R/dd-$kind.json" \
+    dd if="$pool" of="$d/dd.out" bs=1M conv=fdatasync status=none
+  rm -f "$d/dd.out"
+  fake_protect "$d" "$d/base.raw" $((1 << 30)) "$pool" seq:65536 "$R/ingest-$kind.json"
+  du -sb --apparent-size "$d/store/journal" | cut -f1 >"$R/journal-size-$kind"
+  python3 "$H/timeit.py" "$R/zstd2-$kind.json" sh -c "zstd -1 -T0 -q -c '$pool' >/dev/null"
+  rm -rf "$d"
+}
+
+# ------------------------------------------------------------------ restore
+full_restore() {
+  local d=$B/full
+  mkdir -p "$d"
+  log "full restore: $((full_disk >> 20)) MiB disk, ~30% data in the base, ~10% in the journal"
+  python3 "$H/mkdisk.py" "$d/base.raw" "$full_disk" 0.30 "$B/pool.comp"
+  local recs=$((full_disk / 10 / 4096))
+  fake_protect "$d/p" "$d/base.raw" "$full_disk" "$B/pool.comp" "rand:$recs:4096" "$R/full-ingest.json"
+  rm -f "$d/base.raw"
+  python3 "$H/timeit.py" "$R/full-restore.json" \
+    "$K" restore --quiet --store "$d/p/store" --latest -o "$d/restored.raw" >/dev/null
+  python3 "$H/timeit.py" "$R/full-qemu-img.json" sh -c \
+    "'$QBIN/qemu-img' convert -f raw -O raw '$d/restored.raw' '$d/ref.raw' && sync '$d/ref.raw'"
+  du -B1 "$d/restored.raw" | cut -f1 >"$R/full-allocated"
+  rm -f "$d/ref.raw"
+  python3 "$H/timeit.py" "$R/full-restore-2.json" \
+    "$K" restore --quiet --store "$d/p/store" --latest -o "$d/restored.raw" >/dev/null
+  python3 "$H/timeit.py" "$R/full-qemu-img-2.json" sh -c \
+    "'$QBIN/qemu-img' convert -f raw -O raw '$d/restored.raw' '$d/ref.raw' && sync '$d/ref.raw'"
+  rm -rf "$d"
+}
+
+restore_scaling() {
+  local n d
+  for n in "${scale_counts[@]}"; do
+    d=$B/scale-$n
+    mkdir -p "$d"
+    truncate -s 1G "$d/base.raw"
+    log "restore scaling: $n records of 4 KiB over 1 GiB"
+    fake_protect "$d" "$d/base.raw" $((1 << 30)) "$B/pool.comp" "rand:$n:4096" "$R/scale-ingest-$n.json"
+    python3 "$H/timeit.py" "$R/scale-restore-$n.json" \
+      "$K" restore --quiet --store "$d/store" --latest -o "$d/restored.raw" >/dev/null
+    rm -rf "$d"
+  done
+}
+
+t0=$(date +%s)
+guest_io async
+guest_io sync
+make_pools
+ingest comp
+ingest rand
+full_restore
+restore_scaling
+echo $(($(date +%s) - t0)) >"$R/wall-seconds"
+mkdir -p "$(dirname "$out")"
+python3 "$H/report.py" "$R" "$out"

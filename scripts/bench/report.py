@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""report.py RESULTS_DIR OUT.json: turns the raw measurements bench.sh left
+in RESULTS_DIR into the figures: a table on stdout and OUT.json."""
+import glob
+import json
+import os
+import sys
+
+rdir, out = sys.argv[1], sys.argv[2]
+MiB = 2**20
+
+
+def load(name):
+    p = os.path.join(rdir, name)
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        txt = f.read()
+    try:
+        return json.loads(txt)
+    except ValueError:
+        return txt.strip()
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def fio(mode, job, side):
+    runs = [load(f"fio-{mode}-{job}-{side}-{i}.json") for i in (1, 2)]
+    runs = [r["jobs"][0] for r in runs if r]
+    if not runs:
+        return None
+    w = [r["write"] for r in runs]
+    res = {"MiB_s": mean([x["bw"] / 1024 for x in w]),
+           "iops": mean([x["iops"] for x in w]),
+           "p99_ms": mean([x["clat_ns"]["percentile"]["99.000000"] / 1e6 for x in w])}
+    s = [r.get("sync", {}).get("lat_ns") for r in runs]
+    if all(s) and s[0].get("N"):
+        res["flush_mean_ms"] = mean([x["mean"] / 1e6 for x in s])
+        res["cycle_ms"] = 1e3 / res["iops"]
+    return res
+
+
+figures = []
+
+
+def fig(name, value, ref, ratio, target=None, unit="", note=""):
+    figures.append({"figure": name, "value": value, "reference": ref, "ratio": ratio,
+                    "target": target, "unit": unit, "note": note})
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+# 1-3: guest I/O
+for mode in ("async", "sync"):
+    tgt = ">= 0.95" if mode == "async" else "report"
+    for job, label in (("seq1m", "1 MiB seq write QD16"), ("rand4k", "4 KiB rand write QD16")):
+        c, n = fio(mode, job, "cdp"), fio(mode, job, "none")
+        if not c or not n:
+            continue
+        fig(f"{label} throughput, {mode}", c["MiB_s"], n["MiB_s"], ratio(c["MiB_s"], n["MiB_s"]),
+            tgt, "MiB/s", "fio nbd engine; reference: same export without the filter")
+    c, n = fio(mode, "rand4k", "cdp"), fio(mode, "rand4k", "none")
+    if c and n:
+        fig(f"p99 write latency 4 KiB QD16, {mode}", c["p99_ms"], n["p99_ms"],
+            ratio(c["p99_ms"], n["p99_ms"]), "<= 1.10" if mode == "async" else "report", "ms")
+    c, n = fio(mode, "seq1m", "cdp"), fio(mode, "seq1m", "none")
+    if c and n:
+        fig(f"p99 write latency 1 MiB QD16, {mode}", c["p99_ms"], n["p99_ms"],
+            ratio(c["p99_ms"], n["p99_ms"]), "report", "ms")
+    c, n = fio(mode, "flush64k", "cdp"), fio(mode, "flush64k", "none")
+    fs = load(f"fsync-{mode}.json")
+    if c and n and "flush_mean_ms" in c:
+        extra = c["flush_mean_ms"] - n["flush_mean_ms"] - (fs["median_ms"] if fs else 0)
+        fig(f"flush latency (64 KiB write + flush QD1), {mode}", c["flush_mean_ms"],
+            n["flush_mean_ms"], ratio(c["flush_mean_ms"], n["flush_mean_ms"]), "report", "ms",
+            f"one journal commit (64 KiB append + fdatasync) = "
+            f"{fs['median_ms']:.2f} ms median; extra over none + one commit = {extra:.2f} ms; "
+            f"write+flush cycle {c['cycle_ms']:.2f} vs {n['cycle_ms']:.2f} ms" if fs else "")
+
+# 4, 6: ingest
+for kind, label in (("comp", "compressible"), ("rand", "incompressible")):
+    ing = load(f"ingest-{kind}.json")
+    if not ing:
+        continue
+    size = ing["payload_bytes"]
+    z = mean([load(f"zstd-{kind}.json")["seconds"], (load(f"zstd2-{kind}.json") or {}).get("seconds")])
+    dd = load(f"dd-{kind}.json")["seconds"]
+    zmb, ddmb = size / z / MiB, size / dd / MiB
+    lim = min(zmb, ddmb)
+    fig(f"journal ingest, {label}", ing["mib_per_s"], lim, ratio(ing["mib_per_s"], lim),
+        ">= 0.9", "MiB/s",
+        f"reference = lower of zstd -1 -T0 ({zmb:.0f} MiB/s) and dd conv=fdatasync "
+        f"({ddmb:.0f} MiB/s); {size / MiB:.0f} MiB in 64 KiB records")
+    jr = size / int(load(f"journal-size-{kind}"))
+    zr = size / int(load(f"zstd-size-{kind}"))
+    fig(f"compression ratio, {label}", jr, zr, jr / zr, ">= 0.95", "x",
+        "pool bytes / journal bytes vs pool bytes / zstd -1 output")
+    rss = [s[1] for s in ing["rss_samples"]]
+    q = [rss[int(len(rss) * f)] / MiB for f in (0.25, 0.5, 0.75)] if rss else []
+    fig(f"protect peak RSS while ingesting, {label}", ing["hwm_end"] / MiB, None, None,
+        "<= 256 MiB, flat", "MiB",
+        "VmHWM at the end; VmRSS at 25/50/75% of the run: " + ", ".join(f"{x:.0f}" for x in q))
+    fig(f"protect CPU per GiB ingested, {label}", ing["cpu_seconds"] / (size / 2**30), None,
+        None, "report", "s/GiB", "utime+stime of protect during the ingest")
+
+# 5: full restore
+fr = [load("full-restore.json"), load("full-restore-2.json")]
+fq = [load("full-qemu-img.json"), load("full-qemu-img-2.json")]
+if all(fr) and all(fq):
+    r, q = mean([x["seconds"] for x in fr]), mean([x["seconds"] for x in fq])
+    fi = load("full-ingest.json")
+    alloc = load("full-allocated")
+    m = load("machine.json")
+    disk = 256 if m.get("quick") else 4096
+    fig("full restore to raw (speed vs qemu-img convert)", r, q, q / r, ">= 1.0", "s",
+        f"{disk} MiB disk, {int(alloc) / MiB:.0f} MiB allocated after restore, "
+        f"journal {fi['records']} x 4 KiB records; ratio = qemu-img time / restore time")
+
+# 7: restore scaling
+prev = None
+for p in sorted(glob.glob(os.path.join(rdir, "scale-restore-*.json")),
+                key=lambda p: int(p.rsplit("-", 1)[1].split(".")[0])):
+    n = int(p.rsplit("-", 1)[1].split(".")[0])
+    t = load(os.path.basename(p))["seconds"]
+    fig(f"restore time, {n} records", t, prev[1] if prev else None,
+        t / prev[1] if prev else None, "~10x per 10x records", "s",
+        f"{t / n * 1e6:.1f} us/record; ratio vs {prev[0]} records" if prev else
+        f"{t / n * 1e6:.1f} us/record")
+    prev = (n, t)
+
+for name, why in (
+        ("restore from a built node, 1% changed", "kvmcdp has no built nodes yet"),
+        ("snapshot create I/O pause under write load", "not yet in this script"),
+):
+    fig(name, None, None, None, None, "", "not measured: " + why)
+
+machine = load("machine.json")
+machine["wall_seconds"] = int(load("wall-seconds") or 0)
+doc = {"machine": machine, "figures": figures}
+tmp = out + ".tmp"
+with open(tmp, "w") as f:
+    json.dump(doc, f, indent=1)
+os.replace(tmp, out)
+
+
+def fmt(x):
+    if x is None:
+        return "-"
+    return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+print(f"machine: {machine['cpus']} x {machine['cpu_model']}, {machine['mem_gib']} GiB, "
+      f"kernel {machine['kernel']}, scratch {' '.join(machine['scratch_fs'])}, "
+      f"load {' '.join(machine['loadavg_at_start'])}, run {machine['wall_seconds']} s")
+w = max(len(f["figure"]) for f in figures)
+print(f"{'figure':<{w}}  {'value':>9}  {'reference':>9}  {'ratio':>6}  {'target':<16} unit")
+for f in figures:
+    print(f"{f['figure']:<{w}}  {fmt(f['value']):>9}  {fmt(f['reference']):>9}  "
+          f"{fmt(f['ratio']):>6}  {f['target'] or '':<16} {f['unit']}")
+    if f["note"]:
+        print(f"{'':<{w}}    {f['note']}")
