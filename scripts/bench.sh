@@ -33,7 +33,8 @@
 # Ingest (figures 4, 6).  scripts/bench/fakefilter.py plays QEMU to
 # `kvmcdp protect`: a QMP server and the filter's stream, fed as fast as
 # protect takes it, so only kvmcdp's receiver and journal are measured.
-# The records carry a pool file exactly once (64 KiB writes); ingest time
+# Like the filter, the fake keeps at most 64 MiB (the default
+# --queue-size) unacknowledged.  The records carry a pool file exactly once (64 KiB writes); ingest time
 # runs from the first byte sent to the ACK of the last record (all of it
 # durable).  References on the same pool file: `zstd -1 -T0` (to
 # /dev/null: the compression limit) and `dd bs=1M conv=fdatasync` to the
@@ -47,7 +48,8 @@
 # 256 MiB with --quick) whose base image holds ~30% data in 16 MiB extents
 # and whose journal holds 4 KiB random writes worth ~10% of the disk, i.e.
 # ~40% data; `kvmcdp restore --latest` is compared with `qemu-img convert
-# -O raw` of the restored image (a raw source with the same data), both
+# -O raw` of the restored image (the output removed before each run:
+# on this machine rename(2) over an existing multi-GiB file takes seconds) (a raw source with the same data), both
 # followed by fsync of the output.  Scaling: 1e4, 1e5, 1e6 (1e3..1e5 with
 # --quick) random 4 KiB records over the same 1 GiB disk, restore time
 # each; linear growth is ~10x per step, quadratic ~100x.
@@ -248,6 +250,7 @@ full_restore() {
     "'$QBIN/qemu-img' convert -f raw -O raw '$d/restored.raw' '$d/ref.raw' && sync '$d/ref.raw'"
   du -B1 "$d/restored.raw" | cut -f1 >"$R/full-allocated"
   rm -f "$d/ref.raw"
+  rm -f "$d/restored.raw"  # renaming over a file takes seconds here
   python3 "$H/timeit.py" "$R/full-restore-2.json" \
     "$K" restore --quiet --store "$d/p/store" --latest -o "$d/restored.raw" >/dev/null
   python3 "$H/timeit.py" "$R/full-qemu-img-2.json" sh -c \

@@ -15,6 +15,8 @@ writes) in the way:
     --plan as fast as the socket takes them, while a second thread reads
     the ACKs.  The ingest time runs from the first byte sent to the ACK of
     the last record, i.e. until everything is durable in the journal;
+  * like the filter, it keeps at most --window bytes (default 64 MiB, the
+    filter's default queue-size) sent but not acknowledged;
   * meanwhile it samples protect's /proc/PID/status (VmRSS, VmHWM) and
     /proc/PID/stat (utime + stime); the PID comes from SO_PEERCRED.
 
@@ -30,6 +32,7 @@ script then waits for protect's cdp-detach and exits.
 Python 3 standard library only.
 """
 import argparse
+import collections
 import json
 import os
 import random
@@ -157,6 +160,20 @@ class Stream:
         sent_bytes = 0
         nrec = 0
         batch, batch_len = [], 0
+        window = self.args.window
+        unacked = collections.deque()  # (seq, bytes sent up to it), not yet acked
+
+        def wait_window(sent):
+            # Like the filter's queue budget: no more than --window bytes in
+            # flight without an ACK.
+            with self.ack_cv:
+                while True:
+                    while unacked and unacked[0][0] <= self.acked:
+                        unacked.popleft()
+                    if not unacked or sent - unacked[0][1] <= window:
+                        return
+                    self.ack_cv.wait(1)
+
         it = gen if first is None else _chain(first, gen)
         now = time.time_ns()
         for off, data in it:
@@ -168,7 +185,9 @@ class Stream:
             batch_len += len(data) + HDR.size
             sent_bytes += len(data)
             if batch_len >= (1 << 20):
+                wait_window(sent_bytes)
                 self.sock.sendall(b"".join(batch))
+                unacked.append((self.seq, sent_bytes - batch_len))
                 batch, batch_len = [], 0
                 now = time.time_ns()
         if batch:
@@ -314,6 +333,8 @@ def main():
     ap.add_argument("--plan", required=True)
     ap.add_argument("--result", required=True)
     ap.add_argument("--filter", default="kvmcdp-disk0")
+    ap.add_argument("--window", type=int, default=64 << 20,
+                    help="bytes in flight without an ACK (the filter's queue-size)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--qemu-nbd", default="qemu-nbd")
     args = ap.parse_args()

@@ -135,7 +135,7 @@ for p in sorted(glob.glob(os.path.join(rdir, "scale-restore-*.json")),
 
 for name, why in (
         ("restore from a built node, 1% changed", "kvmcdp has no built nodes yet"),
-        ("snapshot create I/O pause under write load", "not yet in this script"),
+        ("snapshot create I/O pause under write load", "`kvmcdp snapshot create --qmp` exists, but this script does not drive it yet"),
 ):
     fig(name, None, None, None, None, "", "not measured: " + why)
 
