@@ -9,6 +9,10 @@
 # --quick shrinks every size (for trying the script; its figures mean
 # little).  BENCH_DIR picks the scratch directory (default
 # /var/tmp/kvmcdp-bench.PID, removed at the end unless BENCH_KEEP=1).
+# BENCH_SKIP_SETUP=1 skips scripts/setup.sh (e.g. while the patched QEMU
+# for the current patch is not built yet) and then BENCH_QEMU_BIN (a bin/
+# with qemu-storage-daemon, qemu-nbd, qemu-img) and BENCH_KVMCDP (the
+# kvmcdp binary) override what build/env.sh says.
 #
 # Method
 # ------
