@@ -28,6 +28,9 @@ const std::vector<Command>& commands() {
       {"snapshot", "Create, list, check, delete, revert snapshots of a drive (a qcow2 tree)",
        setup_snapshot_command},
       {"merge", "Merge a snapshot node into its only child", setup_merge_command},
+      {"build", "Materialise journal points as qcow2 nodes of the store's tree",
+       setup_build_command},
+      {"prune", "Delete built nodes a retention policy does not keep", setup_prune_command},
       {"qmp", "Send one QMP command to a QEMU and print its reply",
        setup_qmp_command},
   };

@@ -40,5 +40,7 @@ CommandRunner setup_restore_command(CLI::App* app);
 CommandRunner setup_journal_command(CLI::App* app);
 CommandRunner setup_snapshot_command(CLI::App* app);
 CommandRunner setup_merge_command(CLI::App* app);
+CommandRunner setup_build_command(CLI::App* app);
+CommandRunner setup_prune_command(CLI::App* app);
 
 }  // namespace kvmcdp

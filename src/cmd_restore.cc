@@ -10,6 +10,7 @@
 
 #include "cli.h"
 #include "point.h"
+#include "restore_delta.h"
 #include "restore_engine.h"
 #include "subprocess.h"
 
@@ -47,7 +48,11 @@ Status run_restore(const RestoreOptions& o) {
                    p.total ? 100.0 * p.done / p.total : 100.0);
     };
   std::string raw_out = o.format == "raw" ? o.output : o.output + ".raw.tmp";
-  auto stats = restore(o.store, *seq, raw_out, progress);
+  //    From the nearest built node at or before the seq when the store has
+  //    one (kvmcdp build), else from the base (restore_delta.h).
+  auto nearest = restore_nearest(o.store, *seq, raw_out, progress);
+  Result<RestoreStats> stats = nearest ? Result<RestoreStats>(nearest->stats)
+                                       : Result<RestoreStats>(nearest.status());
   if (tty) std::fprintf(stderr, "\n");
   if (!stats && stats.status().kind() == ErrorKind::kDamaged)
     return Status(ErrorKind::kNotRecoverable,
@@ -61,12 +66,18 @@ Status run_restore(const RestoreOptions& o) {
     unlink(raw_out.c_str());
     if (!s) return s;
   }
-  if (!o.quiet)
+  if (!o.quiet) {
+    std::string from = nearest->from_node.empty()
+                           ? std::string("the base")
+                           : fmt::format("built node {} (seq {})", nearest->from_node,
+                                         nearest->from_seq);
     std::fprintf(stderr, "kvmcdp: restored seq %llu to %s (%s): %llu bytes from the journal, "
-                 "%llu from the base\n",
+                 "the rest from %s; journal read: %llu bytes in %llu frames\n",
                  static_cast<unsigned long long>(*seq), o.output.c_str(), o.format.c_str(),
-                 static_cast<unsigned long long>(stats->journal_bytes),
-                 static_cast<unsigned long long>(stats->base_bytes));
+                 static_cast<unsigned long long>(stats->journal_bytes), from.c_str(),
+                 static_cast<unsigned long long>(stats->frame_bytes),
+                 static_cast<unsigned long long>(stats->frames_read));
+  }
   std::printf("%llu\n", static_cast<unsigned long long>(*seq));
   return Status::ok();
 }

@@ -107,6 +107,7 @@ Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
   for (size_t i = first; i-- > 0 && !done.covers(size);) {
     if (auto s = r.read_frame(i, &raw, &recs); !s) return fail(s);
     st.frames_read++;
+    st.frame_bytes += r.frames()[i].length;
     for (size_t k = recs.size(); k-- > 0;) {
       const RecordView& v = recs[k];
       if (v.seq > target_seq) continue;

@@ -19,6 +19,7 @@ using RestoreProgressFn = std::function<void(const RestoreProgress&)>;
 struct RestoreStats {
   uint64_t disk_size = 0;
   uint64_t frames_read = 0;
+  uint64_t frame_bytes = 0;    // compressed journal bytes read
   uint64_t journal_bytes = 0;  // output bytes written from records
   uint64_t zero_bytes = 0;     // left as holes for write-zeroes/discard
   uint64_t base_bytes = 0;     // output bytes copied from the base image

@@ -62,6 +62,7 @@ std::string tree_to_json(const Tree& t) {
               {"format", n.format},   {"parent", n.parent.empty() ? json(nullptr) : json(n.parent)},
               {"created", n.created}, {"state", n.state == NodeState::kLive ? "live" : "deleted"}};
     j["point"] = n.point ? json(*n.point) : json(nullptr);
+    if (n.point_time_ns) j["point_time_ns"] = *n.point_time_ns;
     nodes.push_back(j);
   }
   json root = {{"version", kTreeVersion}, {"active", t.active},
@@ -97,6 +98,8 @@ Result<Tree> tree_from_json(const std::string& text, const std::string& dir) {
         return {ErrorKind::kDamaged, fmt::format("node {}: unknown state '{}'", n.name, state)};
       n.state = state == "live" ? NodeState::kLive : NodeState::kDeleted;
       if (jn.contains("point") && !jn["point"].is_null()) n.point = jn["point"].get<uint64_t>();
+      if (jn.contains("point_time_ns") && !jn["point_time_ns"].is_null())
+        n.point_time_ns = jn["point_time_ns"].get<uint64_t>();
       t.nodes.push_back(std::move(n));
     }
     if (j.contains("intent") && !j["intent"].is_null())

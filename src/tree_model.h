@@ -29,6 +29,7 @@ struct TreeNode {
   int64_t created = 0;  // unix seconds
   NodeState state = NodeState::kLive;
   std::optional<uint64_t> point;  // journal sequence number, if any
+  std::optional<uint64_t> point_time_ns;  // that record's time (kvmcdp build)
 };
 
 // A multi-step operation in progress (see man/kvmcdp-tree.5, INTENT).

@@ -1,0 +1,272 @@
+// Building snapshot nodes from the journal.  Each step goes through QEMU's
+// own tools, so no qcow2 is ever written by hand:
+//
+//  1. The root, once: restore() of the base-complete seq to a raw temp
+//     file, `qemu-img convert -O qcow2` into DIR/tree/base.qcow2.
+//  2. For a point S: the parent is the live node with the largest point
+//     <= S in the same recoverable range.  `qemu-img create -f qcow2 -b
+//     <parent, relative> -F qcow2` makes an empty overlay (temp name).
+//  3. journal_delta(parent, S] gives each changed byte's newest version.
+//     The pieces are sorted and coalesced, each data extent is spooled to
+//     a small file and written with qemu-io `write -s FILE OFF LEN`, each
+//     zero extent with `write -z` (a qcow2 zero cluster, not a hole that
+//     would show the parent): a batch of commands per qemu-io process.
+//  4. Rename the overlay into place, then add the node to tree.json in one
+//     atomic write.  A kill before that leaves at most an orphan file,
+//     which the next build of the same point overwrites.
+#include "build_tree.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <ctime>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "fsutil.h"
+#include "point.h"
+#include "restore_delta.h"
+#include "snapshot_qemu.h"
+#include "subprocess.h"
+#include "tree_model.h"
+
+namespace kvmcdp {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr size_t kCommandsPerQemuIo = 200;
+
+std::string qemu_io_binary() {
+  std::string img = qemu_img_binary();
+  auto slash = img.rfind('/');
+  if (slash == std::string::npos) return "qemu-io";
+  return img.substr(0, slash + 1) + "qemu-io";
+}
+
+// The time of record `seq` (its frame's records are read).
+Result<uint64_t> record_time(journal::JournalReader& r, uint64_t seq) {
+  auto i = r.frame_for_seq(seq);
+  if (!i) return Status(ErrorKind::kNotFound, fmt::format("no record {} in the journal", seq));
+  std::vector<uint8_t> raw;
+  std::vector<journal::RecordView> recs;
+  if (auto s = r.read_frame(*i, &raw, &recs); !s) return s;
+  for (const auto& v : recs)
+    if (v.seq == seq) return v.time_ns;
+  return Status(ErrorKind::kNotFound, fmt::format("no record {} in the journal", seq));
+}
+
+// Step 1: the tree and its root, from the disk at the base-complete seq.
+Result<Tree> open_or_create_tree(StoreView& view, OpLog* log) {
+  std::string dir = built_tree_dir(view.store_dir);
+  auto loaded = load_tree(dir);
+  if (loaded) {
+    if (loaded->intent)
+      if (auto s = repair_tree(*loaded, nullptr, log); !s) return s;
+    return loaded;
+  }
+  if (loaded.status().kind() != ErrorKind::kNotFound) return loaded.status();
+  uint64_t seq = view.manifest.base_complete_seq;
+  std::string raw = dir + "/base.raw.kvmcdp-tmp", qcow = dir + "/base.qcow2";
+  auto st = restore(view.store_dir, seq, raw);
+  if (!st) return st.status();
+  Status conv = run_process({qemu_img_binary(), "convert", "-q", "-f", "raw", "-O", "qcow2", raw,
+                             qcow + ".kvmcdp-tmp"});
+  ::unlink(raw.c_str());
+  if (!conv) return conv;
+  if (::rename((qcow + ".kvmcdp-tmp").c_str(), qcow.c_str()) != 0)
+    return Status(ErrorKind::kFailure, fsutil::errno_message("rename", qcow));
+  Tree t;
+  t.dir = dir;
+  TreeNode root;
+  root.name = "base";
+  root.file = "base.qcow2";
+  root.format = "qcow2";
+  root.created = static_cast<int64_t>(std::time(nullptr));
+  root.point = seq;
+  root.point_time_ns = view.manifest.base_complete_time_ns;
+  t.nodes.push_back(root);
+  t.active = root.name;
+  if (auto s = save_tree(t); !s) return s;
+  log->push_back(fmt::format("created the tree in {} with root base (seq {})", dir, seq));
+  return t;
+}
+
+const TreeNode* parent_for(const Tree& t, const StoreView& view, uint64_t seq) {
+  uint64_t range_first = 0;
+  for (const auto& rr : view.ranges)
+    if (rr.first_seq <= seq && seq <= rr.last_seq) range_first = rr.first_seq;
+  const TreeNode* best = nullptr;
+  for (const auto& n : t.nodes)
+    if (n.state == NodeState::kLive && n.point && *n.point <= seq && *n.point >= range_first &&
+        (!best || *n.point > *best->point))
+      best = &n;
+  return best;
+}
+
+struct Extent {
+  uint64_t offset, length;
+  int64_t spool;  // offset in the spool file, -1 for zeroes
+};
+
+// Steps 2-3 for one point: an overlay on `parent` holding (parent, seq].
+Result<BuiltNode> build_one(Tree& t, StoreView& view, const TreeNode& parent, uint64_t seq,
+                            const std::string& path) {
+  BuiltNode b;
+  b.name = built_node_name(seq);
+  b.seq = seq;
+  b.parent = parent.name;
+  const uint64_t size = view.manifest.disk_size;
+  if (auto s = create_overlay(path, relative_backing(path, t.path_of(parent)), "qcow2", size); !s)
+    return s;
+
+  // The delta, spooled to one file (memory holds one frame at a time).
+  std::string spool_path = path + ".spool";
+  fsutil::Fd spool(::open(spool_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!spool.valid()) return Status(ErrorKind::kFailure, fsutil::errno_message("create", spool_path));
+  struct Cleanup {
+    std::string p;
+    ~Cleanup() { ::unlink(p.c_str()); }
+  } cleanup{spool_path};
+  std::vector<Extent> extents;
+  uint64_t spooled = 0;
+  auto delta = journal_delta(*view.reader, *parent.point, seq, size,
+                             [&](uint64_t off, uint64_t len, const uint8_t* data) -> Status {
+                               if (!data) {
+                                 extents.push_back({off, len, -1});
+                                 return Status::ok();
+                               }
+                               extents.push_back({off, len, int64_t(spooled)});
+                               auto s = fsutil::pwrite_all(spool.get(), data, len, spooled,
+                                                           spool_path);
+                               spooled += len;
+                               return s;
+                             });
+  if (!delta) return delta.status();
+  b.data_bytes = delta->data_bytes;
+  b.zero_bytes = delta->zero_bytes;
+
+  // Coalesce neighbours of the same kind whose spooled bytes are contiguous.
+  std::sort(extents.begin(), extents.end(),
+            [](const Extent& a, const Extent& c) { return a.offset < c.offset; });
+  std::vector<Extent> merged;
+  for (const auto& e : extents) {
+    if (!merged.empty()) {
+      Extent& m = merged.back();
+      bool adjacent = m.offset + m.length == e.offset;
+      bool zeros = m.spool < 0 && e.spool < 0;
+      bool data = m.spool >= 0 && e.spool >= 0 && uint64_t(m.spool) + m.length == uint64_t(e.spool);
+      if (adjacent && (zeros || data)) {
+        m.length += e.length;
+        continue;
+      }
+    }
+    merged.push_back(e);
+  }
+
+  // Into the overlay through qemu-io, a batch of commands per process.
+  std::vector<uint8_t> buf;
+  for (size_t first = 0; first < merged.size(); first += kCommandsPerQemuIo) {
+    std::vector<std::string> argv = {qemu_io_binary(), "-f", "qcow2"};
+    std::vector<std::string> pieces;
+    for (size_t i = first; i < std::min(merged.size(), first + kCommandsPerQemuIo); ++i) {
+      const Extent& e = merged[i];
+      if (e.spool < 0) {
+        argv.insert(argv.end(), {"-c", fmt::format("write -q -z {} {}", e.offset, e.length)});
+        continue;
+      }
+      std::string piece = fmt::format("{}.{}", spool_path, i);
+      buf.resize(e.length);
+      auto got = fsutil::pread_full(spool.get(), buf.data(), e.length, uint64_t(e.spool),
+                                    spool_path);
+      if (!got) return got.status();
+      fsutil::Fd pf(::open(piece.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+      if (!pf.valid()) return Status(ErrorKind::kFailure, fsutil::errno_message("create", piece));
+      pieces.push_back(piece);
+      if (auto s = fsutil::write_all(pf.get(), buf.data(), *got, piece); !s) return s;
+      argv.insert(argv.end(),
+                  {"-c", fmt::format("write -q -s {} {} {}", piece, e.offset, e.length)});
+    }
+    argv.push_back(path);
+    Status s = run_process(argv);
+    for (const auto& p : pieces) ::unlink(p.c_str());
+    if (!s) return s;
+  }
+  return b;
+}
+
+}  // namespace
+
+std::string built_tree_dir(const std::string& store_dir) { return store_dir + "/tree"; }
+std::string built_node_name(uint64_t seq) { return fmt::format("seq-{}", seq); }
+
+Result<std::vector<BuiltNode>> build_points(const std::string& store_dir,
+                                            std::vector<uint64_t> seqs, OpLog* log) {
+  auto view = open_store_view(store_dir);
+  if (!view) return view.status();
+  for (uint64_t s : seqs)
+    if (auto st = journal::check_recoverable(view->ranges, s); !st) return st;
+  std::sort(seqs.begin(), seqs.end());
+  seqs.erase(std::unique(seqs.begin(), seqs.end()), seqs.end());
+
+  auto tree = open_or_create_tree(*view, log);
+  if (!tree) return tree.status();
+  Tree& t = *tree;
+  std::vector<BuiltNode> built;
+  for (uint64_t seq : seqs) {
+    auto same = std::find_if(t.nodes.begin(), t.nodes.end(), [&](const TreeNode& n) {
+      return n.state == NodeState::kLive && n.point == seq;
+    });
+    if (same != t.nodes.end()) {
+      built.push_back({same->name, seq, same->parent, 0, 0, true});
+      log->push_back(fmt::format("seq {} is already node {}", seq, same->name));
+      continue;
+    }
+    const TreeNode* parent = parent_for(t, *view, seq);
+    if (!parent)
+      return Status(ErrorKind::kNotRecoverable,
+                    fmt::format("seq {}: no node before it in its recoverable range "
+                                "(a gap lies between it and the base)", seq));
+    std::string name = built_node_name(seq);
+    if (t.find(name))  // a logically deleted node of that point: pick a new name
+      name = fmt::format("seq-{}-{}", seq, t.next_id++);
+    std::string file = name + ".qcow2";
+    std::string final_path = t.dir + "/" + file, tmp_path = final_path + ".kvmcdp-tmp";
+    auto b = build_one(t, *view, *parent, seq, tmp_path);
+    if (!b) {
+      ::unlink(tmp_path.c_str());
+      return b.status();
+    }
+    b->name = name;
+    if (::rename(tmp_path.c_str(), final_path.c_str()) != 0)
+      return Status(ErrorKind::kFailure, fsutil::errno_message("rename", tmp_path));
+    if (auto s = fsutil::fsync_dir(t.dir); !s) return s;
+    auto time_ns = record_time(*view->reader, seq);
+    if (!time_ns) return time_ns.status();
+
+    // Step 4: the node joins the tree in one atomic write.
+    TreeNode n;
+    n.name = name;
+    n.file = file;
+    n.format = "qcow2";
+    n.parent = parent->name;
+    n.created = static_cast<int64_t>(std::time(nullptr));
+    n.point = seq;
+    n.point_time_ns = *time_ns;
+    const TreeNode* active = t.find(t.active);
+    bool newest = !active || !active->point || seq > *active->point;
+    t.nodes.push_back(n);
+    if (newest) t.active = name;
+    if (auto s = save_tree(t); !s) return s;
+    log->push_back(fmt::format("built {} (seq {}, {}) on {}: {} bytes written, {} zeroed", name,
+                               seq, format_time_ns(*time_ns), b->parent, b->data_bytes,
+                               b->zero_bytes));
+    built.push_back(*b);
+  }
+  return built;
+}
+
+}  // namespace kvmcdp

@@ -1,0 +1,102 @@
+// kvmcdp prune: a retention policy over the built nodes of a store's
+// snapshot tree.  Nodes the policy does not keep are deleted with the
+// snapshot tree's own rules (snapshot_delete: a built node with one child
+// is merged into it, so every kept node's image is unchanged).  The root
+// (the base) is never pruned, nor is the newest node.
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "build_tree.h"
+#include "cli.h"
+#include "point.h"
+#include "prune_policy.h"
+#include "snapshot_ops.h"
+#include "tree_lock.h"
+#include "tree_model.h"
+
+namespace kvmcdp {
+namespace {
+
+struct PruneOptions {
+  std::string store;
+  PrunePolicy policy;
+  std::string within;
+  bool dry_run = false;
+  bool wait = false;
+};
+
+std::string describe(const PruneDecision& d) {
+  std::string reasons;
+  for (const auto& r : d.reasons) reasons += (reasons.empty() ? "" : ",") + r;
+  return fmt::format("{} {} seq {} {}{}", d.keep ? "keep  " : "remove", d.node.name, d.node.seq,
+                     format_time_ns(d.node.time_ns), reasons.empty() ? "" : " (" + reasons + ")");
+}
+
+Status run_prune(PruneOptions o) {
+  if (!o.within.empty()) {
+    auto d = parse_duration(o.within);
+    if (!d) return d.status();
+    o.policy.keep_within_ns = *d;
+  }
+  if (o.policy.empty())
+    return {ErrorKind::kUsage,
+            "prune needs a policy: --keep-last, --keep-hourly, --keep-daily or --keep-within"};
+
+  // 1. The lock, and the tree with no interrupted operation left.
+  std::string dir = built_tree_dir(o.store);
+  auto lock = TreeLock::acquire(dir, o.wait);
+  if (!lock) return lock.status();
+  auto tree = load_tree(dir);
+  if (!tree) return tree.status();
+  OpLog log;
+  if (tree->intent && !o.dry_run)
+    if (auto s = repair_tree(*tree, nullptr, &log); !s) return s;
+
+  // 2. The plan: built nodes only (live, with a point, not the root).
+  std::vector<PruneCandidate> candidates;
+  for (const auto& n : tree->nodes)
+    if (!n.parent.empty() && n.state == NodeState::kLive && n.point && n.point_time_ns)
+      candidates.push_back({n.name, *n.point, *n.point_time_ns});
+  auto plan = plan_prune(candidates, o.policy);
+  size_t removed = 0;
+  for (const auto& d : plan) {
+    std::printf("%s\n", describe(d).c_str());
+    removed += !d.keep;
+  }
+
+  // 3. Delete, oldest first, by the tree's rules.
+  if (!o.dry_run)
+    for (auto it = plan.rbegin(); it != plan.rend(); ++it) {
+      if (it->keep) continue;
+      Status s = snapshot_delete(*tree, it->node.name, nullptr, &log);
+      for (const auto& line : log) std::printf("%s\n", line.c_str());
+      log.clear();
+      if (!s) return s;
+    }
+  for (const auto& line : log) std::printf("%s\n", line.c_str());
+  std::printf("%s %zu of %zu built nodes, kept %zu\n", o.dry_run ? "would remove" : "removed",
+              removed, plan.size(), plan.size() - removed);
+  return Status::ok();
+}
+
+}  // namespace
+
+CommandRunner setup_prune_command(CLI::App* app) {
+  auto o = std::make_shared<PruneOptions>();
+  app->add_option("--store", o->store, "the store whose built nodes to prune")->required();
+  app->add_option("--keep-last", o->policy.keep_last, "keep the N newest nodes");
+  app->add_option("--keep-hourly", o->policy.keep_hourly,
+                  "keep the newest node of each of the N newest hours");
+  app->add_option("--keep-daily", o->policy.keep_daily,
+                  "keep the newest node of each of the N newest days (UTC)");
+  app->add_option("--keep-within", o->within,
+                  "keep every node within DURATION (90s, 15m, 2h, 7d) of the newest");
+  app->add_flag("--dry-run", o->dry_run, "print what would be removed and kept; change nothing");
+  app->add_flag("--wait", o->wait, "wait for the tree lock instead of failing with exit 5");
+  return [o]() { return run_prune(*o); };
+}
+
+}  // namespace kvmcdp

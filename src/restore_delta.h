@@ -1,0 +1,47 @@
+// What changed between two points of a journal, and restoring a point
+// from a materialised image (a built node of the snapshot tree) plus only
+// the journal after it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "journal_reader.h"
+#include "restore_engine.h"
+#include "status.h"
+
+namespace kvmcdp {
+
+struct DeltaStats {
+  uint64_t frames_read = 0;
+  uint64_t frame_bytes = 0;  // compressed journal bytes read (frame headers included)
+  uint64_t data_bytes = 0;   // newest written bytes in the range
+  uint64_t zero_bytes = 0;   // newest write-zeroes/discard bytes in the range
+};
+
+// Called once for each byte range whose newest version in (from_seq,
+// to_seq] is known: `data` points at its bytes, or is null for a range
+// that reads as zeroes (write-zeroes, discard).  Ranges come newest record
+// first and never overlap.  `data` lives only for the call.
+using DeltaFn = std::function<Status(uint64_t offset, uint64_t length, const uint8_t* data)>;
+
+// Walks only the frames that hold records in (from_seq, to_seq].
+Result<DeltaStats> journal_delta(journal::JournalReader& r, uint64_t from_seq, uint64_t to_seq,
+                                 uint64_t disk_size, const DeltaFn& fn);
+
+// The restore decision: if the store has a built tree (DIR/tree) with a
+// live node whose point is <= target_seq and in the same recoverable range,
+// the nearest such node's chain is converted to raw with qemu-img and only
+// the journal after it is applied; otherwise the full restore().  `from`
+// is set to the node used ("" for base + journal).
+struct NearestRestore {
+  RestoreStats stats;
+  std::string from_node;
+  uint64_t from_seq = 0;
+};
+Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t target_seq,
+                                       const std::string& out_path,
+                                       const RestoreProgressFn& progress = nullptr);
+
+}  // namespace kvmcdp

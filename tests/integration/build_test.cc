@@ -1,0 +1,243 @@
+// kvmcdp build / prune against a real, patched QEMU.  A VM (no guest: -S)
+// gets mixed writes through HMP's qemu-io while kvmcdp protect journals
+// them; at each checkpoint the disk's MD5 and the filter's seq are kept.
+// Then: built nodes hold exactly their points, a restore from a built node
+// equals the full replay and reads less of the journal, and prune keeps
+// exactly what its policy says with every kept image unchanged.
+#include <chrono>
+#include <map>
+#include <random>
+#include <regex>
+#include <thread>
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include "harness/protect_process.h"
+#include "harness/qemu_process.h"
+
+namespace kvmcdp::test {
+namespace {
+
+constexpr uint64_t kDiskSize = 32ull << 20;
+
+struct Checkpoint {
+  uint64_t seq;
+  std::string md5;
+};
+
+void qemu_io(QemuProcess& vm, const std::string& cmd) {
+  QmpReply r = vm.qmp().execute(
+      "human-monitor-command",
+      {{"command-line",
+        fmt::format("qemu-io -d /machine/peripheral/vd0/virtio-backend \"{}\"", cmd)}});
+  REQUIRE_MESSAGE(r.ok(), r.message);
+  std::string out = r.value.get<std::string>();
+  REQUIRE_MESSAGE(out.find("rror") == std::string::npos, cmd, ": ", out);
+}
+
+uint64_t filter_seq(QemuProcess& vm) {
+  QmpReply r = vm.qmp().execute("query-cdp");
+  REQUIRE(r.ok());
+  REQUIRE(r.value.size() == 1);
+  return r.value[0]["seq"].get<uint64_t>();
+}
+
+// Writes (hot spots rewritten often, so a full replay reads much more than
+// the tail after a node), write-zeroes with and without unmap, discards.
+void random_round(QemuProcess& vm, std::mt19937_64& rng) {
+  for (int i = 0; i < 10; ++i) {
+    uint64_t len = (1 + rng() % 256) * 512;
+    uint64_t off = (rng() % ((kDiskSize - len) / 512)) * 512;
+    switch (rng() % 8) {
+      case 0: qemu_io(vm, fmt::format("write -z {} {}", off, len)); break;
+      case 1: qemu_io(vm, fmt::format("write -z -u {} {}", off, len)); break;
+      case 2: qemu_io(vm, fmt::format("discard {} {}", off, len)); break;
+      default: qemu_io(vm, fmt::format("write -P {} {} {}", rng() % 255 + 1, off, len));
+    }
+  }
+}
+
+// A store protected through `rounds` rounds, one checkpoint after each.
+struct Protected {
+  std::string store;
+  std::vector<Checkpoint> points;
+};
+Protected make_store(TempDir& dir, int rounds) {
+  std::string disk = dir.file("disk.raw");
+  REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=8"}).status == 0);
+  REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
+  auto vm = QemuProcess::start_system(
+      dir, {"-S", "-blockdev",
+            fmt::format("driver=file,filename={},node-name=disk0-file,discard=unmap", disk),
+            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0,discard=unmap", "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0"});
+  Protected p{dir.file("store"), {}};
+  ProtectProcess protect(vm->tool_socket(), "vd0", p.store);
+  REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
+  std::mt19937_64 rng(5);
+  for (int round = 0; round < rounds; ++round) {
+    random_round(*vm, rng);
+    p.points.push_back({filter_seq(*vm), md5_of_file(disk)});
+  }
+  REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
+  return p;
+}
+
+// The full image of a node: its chain converted to raw by qemu-img.
+std::string node_md5(TempDir& dir, const std::string& qcow2) {
+  std::string out = dir.file("node.raw");
+  auto r = run_command({qemu_bin("qemu-img"), "convert", "-O", "raw", qcow2, out});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  return md5_of_file(out);
+}
+
+struct Restored {
+  std::string md5;
+  uint64_t journal_read = 0;  // compressed journal bytes read
+  uint64_t record_bytes = 0;  // bytes written from journal records
+  std::string output;
+};
+Restored restore_seq(TempDir& dir, const std::string& store, uint64_t seq) {
+  std::string out = dir.file(fmt::format("r-{}.raw", seq));
+  auto r = run_command({KVMCDP_BINARY, "restore", "--store", store, "--seq", std::to_string(seq),
+                        "-o", out});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  std::smatch m;
+  REQUIRE_MESSAGE(std::regex_search(r.output, m, std::regex("journal read: (\\d+) bytes")),
+                  r.output);
+  std::smatch d;
+  REQUIRE(std::regex_search(r.output, d, std::regex("\\(raw\\): (\\d+) bytes from the journal")));
+  return {md5_of_file(out), std::stoull(m[1]), std::stoull(d[1]), r.output};
+}
+
+std::vector<std::string> tree_files(const std::string& store) {
+  auto r = run_command({"sh", "-c", "cd " + store + "/tree && ls *.qcow2"});
+  std::vector<std::string> out;
+  std::string line;
+  for (char c : r.output + "\n") {
+    if (c != '\n') line += c;
+    else if (!line.empty()) out.push_back(std::exchange(line, ""));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("build: a restore from a built node equals the full replay and reads less journal") {
+  TempDir dir;
+  Protected p = make_store(dir, 6);
+  const auto& pts = p.points;
+
+  // Full replay first (no tree yet).
+  std::map<uint64_t, Restored> full;
+  for (const auto& c : pts) {
+    full[c.seq] = restore_seq(dir, p.store, c.seq);
+    CHECK_MESSAGE(full[c.seq].md5 == c.md5, "seq ", c.seq);
+    CHECK(full[c.seq].output.find("the rest from the base") != std::string::npos);
+  }
+
+  auto b = run_command({KVMCDP_BINARY, "build", "--store", p.store, "--seq",
+                        std::to_string(pts[1].seq), "--seq", std::to_string(pts[3].seq)});
+  REQUIRE_MESSAGE(b.status == 0, b.output);
+  CHECK(b.output.find("created the tree") != std::string::npos);
+  std::string n1 = fmt::format("{}/tree/seq-{}.qcow2", p.store, pts[1].seq);
+  std::string n3 = fmt::format("{}/tree/seq-{}.qcow2", p.store, pts[3].seq);
+  CHECK(node_md5(dir, n1) == pts[1].md5);
+  CHECK(node_md5(dir, n3) == pts[3].md5);
+  for (const auto& f : tree_files(p.store)) {
+    auto chk = run_command({qemu_bin("qemu-img"), "check", p.store + "/tree/" + f});
+    CHECK_MESSAGE(chk.status == 0, f, ": ", chk.output);
+  }
+  auto info = run_command({qemu_bin("qemu-img"), "info", "--output=json", n3});
+  CHECK(info.output.find(fmt::format("\"backing-filename\": \"seq-{}.qcow2\"", pts[1].seq)) !=
+        std::string::npos);
+  auto check = run_command({KVMCDP_BINARY, "snapshot", "check", "--tree", p.store + "/tree"});
+  CHECK_MESSAGE(check.status == 0, check.output);
+  // Building the same point again changes nothing.
+  auto again = run_command({KVMCDP_BINARY, "build", "--store", p.store, "--seq",
+                            std::to_string(pts[3].seq)});
+  CHECK(again.status == 0);
+  CHECK(again.output.find("already node") != std::string::npos);
+
+  // Every point again: same MD5; from a node, less of the journal is read.
+  for (size_t i = 0; i < pts.size(); ++i) {
+    Restored r = restore_seq(dir, p.store, pts[i].seq);
+    CHECK_MESSAGE(r.md5 == pts[i].md5, "seq ", pts[i].seq);
+    if (i >= 1) {
+      size_t node = i >= 3 ? 3 : 1;
+      CHECK_MESSAGE(r.output.find(fmt::format("built node seq-{}", pts[node].seq)) !=
+                        std::string::npos, r.output);
+      CHECK_MESSAGE(r.journal_read < full[pts[i].seq].journal_read, r.output);
+      CHECK(r.record_bytes < full[pts[i].seq].record_bytes);
+      MESSAGE("seq ", pts[i].seq, ": full replay read ", full[pts[i].seq].journal_read,
+              " journal bytes (", full[pts[i].seq].record_bytes, " bytes of records); from node seq-",
+              pts[node].seq, ": ", r.journal_read, " (", r.record_bytes, ")");
+    }
+    if (i == 1 || i == 3) CHECK(r.journal_read == 0);
+  }
+}
+
+TEST_CASE("prune: a policy keeps exactly the expected nodes, their images unchanged") {
+  TempDir dir;
+  Protected p = make_store(dir, 8);
+  const auto& pts = p.points;
+  std::vector<std::string> argv = {KVMCDP_BINARY, "build", "--store", p.store};
+  for (const auto& c : pts) argv.insert(argv.end(), {"--seq", std::to_string(c.seq)});
+  auto b = run_command(argv);
+  REQUIRE_MESSAGE(b.status == 0, b.output);
+  auto node = [&](size_t i) { return fmt::format("seq-{}.qcow2", pts[i].seq); };
+  for (size_t i = 0; i < pts.size(); ++i)
+    REQUIRE(node_md5(dir, p.store + "/tree/" + node(i)) == pts[i].md5);
+  CHECK(tree_files(p.store).size() == 9);  // base + 8
+
+  // No policy: a usage error, nothing removed.
+  auto none = run_command({KVMCDP_BINARY, "prune", "--store", p.store});
+  CHECK(none.status == 2);
+
+  // --dry-run prints the plan and changes nothing.
+  auto dry = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-last", "3",
+                          "--dry-run"});
+  REQUIRE_MESSAGE(dry.status == 0, dry.output);
+  CHECK(dry.output.find("would remove 5 of 8 built nodes, kept 3") != std::string::npos);
+  CHECK(tree_files(p.store).size() == 9);
+
+  // keep-last 5: the three oldest built nodes go (each merged into its child).
+  auto pr = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-last", "5"});
+  REQUIRE_MESSAGE(pr.status == 0, pr.output);
+  CHECK(pr.output.find("removed 3 of 8 built nodes, kept 5") != std::string::npos);
+  std::vector<std::string> expect = {"base.qcow2"};
+  for (size_t i = 3; i < pts.size(); ++i) expect.push_back(node(i));
+  std::sort(expect.begin(), expect.end());
+  auto have = tree_files(p.store);
+  std::sort(have.begin(), have.end());
+  CHECK(have == expect);
+
+  // All in the same hour: keep-hourly 1 keeps the newest; keep-within a
+  // day keeps all; together with keep-last 2, the two newest remain.
+  auto within = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-within", "1d"});
+  REQUIRE_MESSAGE(within.status == 0, within.output);
+  CHECK(within.output.find("removed 0 of 5 built nodes, kept 5") != std::string::npos);
+  auto two = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-hourly", "1",
+                          "--keep-last", "2"});
+  REQUIRE_MESSAGE(two.status == 0, two.output);
+  CHECK(two.output.find("removed 3 of 5 built nodes, kept 2") != std::string::npos);
+  have = tree_files(p.store);
+  std::sort(have.begin(), have.end());
+  expect = {"base.qcow2", node(6), node(7)};
+  std::sort(expect.begin(), expect.end());
+  CHECK(have == expect);
+
+  // What remains is unchanged, consistent, and every point still restores.
+  CHECK(node_md5(dir, p.store + "/tree/" + node(6)) == pts[6].md5);
+  CHECK(node_md5(dir, p.store + "/tree/" + node(7)) == pts[7].md5);
+  for (const auto& f : have) {
+    auto chk = run_command({qemu_bin("qemu-img"), "check", p.store + "/tree/" + f});
+    CHECK_MESSAGE(chk.status == 0, f, ": ", chk.output);
+  }
+  auto check = run_command({KVMCDP_BINARY, "snapshot", "check", "--tree", p.store + "/tree"});
+  CHECK_MESSAGE(check.status == 0, check.output);
+  for (const auto& c : pts) CHECK_MESSAGE(restore_seq(dir, p.store, c.seq).md5 == c.md5, c.seq);
+}
+
+}  // namespace kvmcdp::test
