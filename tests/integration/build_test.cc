@@ -4,6 +4,7 @@
 // Then: built nodes hold exactly their points, a restore from a built node
 // equals the full replay and reads less of the journal, and prune keeps
 // exactly what its policy says with every kept image unchanged.
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <random>
@@ -24,7 +25,18 @@ constexpr uint64_t kDiskSize = 32ull << 20;
 struct Checkpoint {
   uint64_t seq;
   std::string md5;
+  std::string time;  // ISO 8601, taken right after the checkpoint's seq
 };
+
+std::string iso_now() {
+  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                std::chrono::system_clock::now().time_since_epoch())
+                .count();
+  time_t s = ns / 1000000000;
+  char buf[32];
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", gmtime(&s));
+  return fmt::format("{}.{:09}Z", buf, ns % 1000000000);
+}
 
 void qemu_io(QemuProcess& vm, const std::string& cmd) {
   QmpReply r = vm.qmp().execute(
@@ -63,7 +75,7 @@ struct Protected {
   std::string store;
   std::vector<Checkpoint> points;
 };
-Protected make_store(TempDir& dir, int rounds) {
+Protected make_store(TempDir& dir, int rounds, int pause_ms = 0) {
   std::string disk = dir.file("disk.raw");
   REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=8"}).status == 0);
   REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
@@ -78,7 +90,8 @@ Protected make_store(TempDir& dir, int rounds) {
   std::mt19937_64 rng(5);
   for (int round = 0; round < rounds; ++round) {
     random_round(*vm, rng);
-    p.points.push_back({filter_seq(*vm), md5_of_file(disk)});
+    p.points.push_back({filter_seq(*vm), md5_of_file(disk), iso_now()});
+    std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
   }
   REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
   return p;
@@ -238,6 +251,66 @@ TEST_CASE("prune: a policy keeps exactly the expected nodes, their images unchan
   auto check = run_command({KVMCDP_BINARY, "snapshot", "check", "--tree", p.store + "/tree"});
   CHECK_MESSAGE(check.status == 0, check.output);
   for (const auto& c : pts) CHECK_MESSAGE(restore_seq(dir, p.store, c.seq).md5 == c.md5, c.seq);
+}
+
+TEST_CASE("build --at/--every, prune --keep-daily/--dry-run, and --wait on a busy tree") {
+  TempDir dir;
+  Protected p = make_store(dir, 6, 400);
+  const auto& pts = p.points;
+
+  // --every on a copy of the store: each node's image equals a full
+  // replay of its point from the original store (which has no tree).
+  std::string copy = dir.file("copy");
+  REQUIRE(run_command({"cp", "-a", p.store, copy}).status == 0);
+  auto every = run_command({KVMCDP_BINARY, "build", "--store", copy, "--every", "1s"});
+  REQUIRE_MESSAGE(every.status == 0, every.output);
+  auto files = tree_files(copy);
+  CHECK_MESSAGE(files.size() >= 3, every.output);  // base, >= 1 timed point, the last
+  CHECK(std::find(files.begin(), files.end(), fmt::format("seq-{}.qcow2", pts.back().seq)) !=
+        files.end());
+  for (const auto& f : files) {
+    std::smatch m;
+    if (!std::regex_match(f, m, std::regex("seq-(\\d+)\\.qcow2"))) continue;
+    uint64_t seq = std::stoull(m[1]);
+    CHECK_MESSAGE(node_md5(dir, copy + "/tree/" + f) == restore_seq(dir, p.store, seq).md5, f);
+  }
+  auto bad = run_command({KVMCDP_BINARY, "build", "--store", copy, "--every", "soon"});
+  CHECK(bad.status == 2);
+
+  // --at: the last record at or before that time.
+  auto at = run_command({KVMCDP_BINARY, "build", "--store", p.store, "--at", pts[2].time, "--at",
+                         pts[4].time});
+  REQUIRE_MESSAGE(at.status == 0, at.output);
+  CHECK(node_md5(dir, fmt::format("{}/tree/seq-{}.qcow2", p.store, pts[2].seq)) == pts[2].md5);
+  CHECK(node_md5(dir, fmt::format("{}/tree/seq-{}.qcow2", p.store, pts[4].seq)) == pts[4].md5);
+
+  // --keep-daily 1: one day holds both nodes, the newest is kept.
+  auto daily = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-daily", "1",
+                            "--dry-run"});
+  REQUIRE_MESSAGE(daily.status == 0, daily.output);
+  CHECK_MESSAGE(daily.output.find(fmt::format("remove seq-{} seq {}", pts[2].seq, pts[2].seq)) !=
+                    std::string::npos, daily.output);
+  CHECK(daily.output.find("would remove 1 of 2 built nodes, kept 1") != std::string::npos);
+
+  // Someone else holds the tree lock: exit 5 at once, or wait with --wait.
+  std::string lock = p.store + "/tree/lock";
+  std::thread holder([&] { run_command({"flock", lock, "sleep", "2"}); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  auto busy = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-last", "1"});
+  CHECK_MESSAGE(busy.status == 5, busy.output);
+  auto busy_build = run_command({KVMCDP_BINARY, "build", "--store", p.store, "--seq",
+                                 std::to_string(pts[5].seq)});
+  CHECK_MESSAGE(busy_build.status == 5, busy_build.output);
+  auto waited = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-daily", "1",
+                             "--wait"});
+  holder.join();
+  CHECK_MESSAGE(waited.status == 0, waited.output);
+  CHECK(waited.output.find("removed 1 of 2 built nodes, kept 1") != std::string::npos);
+  auto waited_build = run_command({KVMCDP_BINARY, "build", "--store", p.store, "--wait", "--seq",
+                                   std::to_string(pts[5].seq)});
+  CHECK_MESSAGE(waited_build.status == 0, waited_build.output);
+  CHECK(node_md5(dir, fmt::format("{}/tree/seq-{}.qcow2", p.store, pts[5].seq)) == pts[5].md5);
+  CHECK(node_md5(dir, fmt::format("{}/tree/seq-{}.qcow2", p.store, pts[4].seq)) == pts[4].md5);
 }
 
 }  // namespace kvmcdp::test
