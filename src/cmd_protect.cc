@@ -72,14 +72,17 @@ Result<std::unique_ptr<QmpClient>> qmp_connect(const ProtectOptions& o) {
 // Points the filter at a fresh connection to us: a new filter above
 // `node` (cdp-attach) or the existing one (cdp-connect).
 Status point_filter(QmpClient& qmp, const ProtectOptions& o, const std::string& node,
-                    const std::string& filter, bool exists, const json& addr) {
+                    const std::string& filter, bool exists, const json& addr,
+                    const json& continuation) {
+  json attach = {{"node", node},
+                 {"node-name", filter},
+                 {"addr", addr},
+                 {"mode", o.mode},
+                 {"queue-size", o.queue_mib << 20},
+                 {"timeout", o.filter_timeout_ms}};
+  if (!continuation.is_null()) attach.update(continuation);
   QmpReply r = exists ? qmp.execute("cdp-connect", {{"node-name", filter}, {"addr", addr}})
-                      : qmp.execute("cdp-attach", {{"node", node},
-                                                   {"node-name", filter},
-                                                   {"addr", addr},
-                                                   {"mode", o.mode},
-                                                   {"queue-size", o.queue_mib << 20},
-                                                   {"timeout", o.filter_timeout_ms}});
+                      : qmp.execute("cdp-attach", attach);
   if (r.ok()) return Status::ok();
   return {ErrorKind::kQemu, fmt::format("{} failed: {}", exists ? "cdp-connect" : "cdp-attach",
                                         r.status().message())};
@@ -89,7 +92,8 @@ Status point_filter(QmpClient& qmp, const ProtectOptions& o, const std::string& 
 // getfd, so no socket path is shared.  qemu-storage-daemon has no getfd;
 // there we listen on a private unix socket and the filter connects to it.
 Result<int> connect_filter(QmpClient& qmp, const ProtectOptions& o, const std::string& node,
-                           const std::string& filter, bool exists) {
+                           const std::string& filter, bool exists,
+                           const json& continuation = nullptr) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return Status(ErrorKind::kFailure, fsutil::errno_message("socketpair", ""));
@@ -97,7 +101,8 @@ Result<int> connect_filter(QmpClient& qmp, const ProtectOptions& o, const std::s
   QmpReply got = qmp.execute_with_fd("getfd", {{"fdname", fdname}}, sv[1]);
   close(sv[1]);
   if (got.ok()) {
-    Status s = point_filter(qmp, o, node, filter, exists, {{"type", "fd"}, {"str", fdname}});
+    Status s = point_filter(qmp, o, node, filter, exists, {{"type", "fd"}, {"str", fdname}},
+                            continuation);
     if (!s) {
       close(sv[0]);
       return s;
@@ -117,7 +122,8 @@ Result<int> connect_filter(QmpClient& qmp, const ProtectOptions& o, const std::s
   if (listener.get() < 0 || bind(listener.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 ||
       listen(listener.get(), 1) != 0)
     return Status(ErrorKind::kFailure, fsutil::errno_message("listen", path));
-  Status s = point_filter(qmp, o, node, filter, exists, {{"type", "unix"}, {"path", path}});
+  Status s = point_filter(qmp, o, node, filter, exists, {{"type", "unix"}, {"path", path}},
+                          continuation);
   int fd = -1;
   if (s) {
     pollfd p{listener.get(), POLLIN, 0};
@@ -212,24 +218,36 @@ Status run_protect(const ProtectOptions& o) {
     return {ErrorKind::kFailure,
             fmt::format("filter {} streams {:016x}, but the store holds stream {:016x}", filter,
                         (*existing)->stream_id, m.stream_id)};
-  if (!reattach && !new_store)
-    return {ErrorKind::kFailure,
-            fmt::format("the stream of {} ended when its filter was detached; "
-                        "protect into a new store", o.store)};
   if (reattach) node = (*existing)->child;
 
-  // 3. Connect the filter and shake hands; a new store adopts its stream.
-  auto fd = connect_filter(**qmp, o, *node, filter, reattach);
-  if (!fd) return fd.status();
+  // 3. Open the journal (recovering a torn tail) and connect the filter.
+  //    A store whose filter is gone (protect was stopped, QEMU restarted)
+  //    continues its stream with a new filter that resends the whole disk;
+  //    a new store adopts the stream id of the filter's hello.
   journal::WriterOptions wo;
   wo.stream_id = m.stream_id;
   wo.zstd_level = o.level;
   wo.segment_max_bytes = o.segment_mib << 20;
   wo.take_lock = false;
-  auto rx = std::make_unique<StreamReceiver>(*fd, nullptr);
+  std::unique_ptr<journal::JournalWriter> writer;
+  if (!new_store) {
+    auto w = journal::JournalWriter::open(o.store, wo);
+    if (!w) return w.status();
+    writer = std::move(*w);
+    if (writer->recovered()) say(o, fmt::format("recovering: {}", writer->recovered()->to_string()));
+  }
+  json continuation = nullptr;
+  if (!new_store && !reattach) {
+    continuation = {{"stream-id", m.stream_id}, {"first-seq", writer->last_durable_seq() + 1}};
+    say(o, fmt::format("continuing the stream after seq {}: the disk is resent in full, "
+                       "points before the resync ends are not recoverable",
+                       writer->last_durable_seq()));
+  }
+  auto fd = connect_filter(**qmp, o, *node, filter, reattach, continuation);
+  if (!fd) return fd.status();
+  auto rx = std::make_unique<StreamReceiver>(*fd, writer.get());
   if (new_store) {
-    // The stream id comes with the hello: a new store adopts it.  Nothing
-    // is durable yet, so the reply is 0.
+    // Nothing is durable yet, so the reply is 0.
     auto hello = rx->handshake(0, 10000);
     if (!hello) return hello.status();
     m.stream_id = hello->stream_id;
@@ -238,16 +256,14 @@ Status run_protect(const ProtectOptions& o) {
     m.created_time_ns = now_ns();
     m.extra["filter_node"] = filter;
     m.extra["drive"] = o.drive;
-    if (Status s = write_manifest(o.store, m); !s) return s;
+    if (Status st = write_manifest(o.store, m); !st) return st;
     wo.stream_id = m.stream_id;
-  }
-  auto writer = journal::JournalWriter::open(o.store, wo);
-  if (!writer) return writer.status();
-  if ((*writer)->recovered())
-    say(o, fmt::format("recovering: {}", (*writer)->recovered()->to_string()));
-  rx->set_writer(writer->get());
-  if (!new_store) {
-    auto hello = rx->handshake((*writer)->last_durable_seq(), 10000);
+    auto w = journal::JournalWriter::open(o.store, wo);
+    if (!w) return w.status();
+    writer = std::move(*w);
+    rx->set_writer(writer.get());
+  } else {
+    auto hello = rx->handshake(writer->last_durable_seq(), 10000);
     if (!hello) return hello.status();
   }
 
@@ -255,7 +271,7 @@ Status run_protect(const ProtectOptions& o) {
   s.opts = o;
   s.node = *node;
   s.filter = filter;
-  s.writer = writer->get();
+  s.writer = writer.get();
   ProtectState state{getpid(), o.qmp_socket, o.drive, filter, o.mode, now_ns()};
   std::thread receiver(receive_loop, &s, std::move(rx), *fd);
   say(o, fmt::format("protecting {} (node {}) into {}, mode {}", o.drive, *node, o.store, o.mode));
@@ -296,6 +312,9 @@ Status run_protect(const ProtectOptions& o) {
   if (!s.stop) {
     say(o, "stopping: detaching the filter");
     auto q = qmp_connect(o);
+    // A last record at the moment capture ends: times up to it stay
+    // recoverable after a later restart continues the stream.
+    if (q) (*q)->execute("cdp-mark", {{"node-name", filter}, {"name", "kvmcdp:stopped"}});
     QmpReply r = q ? (*q)->execute("cdp-detach", {{"node-name", filter}}, Millis(60000))
                    : QmpReply{};
     if (!q) result = q.status();

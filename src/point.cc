@@ -82,6 +82,18 @@ Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t 
                                 first.first_seq));
     }
     seq = (*p)->seq;
+    // Past the last record of a range that a gap ends, the journal does
+    // not know the disk: records were lost, or nothing was capturing.
+    for (size_t i = 0; i + 1 < view.ranges.size(); ++i) {
+      const auto& r = view.ranges[i];
+      if (seq >= r.first_seq && seq <= r.last_seq && *t > r.last_time_ns)
+        return Status(ErrorKind::kNotRecoverable,
+                      fmt::format("{} falls in a gap: the nearest recoverable points are {} "
+                                  "(seq {}) and {} (seq {})",
+                                  format_time_ns(*t), format_time_ns(r.last_time_ns), r.last_seq,
+                                  format_time_ns(view.ranges[i + 1].first_time_ns),
+                                  view.ranges[i + 1].first_seq));
+    }
   } else {
     return Status(ErrorKind::kUsage, "give one of --at, --seq, --mark, --latest");
   }

@@ -274,6 +274,11 @@ TEST_CASE("protect: a damaged journal: verify names the place, restore stops bef
     late = {filter_seq(*vm), "", md5_of_file(disk)};
     REQUIRE(protect.stop() == 0);
   }
+  // The journal's last record (protect's stop mark) sits in the last frame.
+  auto points = run_command({KVMCDP_BINARY, "points", "--json", "--store", store});
+  REQUIRE(points.status == 0);
+  uint64_t last_seq = json::parse(points.output)["recoverable"].back()["last_seq"];
+  CHECK(last_seq > late.seq);
   std::string seg = store + "/journal/000000000001.seg";
   std::string pristine = read_file(seg);
   REQUIRE(pristine.size() > 200);
@@ -298,7 +303,7 @@ TEST_CASE("protect: a damaged journal: verify names the place, restore stops bef
     REQUIRE_MESSAGE(before.status == 0, before.output);
     CHECK(md5_of_file(out) == early.md5);
     auto after = run_command({KVMCDP_BINARY, "restore", "--store", store, "--seq",
-                              std::to_string(late.seq), "-o", out});
+                              std::to_string(last_seq), "-o", out});
     CHECK_MESSAGE(after.status == 6, after.output);
     CHECK(after.output.rfind("kvmcdp: error: ", 0) == 0);
   }
@@ -464,6 +469,70 @@ TEST_CASE("protect: the store runs out of space: clear error, guest unharmed, re
     REQUIRE_MESSAGE(r.status == 0, r.output);
     CHECK_MESSAGE(md5_of_file(out) == c.md5, "seq ", c.seq);
   }
+}
+
+}  // namespace kvmcdp::test
+
+namespace kvmcdp::test {
+
+TEST_CASE("protect: stopped cleanly, restarted later: the stream continues after a full resync") {
+  TempDir dir;
+  std::string disk = dir.file("disk.raw");
+  REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
+  auto vm = QemuProcess::start_system(
+      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=f0", disk),
+            "-blockdev", "driver=raw,file=f0,node-name=disk0", "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0"});
+  std::string store = dir.file("store");
+  std::mt19937_64 rng(5);
+  Checkpoint first_run{}, unprotected{}, second_run{};
+  {
+    ProtectProcess p(vm->tool_socket(), "vd0", store);
+    REQUIRE_MESSAGE(p.wait_base_complete(std::chrono::seconds(60)), p.output());
+    random_round(*vm, rng);
+    wait_acked(*vm);
+    first_run = {filter_seq(*vm), iso_now(), md5_of_file(disk)};
+    REQUIRE_MESSAGE(p.stop() == 0, p.output());
+  }
+  // Written while nothing protects the disk.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  random_round(*vm, rng);
+  unprotected = {0, iso_now(), md5_of_file(disk)};
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  {
+    ProtectProcess p(vm->tool_socket(), "vd0", store);
+    // The log holds both runs: wait for what only the second one says.
+    REQUIRE_MESSAGE(p.wait_output("continuing the stream after seq", std::chrono::seconds(30)),
+                    p.output());
+    for (int i = 0; i < 500; ++i) {  // until the full resync is done
+      QmpReply r = vm->qmp().execute("query-cdp");
+      if (r.value.size() == 1 && r.value[0]["gap"] == false &&
+          r.value[0]["acked-seq"] == r.value[0]["seq"])
+        break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    random_round(*vm, rng);
+    wait_acked(*vm);
+    second_run = {filter_seq(*vm), iso_now(), md5_of_file(disk)};
+    REQUIRE_MESSAGE(p.stop() == 0, p.output());
+  }
+  CHECK(second_run.seq > first_run.seq);
+  auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", store});
+  CHECK_MESSAGE(verify.status == 0, verify.output);
+
+  std::string out = dir.file("r.raw");
+  for (const auto& c : {first_run, second_run}) {
+    for (const std::string& how : {"--seq", "--at"}) {
+      auto r = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, how,
+                            how == "--seq" ? std::to_string(c.seq) : c.time, "-o", out});
+      REQUIRE_MESSAGE(r.status == 0, how, " ", r.output);
+      CHECK_MESSAGE(md5_of_file(out) == c.md5, how, " ", c.seq);
+    }
+  }
+  // While nothing protected the disk, nothing can be restored.
+  auto blind = run_command(
+      {KVMCDP_BINARY, "restore", "--store", store, "--at", unprotected.time, "-o", out});
+  CHECK_MESSAGE(blind.status == 6, blind.output);
 }
 
 }  // namespace kvmcdp::test
