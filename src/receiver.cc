@@ -55,6 +55,7 @@ Status StreamReceiver::commit_and_ack() {
   auto durable = writer_->commit();
   if (!durable) return durable.status();
   uncommitted_ = false;
+  uncommitted_bytes_ = 0;
   counters_.commits++;
   counters_.durable_seq = *durable;
   return wire::send_control(fd_, MsgType::kAck, *durable);
@@ -76,16 +77,23 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
       counters_.records++;
       counters_.last_seq = h.seq;
       counters_.last_time_ns = h.time_ns;
+      if (!uncommitted_) first_uncommitted_ = std::chrono::steady_clock::now();
       if (Status s = writer_->append(std::move(rec)); !s) return s;
       uncommitted_ = true;
+      uncommitted_bytes_ += h.payload_len;
     }
-    // Commit when the socket has nothing more right now: one fsync covers
-    // everything that arrived meanwhile.
+    // Commit when the socket has nothing more right now (one fsync covers
+    // everything that arrived meanwhile), or when a batch is big or old
+    // enough: a sender that never pauses must still get acks, or its
+    // queue fills and the guest stalls.
     pollfd p{fd_, POLLIN, 0};
     int ready = poll(&p, 1, uncommitted_ ? 0 : 100);
     if (ready < 0 && errno != EINTR)
       return Status(ErrorKind::kFailure, fmt::format("poll: {}", std::strerror(errno)));
-    if (ready <= 0 || reader_.buffered_message()) {
+    bool batch_due = uncommitted_ && (uncommitted_bytes_ >= kBatchBytes ||
+                                      std::chrono::steady_clock::now() - first_uncommitted_ >=
+                                          kBatchAge);
+    if (ready <= 0 || reader_.buffered_message() || batch_due) {
       if (Status s = commit_and_ack(); !s) return s;
       continue;
     }

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -61,6 +62,10 @@ class StreamReceiver {
   journal::JournalWriter* writer_;
   ReceiverCounters counters_;
   bool uncommitted_ = false;
+  uint64_t uncommitted_bytes_ = 0;
+  std::chrono::steady_clock::time_point first_uncommitted_;
+  static constexpr uint64_t kBatchBytes = 8u << 20;
+  static constexpr std::chrono::milliseconds kBatchAge{5};
 };
 
 }  // namespace kvmcdp
