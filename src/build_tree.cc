@@ -241,9 +241,11 @@ Result<std::vector<BuiltNode>> build_points(const std::string& store_dir,
       return b.status();
     }
     b->name = name;
+    crash_point("build", 1);
     if (::rename(tmp_path.c_str(), final_path.c_str()) != 0)
       return Status(ErrorKind::kFailure, fsutil::errno_message("rename", tmp_path));
     if (auto s = fsutil::fsync_dir(t.dir); !s) return s;
+    crash_point("build", 2);
     auto time_ns = record_time(*view->reader, seq);
     if (!time_ns) return time_ns.status();
 
@@ -261,6 +263,7 @@ Result<std::vector<BuiltNode>> build_points(const std::string& store_dir,
     t.nodes.push_back(n);
     if (newest) t.active = name;
     if (auto s = save_tree(t); !s) return s;
+    crash_point("build", 3);
     log->push_back(fmt::format("built {} (seq {}, {}) on {}: {} bytes written, {} zeroed", name,
                                seq, format_time_ns(*time_ns), b->parent, b->data_bytes,
                                b->zero_bytes));

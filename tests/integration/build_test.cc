@@ -313,4 +313,52 @@ TEST_CASE("build --at/--every, prune --keep-daily/--dry-run, and --wait on a bus
   CHECK(node_md5(dir, fmt::format("{}/tree/seq-{}.qcow2", p.store, pts[4].seq)) == pts[4].md5);
 }
 
+TEST_CASE("build and prune killed at each step: the next command finishes, no image changes") {
+  TempDir dir;
+  Protected p = make_store(dir, 6);
+  const auto& pts = p.points;
+  auto node = [&](size_t i) { return fmt::format("{}/tree/seq-{}.qcow2", p.store, pts[i].seq); };
+  auto consistent = [&]() {
+    auto check = run_command({KVMCDP_BINARY, "snapshot", "check", "--tree", p.store + "/tree"});
+    CHECK_MESSAGE(check.status == 0, check.output);
+  };
+  std::vector<std::string> argv = {KVMCDP_BINARY, "build", "--store", p.store};
+  for (size_t i = 0; i < 3; ++i) argv.insert(argv.end(), {"--seq", std::to_string(pts[i].seq)});
+  REQUIRE(run_command(argv).status == 0);
+
+  // Build killed before the node file is in place, before and after tree.json.
+  for (int step = 1; step <= 3; ++step) {
+    size_t i = 2 + size_t(step);
+    auto killed = run_command({"env", fmt::format("KVMCDP_CRASH_AT_STEP=build:{}", step),
+                               KVMCDP_BINARY, "build", "--store", p.store, "--seq",
+                               std::to_string(pts[i].seq)});
+    CHECK_MESSAGE(killed.status == 9, killed.output);
+    consistent();
+    auto again = run_command({KVMCDP_BINARY, "build", "--store", p.store, "--seq",
+                              std::to_string(pts[i].seq)});
+    CHECK_MESSAGE(again.status == 0, again.output);
+    CHECK_MESSAGE((again.output.find("already node") != std::string::npos) == (step == 3),
+                  again.output);
+    CHECK(node_md5(dir, node(i)) == pts[i].md5);
+    consistent();
+  }
+
+  // Prune killed at each step of a merge; the next prune repairs, then goes on.
+  for (int step = 1; step <= 4; ++step) {
+    std::string keep = std::to_string(6 - step);
+    auto killed = run_command({"env", fmt::format("KVMCDP_CRASH_AT_STEP=merge:{}", step),
+                               KVMCDP_BINARY, "prune", "--store", p.store, "--keep-last", keep});
+    CHECK_MESSAGE(killed.status == 9, killed.output);
+    auto again = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-last", keep});
+    CHECK_MESSAGE(again.status == 0, again.output);
+    CHECK_MESSAGE(again.output.find(fmt::format("kept {}", keep)) != std::string::npos,
+                  again.output);
+    consistent();
+    for (size_t i = size_t(step); i < pts.size(); ++i)
+      CHECK_MESSAGE(node_md5(dir, node(i)) == pts[i].md5, "step ", step, " node ", i);
+  }
+  CHECK(tree_files(p.store).size() == 3);  // base and the two newest
+  for (const auto& c : pts) CHECK_MESSAGE(restore_seq(dir, p.store, c.seq).md5 == c.md5, c.seq);
+}
+
 }  // namespace kvmcdp::test
