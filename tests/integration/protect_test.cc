@@ -30,6 +30,16 @@ struct Checkpoint {
   std::string md5;
 };
 
+// A paused VM (no guest) with `disk` as virtio-blk device vd0 on node
+// disk0; guest discards reach the disk.
+std::unique_ptr<QemuProcess> start_vm(const TempDir& dir, const std::string& disk) {
+  return QemuProcess::start_system(
+      dir, {"-S", "-blockdev",
+            fmt::format("driver=file,filename={},node-name=disk0-file,discard=unmap", disk),
+            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0,discard=unmap", "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0"});
+}
+
 std::string iso_now() {
   auto now = std::chrono::system_clock::now();
   auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
@@ -88,11 +98,7 @@ TEST_CASE("protect: restore by --seq and --at matches the disk's MD5 at 10 point
   // Start from a disk with data, so the base copy matters.
   REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=8"}).status == 0);
   REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
-  auto vm = QemuProcess::start_system(
-      dir, {"-S", "-blockdev",
-            fmt::format("driver=file,filename={},node-name=disk0-file,discard=unmap", disk),
-            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0,discard=unmap", "-device",
-            "virtio-blk-pci,drive=disk0,id=vd0"});
+  auto vm = start_vm(dir, disk);
 
   std::string store = dir.file("store");
   ProtectProcess protect(vm->tool_socket(), "vd0", store);
@@ -154,6 +160,18 @@ TEST_CASE("protect: restore by --seq and --at matches the disk's MD5 at 10 point
 }
 
 // Waits until kvmcdp acknowledged everything the filter assigned.
+// Every checkpoint restored by --seq has the MD5 the disk had then.
+void check_restores_by_seq(const TempDir& dir, const std::string& store,
+                           const std::vector<Checkpoint>& points) {
+  std::string out = dir.file("restored.raw");
+  for (const auto& c : points) {
+    auto r = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
+                          std::to_string(c.seq), "-o", out});
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+    CHECK_MESSAGE(md5_of_file(out) == c.md5, "seq ", c.seq);
+  }
+}
+
 void wait_acked(QemuProcess& vm) {
   for (int i = 0; i < 500; ++i) {
     QmpReply r = vm.qmp().execute("query-cdp");
@@ -169,11 +187,7 @@ TEST_CASE("protect: kill -9, writes meanwhile, restart: the filter resends, noth
   TempDir dir;
   std::string disk = dir.file("disk.raw");
   REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
-  auto vm = QemuProcess::start_system(
-      dir, {"-S", "-blockdev",
-            fmt::format("driver=file,filename={},node-name=disk0-file,discard=unmap", disk),
-            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0,discard=unmap", "-device",
-            "virtio-blk-pci,drive=disk0,id=vd0"});
+  auto vm = start_vm(dir, disk);
   std::string store = dir.file("store");
   std::mt19937_64 rng(42);
   std::vector<Checkpoint> points;
@@ -200,23 +214,14 @@ TEST_CASE("protect: kill -9, writes meanwhile, restart: the filter resends, noth
 
   auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", store});
   CHECK_MESSAGE(verify.status == 0, verify.output);
-  for (const auto& c : points) {
-    std::string out = dir.file("r.raw");
-    auto r = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
-                          std::to_string(c.seq), "-o", out});
-    REQUIRE_MESSAGE(r.status == 0, r.output);
-    CHECK_MESSAGE(md5_of_file(out) == c.md5, "seq ", c.seq);
-  }
+  check_restores_by_seq(dir, store, points);
 }
 
 TEST_CASE("protect: a second protect of the same store exits busy (5)") {
   TempDir dir;
   std::string disk = dir.file("disk.raw");
   REQUIRE(run_command({"truncate", "-s", "16M", disk}).status == 0);
-  auto vm = QemuProcess::start_system(
-      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=f0", disk),
-            "-blockdev", "driver=raw,file=f0,node-name=disk0", "-device",
-            "virtio-blk-pci,drive=disk0,id=vd0"});
+  auto vm = start_vm(dir, disk);
   std::string store = dir.file("store");
   ProtectProcess first(vm->tool_socket(), "vd0", store);
   REQUIRE_MESSAGE(first.wait_base_complete(std::chrono::seconds(60)), first.output());
@@ -234,10 +239,7 @@ TEST_CASE("protect: unknown drive and missing QEMU are clear errors") {
   TempDir dir;
   std::string disk = dir.file("disk.raw");
   REQUIRE(run_command({"truncate", "-s", "16M", disk}).status == 0);
-  auto vm = QemuProcess::start_system(
-      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=f0", disk),
-            "-blockdev", "driver=raw,file=f0,node-name=disk0", "-device",
-            "virtio-blk-pci,drive=disk0,id=vd0"});
+  auto vm = start_vm(dir, disk);
   auto nodrive = run_command({KVMCDP_BINARY, "protect", "--qmp", vm->tool_socket(), "--drive",
                               "nope", "--store", dir.file("s1")});
   CHECK(nodrive.status == 7);
@@ -256,10 +258,7 @@ TEST_CASE("protect: a damaged journal: verify names the place, restore stops bef
   TempDir dir;
   std::string disk = dir.file("disk.raw");
   REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
-  auto vm = QemuProcess::start_system(
-      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=f0", disk),
-            "-blockdev", "driver=raw,file=f0,node-name=disk0", "-device",
-            "virtio-blk-pci,drive=disk0,id=vd0"});
+  auto vm = start_vm(dir, disk);
   std::string store = dir.file("store");
   std::mt19937_64 rng(7);
   Checkpoint early{}, late{};
@@ -321,10 +320,7 @@ TEST_CASE("protect: receiver gone past the queue budget: gap, resync, exact agai
   TempDir dir;
   std::string disk = dir.file("disk.raw");
   REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
-  auto vm = QemuProcess::start_system(
-      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=f0", disk),
-            "-blockdev", "driver=raw,file=f0,node-name=disk0", "-device",
-            "virtio-blk-pci,drive=disk0,id=vd0"});
+  auto vm = start_vm(dir, disk);
   std::string store = dir.file("store");
   std::vector<std::string> small = {"--queue-size", "1", "--filter-timeout", "300"};
   std::mt19937_64 rng(99);
@@ -388,12 +384,7 @@ TEST_CASE("protect: receiver gone past the queue budget: gap, resync, exact agai
   CHECK(pj["gaps"].size() == 1);
 
   std::string out = dir.file("r.raw");
-  for (const auto& c : {before_gap, resynced}) {
-    auto r = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
-                          std::to_string(c.seq), "-o", out});
-    REQUIRE_MESSAGE(r.status == 0, r.output);
-    CHECK_MESSAGE(md5_of_file(out) == c.md5, "seq ", c.seq);
-  }
+  check_restores_by_seq(dir, store, {before_gap, resynced});
   auto in_gap = run_command({KVMCDP_BINARY, "restore", "--store", store, "--seq",
                              std::to_string(seq_in_gap), "-o", out});
   CHECK_MESSAGE(in_gap.status == 6, in_gap.output);
@@ -422,10 +413,7 @@ TEST_CASE("protect: the store runs out of space: clear error, guest unharmed, re
   TempDir dir;
   std::string disk = dir.file("disk.raw");
   REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
-  auto vm = QemuProcess::start_system(
-      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=f0", disk),
-            "-blockdev", "driver=raw,file=f0,node-name=disk0", "-device",
-            "virtio-blk-pci,drive=disk0,id=vd0"});
+  auto vm = start_vm(dir, disk);
   SmallFs fs(dir.file("fs"), "8M");
   std::string store = fs.path + "/store";
   Checkpoint before{}, after{};
@@ -462,13 +450,7 @@ TEST_CASE("protect: the store runs out of space: clear error, guest unharmed, re
 
   auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", store});
   CHECK_MESSAGE(verify.status == 0, verify.output);
-  std::string out = dir.file("r.raw");
-  for (const auto& c : {before, after}) {
-    auto r = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
-                          std::to_string(c.seq), "-o", out});
-    REQUIRE_MESSAGE(r.status == 0, r.output);
-    CHECK_MESSAGE(md5_of_file(out) == c.md5, "seq ", c.seq);
-  }
+  check_restores_by_seq(dir, store, {before, after});
 }
 
 }  // namespace kvmcdp::test
@@ -479,10 +461,7 @@ TEST_CASE("protect: stopped cleanly, restarted later: the stream continues after
   TempDir dir;
   std::string disk = dir.file("disk.raw");
   REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
-  auto vm = QemuProcess::start_system(
-      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=f0", disk),
-            "-blockdev", "driver=raw,file=f0,node-name=disk0", "-device",
-            "virtio-blk-pci,drive=disk0,id=vd0"});
+  auto vm = start_vm(dir, disk);
   std::string store = dir.file("store");
   std::mt19937_64 rng(5);
   Checkpoint first_run{}, unprotected{}, second_run{};
@@ -522,7 +501,7 @@ TEST_CASE("protect: stopped cleanly, restarted later: the stream continues after
 
   std::string out = dir.file("r.raw");
   for (const auto& c : {first_run, second_run}) {
-    for (const std::string& how : {"--seq", "--at"}) {
+    for (std::string how : {"--seq", "--at"}) {
       auto r = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, how,
                             how == "--seq" ? std::to_string(c.seq) : c.time, "-o", out});
       REQUIRE_MESSAGE(r.status == 0, how, " ", r.output);
