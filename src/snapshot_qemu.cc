@@ -18,53 +18,6 @@ namespace kvmcdp {
 
 using json = nlohmann::json;
 
-Result<std::string> run_capture(const std::vector<std::string>& argv) {
-  int out[2];
-  if (pipe2(out, O_CLOEXEC) < 0)
-    return {ErrorKind::kFailure, fmt::format("pipe: {}", std::strerror(errno))};
-  // stderr goes to an anonymous file so that a chatty child never blocks
-  // on a pipe we are not reading yet.
-  int err = memfd_create("kvmcdp-stderr", MFD_CLOEXEC);
-  pid_t pid = fork();
-  if (pid < 0) return {ErrorKind::kFailure, fmt::format("fork: {}", std::strerror(errno))};
-  if (pid == 0) {
-    int null = open("/dev/null", O_RDONLY);
-    dup2(null, 0);
-    dup2(out[1], 1);
-    if (err >= 0) dup2(err, 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execvp(args[0], args.data());
-    fprintf(stderr, "cannot run %s: %s\n", args[0], std::strerror(errno));
-    _exit(127);
-  }
-  close(out[1]);
-  std::string text;
-  char buf[8192];
-  ssize_t n;
-  while ((n = read(out[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
-    if (n > 0) text.append(buf, static_cast<size_t>(n));
-  close(out[0]);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  std::string errtext;
-  if (err >= 0) {
-    off_t off = 0;
-    while ((n = pread(err, buf, sizeof buf, off)) > 0) {
-      errtext.append(buf, static_cast<size_t>(n));
-      off += n;
-    }
-    close(err);
-  }
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return text;
-  while (!errtext.empty() && errtext.back() == '\n') errtext.pop_back();
-  if (auto nl = errtext.rfind('\n'); nl != std::string::npos) errtext = errtext.substr(nl + 1);
-  return {ErrorKind::kFailure,
-          fmt::format("{} failed{}{}", argv[0], errtext.empty() ? "" : ": ", errtext)};
-}
-
 Result<ImageInfo> image_info(const std::string& path, bool shared) {
   std::vector<std::string> argv = {qemu_img_binary(), "info", "--output=json"};
   if (shared) argv.push_back("-U");

@@ -11,11 +11,9 @@
 
 #include "qmp_client.h"
 #include "status.h"
+#include "subprocess.h"
 
 namespace kvmcdp {
-
-// Runs argv and returns its stdout; kFailure with stderr's last line.
-Result<std::string> run_capture(const std::vector<std::string>& argv);
 
 // What a qcow2 header says (qemu-img info --output=json, without the chain).
 struct ImageInfo {

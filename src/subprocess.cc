@@ -1,6 +1,7 @@
 #include "subprocess.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,18 +18,20 @@ std::string qemu_img_binary() {
   return env && *env ? env : "qemu-img";
 }
 
-Status run_process(const std::vector<std::string>& argv, bool show_output) {
-  int err_pipe[2] = {-1, -1};
-  if (!show_output && pipe2(err_pipe, O_CLOEXEC) < 0)
+Result<std::string> run_capture(const std::vector<std::string>& argv) {
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) < 0)
     return {ErrorKind::kFailure, fmt::format("pipe: {}", std::strerror(errno))};
+  // stderr goes to an anonymous file so that a chatty child never blocks
+  // on a pipe we are not reading yet.
+  int err = memfd_create("kvmcdp-stderr", MFD_CLOEXEC);
   pid_t pid = fork();
   if (pid < 0) return {ErrorKind::kFailure, fmt::format("fork: {}", std::strerror(errno))};
   if (pid == 0) {
-    if (!show_output) {
-      int null = open("/dev/null", O_WRONLY);
-      dup2(null, 1);
-      dup2(err_pipe[1], 2);
-    }
+    int null = open("/dev/null", O_RDONLY);
+    dup2(null, 0);
+    dup2(out[1], 1);
+    if (err >= 0) dup2(err, 2);
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -36,23 +39,52 @@ Status run_process(const std::vector<std::string>& argv, bool show_output) {
     fprintf(stderr, "cannot run %s: %s\n", args[0], std::strerror(errno));
     _exit(127);
   }
-  std::string err;
+  close(out[1]);
+  std::string text;
+  char buf[8192];
+  ssize_t n;
+  while ((n = read(out[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
+    if (n > 0) text.append(buf, static_cast<size_t>(n));
+  close(out[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  std::string errtext;
+  if (err >= 0) {
+    off_t off = 0;
+    while ((n = pread(err, buf, sizeof buf, off)) > 0) {
+      errtext.append(buf, static_cast<size_t>(n));
+      off += n;
+    }
+    close(err);
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return text;
+  while (!errtext.empty() && errtext.back() == '\n') errtext.pop_back();
+  if (auto nl = errtext.rfind('\n'); nl != std::string::npos) errtext = errtext.substr(nl + 1);
+  return {ErrorKind::kFailure,
+          fmt::format("{} failed{}{}", argv[0], errtext.empty() ? "" : ": ", errtext)};
+}
+
+Status run_process(const std::vector<std::string>& argv, bool show_output) {
   if (!show_output) {
-    close(err_pipe[1]);
-    char buf[4096];
-    ssize_t n;
-    while ((n = read(err_pipe[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
-      if (n > 0) err.append(buf, static_cast<size_t>(n));
-    close(err_pipe[0]);
+    auto out = run_capture(argv);
+    return out ? Status::ok() : out.status();
+  }
+  pid_t pid = fork();
+  if (pid < 0) return {ErrorKind::kFailure, fmt::format("fork: {}", std::strerror(errno))};
+  if (pid == 0) {
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    fprintf(stderr, "cannot run %s: %s\n", args[0], std::strerror(errno));
+    _exit(127);
   }
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return Status::ok();
-  while (!err.empty() && err.back() == '\n') err.pop_back();
-  if (auto nl = err.rfind('\n'); nl != std::string::npos) err = err.substr(nl + 1);
-  return {ErrorKind::kFailure,
-          fmt::format("{} failed{}{}", argv[0], err.empty() ? "" : ": ", err)};
+  return {ErrorKind::kFailure, fmt::format("{} failed", argv[0])};
 }
 
 }  // namespace kvmcdp
