@@ -294,8 +294,9 @@ TEST_CASE("build --at/--every, prune --keep-daily/--dry-run, and --wait on a bus
 
   // Someone else holds the tree lock: exit 5 at once, or wait with --wait.
   std::string lock = p.store + "/tree/lock";
-  std::thread holder([&] { run_command({"flock", lock, "sleep", "2"}); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  std::thread holder([&] { run_command({"flock", lock, "sleep", "3"}); });
+  for (int i = 0; i < 200 && run_command({"flock", "-n", lock, "true"}).status == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // until the holder has it
   auto busy = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-last", "1"});
   CHECK_MESSAGE(busy.status == 5, busy.output);
   auto busy_build = run_command({KVMCDP_BINARY, "build", "--store", p.store, "--seq",
