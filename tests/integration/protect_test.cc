@@ -515,3 +515,64 @@ TEST_CASE("protect: stopped cleanly, restarted later: the stream continues after
 }
 
 }  // namespace kvmcdp::test
+
+namespace kvmcdp::test {
+
+TEST_CASE("protect + snapshot create: the filter stays on top, no gap, restores exact") {
+  TempDir dir;
+  std::string disk = dir.file("disk.qcow2");
+  REQUIRE(run_command({qemu_bin("qemu-img"), "create", "-q", "-f", "qcow2", disk, "32M"}).status ==
+          0);
+  auto vm = QemuProcess::start_system(
+      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=disk0-file", disk),
+            "-blockdev", "driver=qcow2,file=disk0-file,node-name=disk0", "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0"});
+  // The guest-visible disk, read through QEMU's own tools (the chain grows).
+  auto disk_md5 = [&](const std::string& top) {
+    std::string flat = dir.file("flat.raw");
+    REQUIRE(run_command({qemu_bin("qemu-img"), "convert", "-U", "-O", "raw", top, flat}).status ==
+            0);
+    return md5_of_file(flat);
+  };
+  std::string store = dir.file("store");
+  std::string tree = dir.file("tree");
+  std::mt19937_64 rng(11);
+  std::vector<Checkpoint> points;
+  ProtectProcess protect(vm->tool_socket(), "vd0", store);
+  REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
+  random_round(*vm, rng);
+  wait_acked(*vm);
+  REQUIRE(vm->qmp().execute("stop").ok());  // flushes qcow2 metadata for the -U read
+  points.push_back({filter_seq(*vm), "", disk_md5(disk)});
+  REQUIRE(vm->qmp().execute("cont").ok());
+
+  auto snap = run_command({KVMCDP_BINARY, "snapshot", "create", "--tree", tree, "--qmp",
+                           vm->tool_socket(), "--drive", "disk0", "s1"});
+  REQUIRE_MESSAGE(snap.status == 0, snap.output);
+  CHECK(snap.output.find(" ms") != std::string::npos);
+  QmpReply cdp = vm->qmp().execute("query-cdp");
+  REQUIRE(cdp.value.size() == 1);
+  CHECK(cdp.value[0]["connected"] == true);
+  CHECK(cdp.value[0]["gap"] == false);
+
+  random_round(*vm, rng);
+  wait_acked(*vm);
+  REQUIRE(vm->qmp().execute("stop").ok());
+  // The VM now writes into the tree's overlay on top of the old disk.
+  auto top = run_command({KVMCDP_BINARY, "snapshot", "list", "--tree", tree, "--json"});
+  REQUIRE_MESSAGE(top.status == 0, top.output);
+  std::string active;
+  for (const auto& n : json::parse(top.output))
+    if (n.value("active", false)) active = n.value("file", "");
+  REQUIRE_MESSAGE(!active.empty(), top.output);
+  if (active[0] != '/') active = tree + "/" + active;
+  points.push_back({filter_seq(*vm), "", disk_md5(active)});
+  REQUIRE(vm->qmp().execute("cont").ok());
+  REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
+
+  auto pj = json::parse(run_command({KVMCDP_BINARY, "points", "--json", "--store", store}).output);
+  CHECK(pj["gaps"].empty());
+  check_restores_by_seq(dir, store, points);
+}
+
+}  // namespace kvmcdp::test
