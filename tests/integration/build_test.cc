@@ -16,6 +16,7 @@
 
 #include "harness/protect_process.h"
 #include "harness/qemu_process.h"
+#include "harness/vm_io.h"
 
 namespace kvmcdp::test {
 namespace {
@@ -27,33 +28,6 @@ struct Checkpoint {
   std::string md5;
   std::string time;  // ISO 8601, taken right after the checkpoint's seq
 };
-
-std::string iso_now() {
-  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                std::chrono::system_clock::now().time_since_epoch())
-                .count();
-  time_t s = ns / 1000000000;
-  char buf[32];
-  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", gmtime(&s));
-  return fmt::format("{}.{:09}Z", buf, ns % 1000000000);
-}
-
-void qemu_io(QemuProcess& vm, const std::string& cmd) {
-  QmpReply r = vm.qmp().execute(
-      "human-monitor-command",
-      {{"command-line",
-        fmt::format("qemu-io -d /machine/peripheral/vd0/virtio-backend \"{}\"", cmd)}});
-  REQUIRE_MESSAGE(r.ok(), r.message);
-  std::string out = r.value.get<std::string>();
-  REQUIRE_MESSAGE(out.find("rror") == std::string::npos, cmd, ": ", out);
-}
-
-uint64_t filter_seq(QemuProcess& vm) {
-  QmpReply r = vm.qmp().execute("query-cdp");
-  REQUIRE(r.ok());
-  REQUIRE(r.value.size() == 1);
-  return r.value[0]["seq"].get<uint64_t>();
-}
 
 // Writes (hot spots rewritten often, so a full replay reads much more than
 // the tail after a node), write-zeroes with and without unmap, discards.
@@ -79,11 +53,7 @@ Protected make_store(TempDir& dir, int rounds, int pause_ms = 0) {
   std::string disk = dir.file("disk.raw");
   REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=8"}).status == 0);
   REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
-  auto vm = QemuProcess::start_system(
-      dir, {"-S", "-blockdev",
-            fmt::format("driver=file,filename={},node-name=disk0-file,discard=unmap", disk),
-            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0,discard=unmap", "-device",
-            "virtio-blk-pci,drive=disk0,id=vd0"});
+  auto vm = start_vm(dir, disk);
   Protected p{dir.file("store"), {}};
   ProtectProcess protect(vm->tool_socket(), "vd0", p.store);
   REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());

@@ -18,6 +18,7 @@
 
 #include "harness/qemu_process.h"
 #include "harness/protect_process.h"
+#include "harness/vm_io.h"
 
 namespace kvmcdp::test {
 namespace {
@@ -29,44 +30,6 @@ struct Checkpoint {
   std::string time;
   std::string md5;
 };
-
-// A paused VM (no guest) with `disk` as virtio-blk device vd0 on node
-// disk0; guest discards reach the disk.
-std::unique_ptr<QemuProcess> start_vm(const TempDir& dir, const std::string& disk) {
-  return QemuProcess::start_system(
-      dir, {"-S", "-blockdev",
-            fmt::format("driver=file,filename={},node-name=disk0-file,discard=unmap", disk),
-            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0,discard=unmap", "-device",
-            "virtio-blk-pci,drive=disk0,id=vd0"});
-}
-
-std::string iso_now() {
-  auto now = std::chrono::system_clock::now();
-  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
-  time_t s = ns / 1000000000;
-  char buf[32];
-  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", gmtime(&s));
-  return fmt::format("{}.{:09}Z", buf, ns % 1000000000);
-}
-
-void qemu_io(QemuProcess& vm, const std::string& cmd) {
-  QmpReply r = vm.qmp().execute(
-      "human-monitor-command",
-      {{"command-line",
-        fmt::format("qemu-io -d /machine/peripheral/vd0/virtio-backend \"{}\"", cmd)}});
-  REQUIRE_MESSAGE(r.ok(), r.message);
-  std::string out = r.value.get<std::string>();
-  // HMP returns some of qemu-io's output and QEMU prints the rest on its
-  // stdout (the console log): both are checked for errors.
-  REQUIRE_MESSAGE(out.find("rror") == std::string::npos, cmd, ": ", out);
-}
-
-uint64_t filter_seq(QemuProcess& vm) {
-  QmpReply r = vm.qmp().execute("query-cdp");
-  REQUIRE(r.ok());
-  REQUIRE(r.value.size() == 1);
-  return r.value[0]["seq"].get<uint64_t>();
-}
 
 // One round of mixed I/O: pattern writes of random sizes and offsets
 // (overlapping earlier ones), write-zeroes with and without unmap,
@@ -159,7 +122,6 @@ TEST_CASE("protect: restore by --seq and --at matches the disk's MD5 at 10 point
   CHECK(cdp.value.empty());
 }
 
-// Waits until kvmcdp acknowledged everything the filter assigned.
 // Every checkpoint restored by --seq has the MD5 the disk had then.
 void check_restores_by_seq(const TempDir& dir, const std::string& store,
                            const std::vector<Checkpoint>& points) {
@@ -170,17 +132,6 @@ void check_restores_by_seq(const TempDir& dir, const std::string& store,
     REQUIRE_MESSAGE(r.status == 0, r.output);
     CHECK_MESSAGE(md5_of_file(out) == c.md5, "seq ", c.seq);
   }
-}
-
-void wait_acked(QemuProcess& vm) {
-  for (int i = 0; i < 500; ++i) {
-    QmpReply r = vm.qmp().execute("query-cdp");
-    REQUIRE(r.ok());
-    REQUIRE(r.value.size() == 1);
-    if (r.value[0]["acked-seq"] == r.value[0]["seq"] && r.value[0]["connected"] == true) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  FAIL("the filter's records were not acknowledged in 10 s");
 }
 
 TEST_CASE("protect: kill -9, writes meanwhile, restart: the filter resends, nothing lost") {
