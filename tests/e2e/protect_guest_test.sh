@@ -47,7 +47,7 @@ run_one() {
     "$KVMCDP_QEMU_IMG" create -q -f "$fmt" "$disk" 64M
     cat >"$KIT_TMPDIR/guest.sh" <<'GUEST'
 i=0
-while [ $i -lt 60 ]; do
+while [ $i -lt 150 ]; do
     dd if=/dev/urandom of="$DATA_DEV" bs=4k seek=$((RANDOM % 16000)) count=$((RANDOM % 64 + 1)) conv=notrunc 2>/dev/null
     [ $((i % 3)) -eq 0 ] && sync
     [ $((i % 7)) -eq 0 ] && blkdiscard -o $(( (RANDOM % 60) * 1048576 )) -l 524288 "$DATA_DEV"
@@ -81,7 +81,7 @@ GUEST
     local -a seqs=() times=() md5s=()
     local n=0
     while [[ $n -lt $MOMENTS ]]; do
-        sleep 0.$((RANDOM % 9 + 1))
+        sleep 0.$((RANDOM % 5 + 1))
         grep -q GUEST-DONE "$KIT_CONSOLE_LOG" && break
         qmp '{"execute":"stop"}' >/dev/null
         seqs+=("$(qmp '{"execute":"query-cdp"}' | json_field '[0]["seq"]')")
