@@ -18,6 +18,27 @@ std::string qemu_img_binary() {
   return env && *env ? env : "qemu-img";
 }
 
+namespace {
+
+// In the child after fork(): become argv, or report why not and exit 127.
+[[noreturn]] void exec_argv(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  execvp(args[0], args.data());
+  fprintf(stderr, "cannot run %s: %s\n", args[0], std::strerror(errno));
+  _exit(127);
+}
+
+int wait_child(pid_t pid) {
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return status;
+}
+
+}  // namespace
+
 Result<std::string> run_capture(const std::vector<std::string>& argv) {
   int out[2];
   if (pipe2(out, O_CLOEXEC) < 0)
@@ -32,12 +53,7 @@ Result<std::string> run_capture(const std::vector<std::string>& argv) {
     dup2(null, 0);
     dup2(out[1], 1);
     if (err >= 0) dup2(err, 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execvp(args[0], args.data());
-    fprintf(stderr, "cannot run %s: %s\n", args[0], std::strerror(errno));
-    _exit(127);
+    exec_argv(argv);
   }
   close(out[1]);
   std::string text;
@@ -46,9 +62,7 @@ Result<std::string> run_capture(const std::vector<std::string>& argv) {
   while ((n = read(out[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
     if (n > 0) text.append(buf, static_cast<size_t>(n));
   close(out[0]);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
+  int status = wait_child(pid);
   std::string errtext;
   if (err >= 0) {
     off_t off = 0;
@@ -73,16 +87,9 @@ Status run_process(const std::vector<std::string>& argv, bool show_output) {
   pid_t pid = fork();
   if (pid < 0) return {ErrorKind::kFailure, fmt::format("fork: {}", std::strerror(errno))};
   if (pid == 0) {
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execvp(args[0], args.data());
-    fprintf(stderr, "cannot run %s: %s\n", args[0], std::strerror(errno));
-    _exit(127);
+    exec_argv(argv);
   }
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
+  int status = wait_child(pid);
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return Status::ok();
   return {ErrorKind::kFailure, fmt::format("{} failed", argv[0])};
 }
