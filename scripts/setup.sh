@@ -25,7 +25,7 @@ mkdir -p "$cache"
 packages=(
   # kvmcdp
   build-essential cmake ninja-build pkg-config nlohmann-json3-dev
-  libcli11-dev libfmt-dev libzstd-dev zstd doctest-dev libnbd-dev
+  libcli11-dev libfmt-dev libzstd-dev zstd doctest-dev libnbd-dev libssl-dev
   # tests and tools
   qemu-utils busybox-static fio cpio kmod mandoc xz-utils openssh-server
   openssh-client seabios qemu-system-data dpkg-dev python3

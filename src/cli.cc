@@ -31,6 +31,8 @@ const std::vector<Command>& commands() {
       {"build", "Materialise journal points as qcow2 nodes of the store's tree",
        setup_build_command},
       {"prune", "Delete built nodes a retention policy does not keep", setup_prune_command},
+      {"serve", "Run a backup server that receives protected drives' journals",
+       setup_serve_command},
       {"qmp", "Send one QMP command to a QEMU and print its reply",
        setup_qmp_command},
   };

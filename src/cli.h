@@ -42,5 +42,6 @@ CommandRunner setup_snapshot_command(CLI::App* app);
 CommandRunner setup_merge_command(CLI::App* app);
 CommandRunner setup_build_command(CLI::App* app);
 CommandRunner setup_prune_command(CLI::App* app);
+CommandRunner setup_serve_command(CLI::App* app);
 
 }  // namespace kvmcdp

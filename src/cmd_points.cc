@@ -131,6 +131,22 @@ Status run_status(const std::string& store, bool as_json) {
     // Payload bytes the current (or last) protect run received: the raw
     // side of the compression ratio.
     j["session_raw_bytes"] = state->bytes;
+    if (!state->remote_url.empty()) {
+      uint64_t behind = state->durable_seq > state->remote_durable_seq
+                            ? state->durable_seq - state->remote_durable_seq
+                            : 0;
+      double seconds = behind && state->durable_time_ns > state->remote_durable_ns
+                           ? (state->durable_time_ns - state->remote_durable_ns) / 1e9
+                           : 0.0;
+      j["remote"] = {{"url", state->remote_url},
+                     {"connected", running && state->remote_connected},
+                     {"durable_seq", state->remote_durable_seq},
+                     {"lag", {{"records", behind}, {"bytes", state->remote_lag_bytes},
+                              {"seconds", seconds}}},
+                     {"spool_bytes", state->spool_bytes},
+                     {"base_copy", state->remote_base},
+                     {"error", state->remote_error}};
+    }
   }
   if (view->reader->damage()) j["damage"] = view->reader->damage()->to_string();
   if (as_json) {
@@ -147,6 +163,19 @@ Status run_status(const std::string& store, bool as_json) {
     std::printf("lag:         %llu records, %.1f s\n",
                 static_cast<unsigned long long>(j["lag"]["records"].get<uint64_t>()),
                 j["lag"]["seconds"].get<double>());
+  if (j.contains("remote")) {
+    const json& r = j["remote"];
+    std::printf("remote:      %s, %s, server durable seq %llu\n", r["url"].get<std::string>().c_str(),
+                r["connected"].get<bool>() ? "connected" : "not connected",
+                static_cast<unsigned long long>(r["durable_seq"].get<uint64_t>()));
+    std::printf("remote lag:  %llu records, %llu bytes, %.1f s%s\n",
+                static_cast<unsigned long long>(r["lag"]["records"].get<uint64_t>()),
+                static_cast<unsigned long long>(r["lag"]["bytes"].get<uint64_t>()),
+                r["lag"]["seconds"].get<double>(),
+                r["base_copy"].get<bool>() ? "" : " (base copy not on the server yet)");
+    if (!r["error"].get<std::string>().empty() && !r["connected"].get<bool>())
+      std::printf("remote error: %s\n", r["error"].get<std::string>().c_str());
+  }
   std::printf("journal:     %zu segments, %llu records, %llu bytes on disk\n",
               view->reader->segments().size(), static_cast<unsigned long long>(records),
               static_cast<unsigned long long>(compressed));

@@ -31,6 +31,9 @@
 #include "protect_state.h"
 #include "qemu_drive.h"
 #include "receiver.h"
+#include "remote_auth.h"
+#include "remote_link.h"
+#include "shipper.h"
 #include "store_lock.h"
 
 namespace kvmcdp {
@@ -46,6 +49,14 @@ struct ProtectOptions {
   uint64_t queue_mib = 64;
   uint32_t filter_timeout_ms = 10000;
   bool quiet = false;
+  // --remote
+  std::string remote;
+  std::string spool;  // instead of --store: the local journal only spools
+  std::string secret_file;
+  std::string ack_from = "local";
+  uint64_t spool_mib = 4096;
+  std::string remote_path = "kvmcdp";
+  uint32_t remote_wait_s = 30;
 };
 
 uint64_t now_ns() {
@@ -143,6 +154,9 @@ struct Session {
   journal::JournalWriter* writer = nullptr;
   std::atomic<bool> stop{false};     // give up at once (fatal error)
   std::atomic<bool> detaching{false};
+  AckGate* gate = nullptr;           // with --remote
+  Shipper* shipper = nullptr;        // with --remote
+  std::atomic<uint64_t> durable_seq{0};  // live, for the shipper
   std::mutex mu;                     // guards the fields below
   ReceiverCounters counters;
   bool connected = false;
@@ -156,6 +170,8 @@ struct Session {
 void receive_loop(Session* s, std::unique_ptr<StreamReceiver> rx, int fd) {
   for (;;) {
     { std::lock_guard l(s->mu); s->connected = true; }
+    rx->set_gate(s->gate);
+    rx->set_live(&s->durable_seq, &s->counters, &s->mu);
     auto end = rx->run(s->stop);
     {
       std::lock_guard l(s->mu);
@@ -165,6 +181,15 @@ void receive_loop(Session* s, std::unique_ptr<StreamReceiver> rx, int fd) {
     }
     close(fd);
     if (s->detaching || s->stop || !end) break;
+    if (*end == StreamReceiver::End::kPaused) {
+      // The spool is full: the filter tracks changes in its bitmap until
+      // the server has taken enough of the spool.
+      say(s->opts, "the spool is full: capture continues in the filter's dirty bitmap");
+      while (s->gate->paused() && !s->stop && !s->detaching)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      if (s->stop || s->detaching) break;
+      say(s->opts, "the spool has room again: reconnecting the filter");
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     auto qmp = qmp_connect(s->opts);
     auto next = qmp ? connect_filter(**qmp, s->opts, s->node, s->filter, true)
@@ -189,6 +214,16 @@ Status publish_state(Session& s, const ProtectState& base) {
     st.durable_seq = s.counters.durable_seq;
     st.durable_time_ns = s.counters.last_time_ns;
   }
+  if (s.shipper) {
+    RemoteStatus r = s.shipper->status();
+    st.remote_connected = r.connected;
+    st.remote_durable_seq = r.durable_seq;
+    st.remote_durable_ns = r.durable_ns;
+    st.remote_lag_bytes = r.lag_bytes;
+    st.spool_bytes = r.spool_bytes;
+    st.remote_base = r.base_on_server;
+    st.remote_error = r.error;
+  }
   st.updated_ns = now_ns();
   return write_protect_state(s.opts.store, st);
 }
@@ -203,6 +238,37 @@ Status run_protect(const ProtectOptions& o) {
   bool new_store = !manifest && manifest.status().kind() == ErrorKind::kNotFound;
   if (!manifest && !new_store) return manifest.status();
   Manifest m = new_store ? Manifest{} : *manifest;
+
+  // 1b. With --remote, make sure the server takes us before the VM is
+  //     touched: a wrong secret or another drive's store is an error now.
+  //     A server that cannot be reached is not: capture starts, and the
+  //     journal waits locally until it can be shipped.
+  RemoteOptions ro;
+  if (!o.remote.empty()) {
+    auto url = parse_remote_url(o.remote);
+    if (!url) return url.status();
+    ro.url = *url;
+    ro.remote_path = o.remote_path;
+    if (const char* rsh = getenv("KVMCDP_RSH"); rsh && *rsh) ro.rsh = rsh;
+    if (!o.secret_file.empty()) {
+      auto secret = remote::read_secret_file(o.secret_file);
+      if (!secret) return secret.status();
+      ro.secret = *secret;
+    } else if (ro.url.kind == RemoteUrl::Kind::kTcp) {
+      return {ErrorKind::kUsage, "a tcp:// remote needs --secret-file"};
+    }
+    bool refused = false;
+    auto probe = RemoteLink::open(ro, nullptr, 15000, &refused);
+    if (!probe && refused) return probe.status();
+    if (!probe)
+      say(o, fmt::format("the server is unreachable ({}); the journal waits in {} until it is",
+                         probe.status().message(), o.store));
+    else if (!new_store && !(*probe)->state().stream_id.empty() &&
+             (*probe)->state().stream_id != fmt::format("{:016x}", m.stream_id))
+      return {ErrorKind::kFailure,
+              fmt::format("{} holds stream {}, {} holds {:016x}: another drive's store",
+                          o.remote, (*probe)->state().stream_id, o.store, m.stream_id)};
+  }
 
   // 2. Find the drive and the filter (still attached if a previous protect
   //    of this store was killed).
@@ -272,7 +338,23 @@ Status run_protect(const ProtectOptions& o) {
   s.node = *node;
   s.filter = filter;
   s.writer = writer.get();
+  s.durable_seq = writer->last_durable_seq();
   ProtectState state{getpid(), o.qmp_socket, o.drive, filter, o.mode, now_ns()};
+  // The shipper mirrors the local journal to the server; the gate decides
+  // whether a flush waits for the server (--ack-from, --spool).
+  std::unique_ptr<AckGate> gate;
+  std::unique_ptr<Shipper> shipper;
+  if (!o.remote.empty()) {
+    gate = std::make_unique<AckGate>(!o.spool.empty()      ? AckGate::Policy::kRemoteOrSpool
+                                     : o.ack_from == "remote" ? AckGate::Policy::kRemote
+                                                              : AckGate::Policy::kLocal);
+    ShipperConfig sc{ro, o.store, !o.spool.empty(), o.spool_mib << 20};
+    shipper = std::make_unique<Shipper>(sc, gate.get(), [&s] { return s.durable_seq.load(); });
+    s.gate = gate.get();
+    s.shipper = shipper.get();
+    state.remote_url = ro.url.to_string();
+    shipper->start();
+  }
   std::thread receiver(receive_loop, &s, std::move(rx), *fd);
   say(o, fmt::format("protecting {} (node {}) into {}, mode {}", o.drive, *node, o.store, o.mode));
 
@@ -323,6 +405,14 @@ Status run_protect(const ProtectOptions& o) {
   }
   receiver.join();
   if (Status c = s.writer->close(); !c && result) result = c;
+  if (shipper) {
+    // The last records and the sealed segment go out too, if the server
+    // takes them in time; otherwise they wait here for the next run.
+    if (!shipper->finish(static_cast<int>(o.remote_wait_s) * 1000))
+      say(o, fmt::format("the server is {} bytes behind; they stay in {} and go out with the "
+                         "next protect run",
+                         shipper->status().lag_bytes, o.store));
+  }
   publish_state(s, state);
   {
     std::lock_guard l(s.mu);
@@ -339,7 +429,37 @@ CommandRunner setup_protect_command(CLI::App* app) {
   app->add_option("--qmp", o->qmp_socket, "QEMU's QMP unix socket")->required();
   app->add_option("--drive", o->drive, "drive id, device id or node-name to protect")
       ->required();
-  app->add_option("--store", o->store, "directory holding the journal")->required();
+  auto* store = app->add_option("--store", o->store, "directory holding the journal");
+  auto* spool = app->add_option("--spool", o->spool,
+                                "with --remote, instead of --store: a local directory that "
+                                "holds the journal only until the server has it");
+  store->excludes(spool);
+  auto* remote = app->add_option("--remote", o->remote,
+                                 "also ship the journal to a backup server: "
+                                 "ssh://[user@]host[:port]/path or tcp://host:port/name");
+  spool->needs(remote);
+  app->add_option("--secret-file", o->secret_file,
+                  "tcp:// remote: file holding the store's secret (mode 600)")
+      ->needs(remote);
+  app->add_option("--ack-from", o->ack_from,
+                  "with --store and --remote: what a guest flush waits for")
+      ->check(CLI::IsMember({"local", "remote"}))
+      ->needs(remote)
+      ->excludes(spool)
+      ->capture_default_str();
+  app->add_option("--spool-size", o->spool_mib,
+                  "MiB the spool may hold before capture falls back to the filter's bitmap")
+      ->check(CLI::Range(1, 1 << 24))
+      ->needs(spool)
+      ->capture_default_str();
+  app->add_option("--remote-path", o->remote_path, "ssh:// remote: the kvmcdp to run there")
+      ->needs(remote)
+      ->capture_default_str();
+  app->add_option("--remote-wait", o->remote_wait_s,
+                  "seconds a stop waits for the server to take the rest")
+      ->check(CLI::Range(0, 86400))
+      ->needs(remote)
+      ->capture_default_str();
   app->add_option("--mode", o->mode, "async: a guest flush waits for the journal; "
                                      "sync: every write does")
       ->check(CLI::IsMember({"async", "sync"}))
@@ -367,7 +487,13 @@ CommandRunner setup_protect_command(CLI::App* app) {
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-    return run_protect(*o);
+    // A server that goes away must be an error on a write, not a signal.
+    signal(SIGPIPE, SIG_IGN);
+    if (o->store.empty() && o->spool.empty())
+      return Status(ErrorKind::kUsage, "protect needs --store DIR (or --remote URL --spool DIR)");
+    ProtectOptions run = *o;
+    if (!run.spool.empty()) run.store = run.spool;
+    return run_protect(run);
   };
 }
 

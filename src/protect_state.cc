@@ -24,6 +24,15 @@ Status write_protect_state(const std::string& store_dir, const ProtectState& s) 
       {"records", s.records},   {"bytes", s.bytes},
       {"received_seq", s.received_seq}, {"durable_seq", s.durable_seq},
       {"durable_time_ns", s.durable_time_ns}};
+  if (!s.remote_url.empty())
+    j["remote"] = {{"url", s.remote_url},
+                   {"connected", s.remote_connected},
+                   {"durable_seq", s.remote_durable_seq},
+                   {"durable_time_ns", s.remote_durable_ns},
+                   {"lag_bytes", s.remote_lag_bytes},
+                   {"spool_bytes", s.spool_bytes},
+                   {"base_copy", s.remote_base},
+                   {"error", s.remote_error}};
   return fsutil::replace_file_atomic(protect_state_path(store_dir), j.dump(2) + "\n");
 }
 
@@ -48,6 +57,17 @@ Result<ProtectState> read_protect_state(const std::string& store_dir) {
     s.received_seq = j.value("received_seq", uint64_t{0});
     s.durable_seq = j.value("durable_seq", uint64_t{0});
     s.durable_time_ns = j.value("durable_time_ns", uint64_t{0});
+    if (j.contains("remote") && j["remote"].is_object()) {
+      const auto& r = j["remote"];
+      s.remote_url = r.value("url", "");
+      s.remote_connected = r.value("connected", false);
+      s.remote_durable_seq = r.value("durable_seq", uint64_t{0});
+      s.remote_durable_ns = r.value("durable_time_ns", uint64_t{0});
+      s.remote_lag_bytes = r.value("lag_bytes", uint64_t{0});
+      s.spool_bytes = r.value("spool_bytes", uint64_t{0});
+      s.remote_base = r.value("base_copy", false);
+      s.remote_error = r.value("error", "");
+    }
   } catch (const nlohmann::json::exception& e) {
     return Status(ErrorKind::kDamaged,
                   fmt::format("{}: {}", protect_state_path(store_dir), e.what()));

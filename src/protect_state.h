@@ -25,6 +25,15 @@ struct ProtectState {
   uint64_t received_seq = 0;
   uint64_t durable_seq = 0;
   uint64_t durable_time_ns = 0;
+  // With --remote: how far the backup server is.
+  std::string remote_url;  // "" without --remote
+  bool remote_connected = false;
+  uint64_t remote_durable_seq = 0;
+  uint64_t remote_durable_ns = 0;
+  uint64_t remote_lag_bytes = 0;  // local journal bytes not on the server
+  uint64_t spool_bytes = 0;       // --spool: journal bytes held locally
+  bool remote_base = false;       // the server has the base copy
+  std::string remote_error;       // why the last connection ended
 };
 
 std::string protect_state_path(const std::string& store_dir);

@@ -46,7 +46,7 @@ Result<Hello> StreamReceiver::handshake(uint64_t durable_seq, int timeout_ms) {
   hello.gap_pending = h.flags & wire::kFlagGap;
   hello.node_name.assign(reinterpret_cast<const char*>(payload), h.payload_len);
   if (Status s = wire::send_control(fd_, MsgType::kHelloReply, durable_seq); !s) return s;
-  counters_.last_seq = counters_.durable_seq = durable_seq;
+  counters_.last_seq = counters_.durable_seq = counters_.acked_seq = durable_seq;
   return hello;
 }
 
@@ -58,11 +58,29 @@ Status StreamReceiver::commit_and_ack() {
   uncommitted_bytes_ = 0;
   counters_.commits++;
   counters_.durable_seq = *durable;
-  return wire::send_control(fd_, MsgType::kAck, *durable);
+  if (live_durable_) *live_durable_ = *durable;
+  if (gate_) gate_->committed();
+  Status acked = send_ack();
+  if (live_counters_) {
+    std::lock_guard l(*live_mu_);
+    *live_counters_ = counters_;
+  }
+  return acked;
+}
+
+Status StreamReceiver::send_ack() {
+  uint64_t ack = gate_ ? gate_->ackable(counters_.durable_seq) : counters_.durable_seq;
+  if (ack <= counters_.acked_seq) return Status::ok();
+  counters_.acked_seq = ack;
+  return wire::send_control(fd_, MsgType::kAck, ack);
 }
 
 Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
   while (!stop.load()) {
+    if (gate_ && gate_->paused()) {
+      if (Status s = commit_and_ack(); !s) return s;
+      return End::kPaused;
+    }
     // Drain every message already buffered into the journal's batch.
     MsgHeader h{};
     const uint8_t* payload = nullptr;
@@ -86,10 +104,17 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
     // everything that arrived meanwhile), or when a batch is big or old
     // enough: a sender that never pauses must still get acks, or its
     // queue fills and the guest stalls.
-    pollfd p{fd_, POLLIN, 0};
-    int ready = poll(&p, 1, uncommitted_ ? 0 : 100);
+    pollfd p[2] = {{fd_, POLLIN, 0}, {gate_ ? gate_->receiver_fd() : -1, POLLIN, 0}};
+    int ready = poll(p, 2, uncommitted_ ? 0 : 100);
     if (ready < 0 && errno != EINTR)
       return Status(ErrorKind::kFailure, fmt::format("poll: {}", std::strerror(errno)));
+    if (ready > 0 && (p[1].revents & POLLIN)) {
+      // The server made more durable: acks that waited for it go out now.
+      AckGate::drain(p[1].fd);
+      if (Status s = send_ack(); !s) return s;
+      if (!(p[0].revents & POLLIN)) continue;
+    }
+    ready = ready > 0 ? (p[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0 : ready;
     bool batch_due = uncommitted_ && (uncommitted_bytes_ >= kBatchBytes ||
                                       std::chrono::steady_clock::now() - first_uncommitted_ >=
                                           kBatchAge);

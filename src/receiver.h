@@ -11,8 +11,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <string>
 
+#include "ack_gate.h"
 #include "journal_writer.h"
 #include "kvmcdp/wire_format.h"
 #include "status.h"
@@ -33,7 +35,8 @@ struct ReceiverCounters {
   uint64_t bytes = 0;  // payload bytes
   uint64_t commits = 0;
   uint64_t last_seq = 0;       // appended
-  uint64_t durable_seq = 0;    // committed and acked
+  uint64_t durable_seq = 0;    // committed to the local journal
+  uint64_t acked_seq = 0;      // acked to the filter (see AckGate)
   uint64_t last_time_ns = 0;   // of the newest durable record
 };
 
@@ -45,21 +48,36 @@ class StreamReceiver {
   // the journal holds for this stream (the filter resends what follows).
   Result<Hello> handshake(uint64_t durable_seq, int timeout_ms);
 
-  enum class End { kStopped, kDisconnected };
+  enum class End { kStopped, kDisconnected, kPaused };
   // Pumps records until `stop` is set (then commits what it has) or the
-  // filter disconnects.  An error from the journal (out of space, I/O) ends
+  // filter disconnects, or the gate pauses it (kPaused; the caller then
+  // lets go of the filter).  An error from the journal (out of space, I/O) ends
   // it with that error and nothing acked beyond what is durable.
   Result<End> run(const std::atomic<bool>& stop);
 
   const ReceiverCounters& counters() const { return counters_; }
   void set_writer(journal::JournalWriter* writer) { writer_ = writer; }
+  // With a gate, acks wait for what it says (a remote server); without,
+  // they follow the local journal.
+  void set_gate(AckGate* gate) { gate_ = gate; }
+  // Publishes the counters after every commit, for other threads.
+  void set_live(std::atomic<uint64_t>* durable, ReceiverCounters* counters, std::mutex* mu) {
+    live_durable_ = durable;
+    live_counters_ = counters;
+    live_mu_ = mu;
+  }
 
  private:
   Status commit_and_ack();
+  Status send_ack();
 
   int fd_;
   wire::MessageReader reader_;
   journal::JournalWriter* writer_;
+  AckGate* gate_ = nullptr;
+  std::atomic<uint64_t>* live_durable_ = nullptr;
+  ReceiverCounters* live_counters_ = nullptr;
+  std::mutex* live_mu_ = nullptr;
   ReceiverCounters counters_;
   bool uncommitted_ = false;
   uint64_t uncommitted_bytes_ = 0;

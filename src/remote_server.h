@@ -1,0 +1,24 @@
+// One connection of `kvmcdp serve`: authenticate the client, open its
+// store, and mirror what it ships until it goes away.
+#pragma once
+
+#include <string>
+
+#include "remote_io.h"
+#include "status.h"
+
+namespace kvmcdp {
+
+struct ServeConfig {
+  // tcp: stores are <store_root>/<name>, each with its own `secret` file.
+  std::string store_root;
+  // stdio (run by ssh): the one store this process serves; no secret.
+  std::string fixed_store;
+  std::string peer;  // for log lines: "127.0.0.1:40312", "stdio"
+};
+
+// Serves `conn` to its end.  Returns why it ended (a client that
+// disconnects is ok); every refusal was also sent to the client as ERROR.
+Status serve_connection(remote::Conn& conn, const ServeConfig& cfg);
+
+}  // namespace kvmcdp
