@@ -15,10 +15,23 @@ namespace kvmcdp::test {
 
 ProtectProcess::ProtectProcess(const std::string& qmp_socket, const std::string& drive,
                                const std::string& store, std::vector<std::string> extra) {
-  log_ = store + ".protect.log";
   std::vector<std::string> args = {KVMCDP_BINARY, "protect", "--qmp", qmp_socket, "--drive",
                                    drive, "--store", store};
+  // A spool replaces the store: `--spool DIR` in extra, store "".
+  if (store.empty()) args.resize(args.size() - 2);
   args.insert(args.end(), extra.begin(), extra.end());
+  std::string log = store.empty() ? extra.back() + ".protect.log" : store + ".protect.log";
+  for (size_t i = 0; i + 1 < extra.size(); ++i)
+    if (extra[i] == "--spool") log = extra[i + 1] + ".protect.log";
+  start(std::move(args), log);
+}
+
+BackgroundProcess::BackgroundProcess(std::vector<std::string> argv, std::string log) {
+  start(std::move(argv), std::move(log));
+}
+
+void BackgroundProcess::start(std::vector<std::string> args, std::string log) {
+  log_ = std::move(log);
   pid_t parent = getpid();
   pid_ = fork();
   if (pid_ < 0) throw std::runtime_error("fork failed");
@@ -31,18 +44,18 @@ ProtectProcess::ProtectProcess(const std::string& qmp_socket, const std::string&
     std::vector<char*> cargs;
     for (auto& a : args) cargs.push_back(a.data());
     cargs.push_back(nullptr);
-    execv(cargs[0], cargs.data());
+    execvp(cargs[0], cargs.data());
     _exit(127);
   }
 }
 
-ProtectProcess::~ProtectProcess() {
+BackgroundProcess::~BackgroundProcess() {
   if (!reaped_) kill9();
 }
 
-std::string ProtectProcess::output() const { return read_file(log_); }
+std::string BackgroundProcess::output() const { return read_file(log_); }
 
-bool ProtectProcess::wait_output(const std::string& text, std::chrono::seconds timeout) {
+bool BackgroundProcess::wait_output(const std::string& text, std::chrono::seconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     if (output().find(text) != std::string::npos) return true;
@@ -58,7 +71,7 @@ bool ProtectProcess::wait_output(const std::string& text, std::chrono::seconds t
   return false;
 }
 
-int ProtectProcess::stop() {
+int BackgroundProcess::stop() {
   if (!reaped_) {
     ::kill(pid_, SIGTERM);
     int st;
@@ -70,7 +83,7 @@ int ProtectProcess::stop() {
   return WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
 }
 
-int ProtectProcess::wait_exit(std::chrono::seconds timeout) {
+int BackgroundProcess::wait_exit(std::chrono::seconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (!reaped_ && std::chrono::steady_clock::now() < deadline) {
     int st;
@@ -85,7 +98,7 @@ int ProtectProcess::wait_exit(std::chrono::seconds timeout) {
   return WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
 }
 
-void ProtectProcess::kill9() {
+void BackgroundProcess::kill9() {
   if (reaped_) return;
   ::kill(pid_, SIGKILL);
   int st;
