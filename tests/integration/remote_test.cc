@@ -123,8 +123,11 @@ TEST_CASE("remote: tcp with a local store: the server's store restores every poi
   std::string url = fmt::format("tcp://127.0.0.1:{}/vm1", server.port);
 
   std::string store = dir.file("local");
+  // --ack-from remote: the filter hears "durable" only once the server
+  // has the records.
   ProtectProcess protect(vm->tool_socket(), "vd0", store,
-                         {"--remote", url, "--secret-file", secret});
+                         {"--remote", url, "--secret-file", secret, "--ack-from", "remote",
+                          "--remote-wait", "60"});
   REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
 
   std::mt19937_64 rng(7);
@@ -132,6 +135,10 @@ TEST_CASE("remote: tcp with a local store: the server's store restores every poi
   for (int round = 0; round < 6; ++round) {
     random_writes(*vm, rng, 10);
     points.push_back({filter_seq(*vm), md5_of_file(disk)});
+    wait_acked(*vm);
+    json server_side = status_json(root + "/vm1");
+    REQUIRE(server_side.is_object());
+    CHECK(server_side["last_seq"].get<uint64_t>() >= points.back().seq);
   }
   REQUIRE_MESSAGE(wait_remote(store, points.back().seq, std::chrono::seconds(60)),
                   protect.output());
