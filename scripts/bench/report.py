@@ -108,6 +108,15 @@ for kind, label in (("comp", "compressible"), ("rand", "incompressible")):
     fig(f"protect CPU per GiB ingested, {label}", ing["cpu_seconds"] / (size / 2**30), None,
         None, "report", "s/GiB", "utime+stime of protect during the ingest")
 
+# issue 7: shipping to a server over loopback vs the local store
+rt = load("remote-tcp.json")
+rl = [load("remote-local-1.json"), load("remote-local-2.json")]
+if rt and all(rl):
+    local = mean([x["mib_per_s"] for x in rl])
+    fig("remote ingest over tcp loopback (--spool, acks wait for the server)", rt["mib_per_s"],
+        local, ratio(rt["mib_per_s"], local), ">= 0.9", "MiB/s",
+        "reference = local-store ingest of the same compressible pool, run before and after")
+
 # 5: full restore
 fr = [load("full-restore.json"), load("full-restore-2.json")]
 fq = [load("full-qemu-img.json"), load("full-qemu-img-2.json")]
