@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstdio>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -108,6 +109,9 @@ Status run_listen(const ServeOptions& o) {
     std::atomic<bool> done{false};
   };
   std::list<Client> clients;
+  // Which connection serves which store, to end a stale one.
+  std::mutex owners_mu;
+  std::map<std::string, Client*> owners;
   sigset_t sigs;
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGINT);
@@ -130,14 +134,30 @@ Status run_listen(const ServeOptions& o) {
     keep_alive(fd);
     Client& c = clients.emplace_back();
     c.fd = fd;
-    c.thread = std::thread([&c, &o] {
+    c.thread = std::thread([&c, &o, &owners, &owners_mu] {
       ServeConfig cfg;
       cfg.store_root = o.store_root;
       cfg.peer = peer_name(c.fd);
+      std::string mine;
+      cfg.evict = [&](const std::string& store) {
+        std::lock_guard l(owners_mu);
+        auto it = owners.find(store);
+        if (it != owners.end() && it->second != &c) {
+          log_line(fmt::format("{}: takes over {} from a stale connection", cfg.peer, store));
+          shutdown(it->second->fd, SHUT_RDWR);
+        }
+      };
+      cfg.claimed = [&](const std::string& store) {
+        std::lock_guard l(owners_mu);
+        owners[store] = &c;
+        mine = store;
+      };
       {
         remote::Conn conn(c.fd, c.fd);
         Status st = serve_connection(conn, cfg);
         log_line(fmt::format("{}: {}", cfg.peer, st ? "connection ended" : st.message()));
+        std::lock_guard l(owners_mu);
+        if (!mine.empty() && owners[mine] == &c) owners.erase(mine);
       }
       c.done = true;
     });

@@ -100,9 +100,18 @@ Status handshake(Session& s) {
 
   if (mkdir(s.store.c_str(), 0700) != 0 && errno != EEXIST)
     return refuse(s, {ErrorKind::kFailure, fsutil::errno_message("mkdir", s.store)});
+  // Only an authenticated client gets here, so it may take its store over
+  // from a stale connection of its own.
   auto lock = StoreLock::acquire(s.store);
+  for (int i = 0; !lock && lock.status().kind() == ErrorKind::kBusy && s.cfg.evict && i < 100;
+       ++i) {
+    if (i == 0) s.cfg.evict(s.store);
+    usleep(100000);
+    lock = StoreLock::acquire(s.store);
+  }
   if (!lock) return refuse(s, lock.status());
   s.lock = std::move(*lock);
+  if (s.cfg.claimed) s.cfg.claimed(s.store);
   auto m = read_manifest(s.store);
   if (m) {
     s.manifest = *m;

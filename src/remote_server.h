@@ -2,6 +2,7 @@
 // store, and mirror what it ships until it goes away.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "remote_io.h"
@@ -15,6 +16,12 @@ struct ServeConfig {
   // stdio (run by ssh): the one store this process serves; no secret.
   std::string fixed_store;
   std::string peer;  // for log lines: "127.0.0.1:40312", "stdio"
+  // When the store is busy: ends this server's other connection to it.
+  // A client whose network dropped without a FIN reconnects at once and
+  // must not wait for TCP keepalive to free its own store.
+  std::function<void(const std::string& store)> evict;
+  // Tells which store this connection got (for evict's bookkeeping).
+  std::function<void(const std::string& store)> claimed;
 };
 
 // Serves `conn` to its end.  Returns why it ended (a client that

@@ -20,6 +20,7 @@
 #include "harness/protect_process.h"
 #include "harness/qemu_process.h"
 #include "harness/vm_io.h"
+#include "remote_auth.h"
 #include "remote_io.h"
 
 namespace kvmcdp::test {
@@ -108,6 +109,35 @@ std::string make_disk(const TempDir& dir) {
   REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=6"}).status == 0);
   REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
   return disk;
+}
+
+std::unique_ptr<remote::Conn> dial(const std::string& port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(static_cast<uint16_t>(std::stoi(port)));
+  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+  return std::make_unique<remote::Conn>(fd, fd);
+}
+
+// A hand-made client up to WELCOME; its result says whether it got in.
+Result<remote::Message> handshake(remote::Conn& c, const std::string& store,
+                                  const std::string& secret) {
+  std::string nonce = remote::random_hex(16);
+  json hello = {{"store", store}, {"nonce", nonce}};
+  REQUIRE(c.send(remote::MsgType::kHello, remote::kVersion, 0, hello.dump()));
+  auto ch = c.expect(remote::MsgType::kChallenge, 10000);
+  REQUIRE(ch);
+  std::string server_nonce = json::parse(ch->text())["nonce"];
+  std::string proof = remote::auth_proof(secret, "kvmcdp-client", store, nonce, server_nonce);
+  REQUIRE(c.send(remote::MsgType::kAuth, 0, 0, json{{"proof", proof}}.dump()));
+  return c.expect(remote::MsgType::kWelcome, 20000);
+}
+
+std::string secret_of(const std::string& path) {
+  std::string s = read_file(path);
+  return s.substr(0, s.find('\n'));
 }
 
 }  // namespace
@@ -418,6 +448,33 @@ TEST_CASE("remote: ssh:// through a real sshd on loopback") {
   auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", remote_store});
   CHECK_MESSAGE(verify.status == 0, verify.output);
   check_restores(dir, remote_store, points);
+}
+
+}  // namespace kvmcdp::test
+
+namespace kvmcdp::test {
+
+TEST_CASE("remote: a client takes its store over from its own stale connection") {
+  TempDir dir;
+  std::string root = dir.file("server");
+  mkdir(root.c_str(), 0700);
+  std::string secret = secret_of(new_store(dir, root, "vm1"));
+  Server server(dir, root);
+  // The first connection gets in and then goes silent, as one whose
+  // network dropped without a FIN would.
+  auto stale = dial(server.port);
+  REQUIRE(handshake(*stale, "vm1", secret));
+  // The same client again: it must not wait for TCP keepalive.
+  auto fresh = dial(server.port);
+  auto w = handshake(*fresh, "vm1", secret);
+  REQUIRE_MESSAGE(w, w.status().message());
+  CHECK(server.proc->output().find("takes over") != std::string::npos);
+  remote::Message m;
+  auto got = stale->receive(&m, 5000);
+  CHECK_FALSE(got);  // the stale one was closed
+  // A client without the secret cannot take anything over.
+  auto stranger = dial(server.port);
+  CHECK_FALSE(handshake(*stranger, "vm1", std::string(64, 'a')));
 }
 
 }  // namespace kvmcdp::test
