@@ -410,6 +410,12 @@ TEST_CASE("prune folds the journal up to the oldest kept point while protect app
   build_all(pv.store, pts);
   JournalSize before = journal_size(pv.store);
   REQUIRE(before.segments >= 6);
+  auto dry = run_command({KVMCDP_BINARY, "prune", "--store", pv.store, "--keep-last", "4",
+                          "--dry-run"});
+  REQUIRE_MESSAGE(dry.status == 0, dry.output);
+  CHECK_MESSAGE(dry.output.find("would fold") != std::string::npos, dry.output);
+  CHECK(journal_size(pv.store).segments == before.segments);
+  CHECK(tree_files(pv.store).size() == 13);
   auto pr = run_command({KVMCDP_BINARY, "prune", "--store", pv.store, "--keep-last", "4"});
   REQUIRE_MESSAGE(pr.status == 0, pr.output);
   CHECK(pr.output.find("removed 8 of 12 built nodes, kept 4") != std::string::npos);
