@@ -13,6 +13,7 @@
 
 #include "build_tree.h"
 #include "cli.h"
+#include "journal_fold.h"
 #include "point.h"
 #include "prune_policy.h"
 #include "tree_lock.h"
@@ -83,8 +84,10 @@ Status run_build(const BuildOptions& o) {
   auto lock = TreeLock::acquire(dir, o.wait);
   if (!lock) return lock.status();
 
-  // 3. Build, printing each node as it joins the tree.
+  // 3. Build, printing each node as it joins the tree (after finishing a
+  //    fold a killed prune left).
   OpLog log;
+  if (auto s = repair_fold(o.store, &log); !s) return s;
   auto built = build_points(o.store, seqs, &log);
   for (const auto& line : log) std::printf("%s\n", line.c_str());
   if (!built) return built.status();

@@ -61,7 +61,8 @@ Status run_points(const std::string& store, bool as_json) {
             {"marks", json::array()}};
   if (view->manifest.base_complete)
     j["base_copy"] = {{"seq", view->manifest.base_complete_seq},
-                      {"time", format_time_ns(view->manifest.base_complete_time_ns)}};
+                      {"time", format_time_ns(view->manifest.base_complete_time_ns)},
+                      {"folded", view->manifest.folded_seq != 0}};
   for (const auto& m : *marks)
     j["marks"].push_back({{"name", m.name}, {"seq", m.seq}, {"time", format_time_ns(m.time_ns)}});
   if (view->reader->damage())
@@ -71,9 +72,11 @@ Status run_points(const std::string& store, bool as_json) {
     return Status::ok();
   }
   if (view->manifest.base_complete)
-    std::printf("base copy: seq %llu at %s\n",
+    std::printf("base copy: seq %llu at %s%s\n",
                 static_cast<unsigned long long>(view->manifest.base_complete_seq),
-                format_time_ns(view->manifest.base_complete_time_ns).c_str());
+                format_time_ns(view->manifest.base_complete_time_ns).c_str(),
+                view->manifest.folded_seq ? " (the journal before it is folded into the base)"
+                                          : "");
   else
     std::printf("base copy: not complete, nothing recoverable yet\n");
   for (const auto& r : view->ranges)
@@ -118,6 +121,7 @@ Status run_status(const std::string& store, bool as_json) {
             {"last_seq", view->reader->last_seq()},
             {"recoverable", ranges_json(*view)},
             {"gaps", gaps_json(*view)}};
+  if (view->manifest.folded_seq) j["folded_seq"] = view->manifest.folded_seq;
   if (state) {
     uint64_t lag_records = state->received_seq - state->durable_seq;
     double lag_seconds =
@@ -179,6 +183,9 @@ Status run_status(const std::string& store, bool as_json) {
   std::printf("journal:     %zu segments, %llu records, %llu bytes on disk\n",
               view->reader->segments().size(), static_cast<unsigned long long>(records),
               static_cast<unsigned long long>(compressed));
+  if (view->manifest.folded_seq)
+    std::printf("folded:      through seq %llu (kvmcdp prune)\n",
+                static_cast<unsigned long long>(view->manifest.folded_seq));
   if (state)
     std::printf("last run:    %llu bytes of writes received\n",
                 static_cast<unsigned long long>(state->bytes));

@@ -2,7 +2,9 @@
 // snapshot tree.  Nodes the policy does not keep are deleted with the
 // snapshot tree's own rules (snapshot_delete: a built node with one child
 // is merged into it, so every kept node's image is unchanged).  The root
-// (the base) is never pruned, nor is the newest node.
+// (the base) is never pruned, nor is the newest node.  Then the journal
+// is folded up to the oldest kept point (journal_fold.h), so it stops
+// growing without bound.
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -11,6 +13,7 @@
 
 #include "build_tree.h"
 #include "cli.h"
+#include "journal_fold.h"
 #include "point.h"
 #include "prune_policy.h"
 #include "snapshot_ops.h"
@@ -35,6 +38,32 @@ std::string describe(const PruneDecision& d) {
                      format_time_ns(d.node.time_ns), reasons.empty() ? "" : " (" + reasons + ")");
 }
 
+// Whole sealed segments older than the oldest kept node go into a new base.
+Status fold_to_oldest_kept(const PruneOptions& o, const std::vector<PruneDecision>& plan) {
+  const PruneCandidate* oldest = nullptr;
+  for (const auto& d : plan)
+    if (d.keep && (!oldest || d.node.seq < oldest->seq)) oldest = &d.node;
+  if (!oldest) return Status::ok();
+  auto fold = plan_fold(o.store, oldest->seq, oldest->time_ns);
+  if (!fold) return fold.status();
+  std::string sizes = fmt::format("{} segments, {} bytes", fold->journal_segments,
+                                  fold->journal_bytes);
+  if (fold->empty()) {
+    std::printf("journal: %s; no whole sealed segment before seq %llu to fold\n", sizes.c_str(),
+                static_cast<unsigned long long>(oldest->seq));
+    return Status::ok();
+  }
+  std::printf("journal: %s; %s %zu segments (%llu bytes) through seq %llu into %s\n",
+              sizes.c_str(), o.dry_run ? "would fold" : "folding", fold->segments.size(),
+              static_cast<unsigned long long>(fold->segment_bytes),
+              static_cast<unsigned long long>(fold->seq), fold->new_base.c_str());
+  if (o.dry_run) return Status::ok();
+  OpLog log;
+  Status s = fold_journal(o.store, *fold, &log);
+  for (const auto& line : log) std::printf("%s\n", line.c_str());
+  return s;
+}
+
 Status run_prune(PruneOptions o) {
   if (!o.within.empty()) {
     auto d = parse_duration(o.within);
@@ -52,8 +81,11 @@ Status run_prune(PruneOptions o) {
   auto tree = load_tree(dir);
   if (!tree) return tree.status();
   OpLog log;
-  if (tree->intent && !o.dry_run)
-    if (auto s = repair_tree(*tree, nullptr, &log); !s) return s;
+  if (!o.dry_run) {
+    if (auto s = repair_fold(o.store, &log); !s) return s;
+    if (tree->intent)
+      if (auto s = repair_tree(*tree, nullptr, &log); !s) return s;
+  }
 
   // 2. The plan: built nodes only (live, with a point, not the root).
   std::vector<PruneCandidate> candidates;
@@ -79,7 +111,9 @@ Status run_prune(PruneOptions o) {
   for (const auto& line : log) std::printf("%s\n", line.c_str());
   std::printf("%s %zu of %zu built nodes, kept %zu\n", o.dry_run ? "would remove" : "removed",
               removed, plan.size(), plan.size() - removed);
-  return Status::ok();
+
+  // 4. Fold the journal up to the oldest kept point.
+  return fold_to_oldest_kept(o, plan);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <ctime>
 #include <functional>
 #include <memory>
@@ -12,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "cli.h"
+#include "journal_fold.h"
 #include "snapshot_ops.h"
 #include "tree_lock.h"
 #include "tree_model.h"
@@ -252,6 +254,12 @@ CommandRunner setup_snapshot_command(CLI::App* app) {
       });
     if (repair->parsed())
       return run_changing(*o, [&](Session&, OpLog* log) {
+        // A tree kept in a store (STORE/tree, kvmcdp build) also guards
+        // the store's journal fold.
+        std::error_code ec;
+        std::string store = std::filesystem::canonical(o->tree, ec).parent_path().string();
+        if (!ec && std::filesystem::exists(fold_intent_path(store), ec))
+          if (auto st = repair_fold(store, log); !st) return st;
         log->push_back("snapshot tree " + o->tree + ": consistent");
         return Status::ok();
       });

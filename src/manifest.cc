@@ -12,7 +12,7 @@ std::string manifest_path(const std::string& store_dir) {
 
 static const char* const kOwnKeys[] = {
     "format_version", "stream_id", "disk_size", "base_image", "base_complete",
-    "base_complete_seq", "base_complete_time_ns", "created_time_ns", "node_name"};
+    "base_complete_seq", "base_complete_time_ns", "created_time_ns", "node_name", "folded_seq"};
 
 std::string manifest_to_json(const Manifest& m) {
   nlohmann::json j = m.extra.is_object() ? m.extra : nlohmann::json::object();
@@ -27,6 +27,7 @@ std::string manifest_to_json(const Manifest& m) {
   j["base_complete_time_ns"] = m.base_complete_time_ns;
   j["created_time_ns"] = m.created_time_ns;
   j["node_name"] = m.node_name;
+  if (m.folded_seq) j["folded_seq"] = m.folded_seq;  // old manifests stay as they were
   return j.dump(2) + "\n";
 }
 
@@ -55,6 +56,7 @@ Result<Manifest> manifest_from_json(const std::string& text,
     m.base_complete_time_ns = j.value("base_complete_time_ns", uint64_t{0});
     m.created_time_ns = j.value("created_time_ns", uint64_t{0});
     m.node_name = j.value("node_name", std::string());
+    m.folded_seq = j.value("folded_seq", uint64_t{0});
   } catch (const std::exception& e) {
     return Status(ErrorKind::kDamaged, what + ": bad field: " + e.what());
   }

@@ -12,6 +12,9 @@
 //     "base_complete_time_ns": 1795000000000000000,
 //     "created_time_ns": 1794999999000000000,
 //     "node_name": "drive0",
+//     "folded_seq": 5678,                // only after kvmcdp prune folded
+//                                        // the journal: base_image is the
+//                                        // disk exactly as of this seq
 //     ...                                // other keys are kept as they are
 //   }
 #pragma once
@@ -36,6 +39,12 @@ struct Manifest {
   uint64_t base_complete_time_ns = 0;
   uint64_t created_time_ns = 0;
   std::string node_name;
+  // 0: never folded.  Otherwise base_image is the disk exactly as of this
+  // seq, so records <= it are already in the base and readers skip them
+  // (records of it may remain in a segment that straddles it).  A kvmcdp
+  // that does not know the key still restores correctly: replaying those
+  // records over the folded base rewrites bytes with the values they have.
+  uint64_t folded_seq = 0;
   nlohmann::json extra = nlohmann::json::object();  // keys we do not own
 };
 

@@ -2,7 +2,8 @@
 // hot blocks many times and read the whole base first.  Instead:
 //
 //  1. Journal pass, newest first: frames are read from the one holding
-//     target_seq back to the start, records in each frame from last to
+//     target_seq back to the start (after a fold, back to folded_seq: the
+//     older records are in the base), records in each frame from last to
 //     first.  An ExtentMap remembers which output bytes already have their
 //     newest version; a record contributes only the parts not yet covered.
 //     Write data goes straight to the output at once (so memory holds one
@@ -98,19 +99,21 @@ Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
   if (::ftruncate(out.get(), off_t(size)) != 0)
     return fail({ErrorKind::kFailure, fsutil::errno_message("truncate", tmp)});
 
-  // Step 3: journal pass, newest first.
+  // Step 3: journal pass, newest first, down to what a fold put into the
+  // base (records <= folded_seq are already there).
   ExtentMap done;
   std::vector<uint8_t> raw;
   std::vector<RecordView> recs;
   size_t first = r.frames().size();
   while (first > 0 && r.frames()[first - 1].first_seq > target_seq) first--;
   for (size_t i = first; i-- > 0 && !done.covers(size);) {
+    if (m->folded_seq && r.frames()[i].last_seq <= m->folded_seq) break;
     if (auto s = r.read_frame(i, &raw, &recs); !s) return fail(s);
     st.frames_read++;
     st.frame_bytes += r.frames()[i].length;
     for (size_t k = recs.size(); k-- > 0;) {
       const RecordView& v = recs[k];
-      if (v.seq > target_seq) continue;
+      if (v.seq > target_seq || (m->folded_seq && v.seq <= m->folded_seq)) continue;
       bool write = v.type == RecordType::kWrite;
       if (!write && v.type != RecordType::kWriteZeroes &&
           v.type != RecordType::kDiscard)

@@ -5,6 +5,7 @@
 // equals the full replay and reads less of the journal, and prune keeps
 // exactly what its policy says with every kept image unchanged.
 #include <algorithm>
+#include <filesystem>
 #include <chrono>
 #include <map>
 #include <random>
@@ -44,26 +45,58 @@ void random_round(QemuProcess& vm, std::mt19937_64& rng) {
   }
 }
 
+// A VM protected into DIR/store.  With `random_mib`, each round also
+// writes that many MiB of incompressible data and protect rotates segments
+// every MiB, so the journal spans many segments (for folding).
+struct ProtectedVm {
+  std::string disk, store;
+  std::unique_ptr<QemuProcess> vm;
+  std::unique_ptr<ProtectProcess> protect;
+  std::mt19937_64 rng{5};
+  uint64_t random_mib = 0;
+  std::string random_file;
+
+  ProtectedVm(TempDir& dir, uint64_t mib) : disk(dir.file("disk.raw")), store(dir.file("store")),
+                                            random_mib(mib) {
+    REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=8"}).status == 0);
+    REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
+    vm = start_vm(dir, disk);
+    std::vector<std::string> extra;
+    if (mib) {
+      random_file = dir.file("random.bin");
+      REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + random_file, "bs=1M",
+                           "count=" + std::to_string(mib)}).status == 0);
+      extra = {"--segment-size", "1"};
+    }
+    protect = std::make_unique<ProtectProcess>(vm->tool_socket(), "vd0", store, extra);
+    REQUIRE_MESSAGE(protect->wait_base_complete(std::chrono::seconds(60)), protect->output());
+  }
+  // One round of writes; its checkpoint once protect has acknowledged it.
+  Checkpoint round() {
+    if (random_mib) {
+      uint64_t len = random_mib << 20;
+      uint64_t off = (rng() % ((kDiskSize - len) >> 16)) << 16;
+      qemu_io(*vm, fmt::format("write -s {} {} {}", random_file, off, len));
+    }
+    random_round(*vm, rng);
+    wait_acked(*vm);
+    return {filter_seq(*vm), md5_of_file(disk), iso_now()};
+  }
+};
+
 // A store protected through `rounds` rounds, one checkpoint after each.
 struct Protected {
   std::string store;
   std::vector<Checkpoint> points;
 };
-Protected make_store(TempDir& dir, int rounds, int pause_ms = 0) {
-  std::string disk = dir.file("disk.raw");
-  REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=8"}).status == 0);
-  REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
-  auto vm = start_vm(dir, disk);
-  Protected p{dir.file("store"), {}};
-  ProtectProcess protect(vm->tool_socket(), "vd0", p.store);
-  REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
-  std::mt19937_64 rng(5);
+Protected make_store(TempDir& dir, int rounds, int pause_ms = 0, uint64_t random_mib = 0) {
+  ProtectedVm pv(dir, random_mib);
+  Protected p{pv.store, {}};
   for (int round = 0; round < rounds; ++round) {
-    random_round(*vm, rng);
-    p.points.push_back({filter_seq(*vm), md5_of_file(disk), iso_now()});
+    p.points.push_back(pv.round());
     std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
   }
-  REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
+  REQUIRE_MESSAGE(pv.protect->stop() == 0, pv.protect->output());
   return p;
 }
 
@@ -103,6 +136,33 @@ std::vector<std::string> tree_files(const std::string& store) {
     else if (!line.empty()) out.push_back(std::exchange(line, ""));
   }
   return out;
+}
+
+struct JournalSize {
+  uint64_t segments = 0, bytes = 0;
+  uint64_t first_seq = 0;  // the first recoverable point
+};
+JournalSize journal_size(const std::string& store) {
+  auto r = run_command({KVMCDP_BINARY, "status", "--json", "--store", store});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  auto j = json::parse(r.output);
+  return {j["segments"], j["compressed_bytes"], j["recoverable"][0]["first_seq"]};
+}
+
+void build_all(const std::string& store, const std::vector<Checkpoint>& pts) {
+  std::vector<std::string> argv = {KVMCDP_BINARY, "build", "--store", store};
+  for (const auto& c : pts) argv.insert(argv.end(), {"--seq", std::to_string(c.seq)});
+  auto b = run_command(argv);
+  REQUIRE_MESSAGE(b.status == 0, b.output);
+}
+
+// After a fold: no intent left, and the manifest's base is the only base file.
+void check_one_base(const std::string& store) {
+  CHECK(!std::filesystem::exists(store + "/fold.json"));
+  auto m = json::parse(run_command({"cat", store + "/manifest.json"}).output);
+  std::string base = m["base_image"];
+  auto ls = run_command({"sh", "-c", "cd " + store + " && ls base*.raw*"});
+  CHECK_MESSAGE(ls.output == base + "\n", ls.output);
 }
 
 }  // namespace
@@ -337,6 +397,132 @@ TEST_CASE("build and prune killed at each step: the next command finishes, no im
   }
   CHECK(tree_files(p.store).size() == 3);  // base and the two newest
   for (const auto& c : pts) CHECK_MESSAGE(restore_seq(dir, p.store, c.seq).md5 == c.md5, c.seq);
+}
+
+TEST_CASE("prune folds the journal up to the oldest kept point while protect appends") {
+  TempDir dir;
+  ProtectedVm pv(dir, 1);
+  std::vector<Checkpoint> pts;
+  for (int i = 0; i < 12; ++i) pts.push_back(pv.round());
+  auto node = [&](size_t i) { return fmt::format("seq-{}.qcow2", pts[i].seq); };
+
+  // Built and pruned while protect still appends to the last segment.
+  build_all(pv.store, pts);
+  JournalSize before = journal_size(pv.store);
+  REQUIRE(before.segments >= 6);
+  auto dry = run_command({KVMCDP_BINARY, "prune", "--store", pv.store, "--keep-last", "4",
+                          "--dry-run"});
+  REQUIRE_MESSAGE(dry.status == 0, dry.output);
+  CHECK_MESSAGE(dry.output.find("would fold") != std::string::npos, dry.output);
+  CHECK(journal_size(pv.store).segments == before.segments);
+  CHECK(tree_files(pv.store).size() == 13);
+  auto pr = run_command({KVMCDP_BINARY, "prune", "--store", pv.store, "--keep-last", "4"});
+  REQUIRE_MESSAGE(pr.status == 0, pr.output);
+  CHECK(pr.output.find("removed 8 of 12 built nodes, kept 4") != std::string::npos);
+  CHECK_MESSAGE(pr.output.find(fmt::format("folded the journal through seq {}", pts[8].seq)) !=
+                    std::string::npos, pr.output);
+  JournalSize after = journal_size(pv.store);
+  MESSAGE("journal before prune: ", before.segments, " segments, ", before.bytes,
+          " bytes; after: ", after.segments, " segments, ", after.bytes, " bytes");
+  CHECK(after.segments < before.segments);
+  CHECK(after.bytes < before.bytes);
+  CHECK(after.first_seq == pts[8].seq);
+  check_one_base(pv.store);
+
+  // Exactly the kept nodes, unchanged and consistent.
+  std::vector<std::string> expect = {"base.qcow2"};
+  for (size_t i = 8; i < pts.size(); ++i) expect.push_back(node(i));
+  std::sort(expect.begin(), expect.end());
+  auto have = tree_files(pv.store);
+  std::sort(have.begin(), have.end());
+  CHECK(have == expect);
+  for (size_t i = 8; i < pts.size(); ++i)
+    CHECK(node_md5(dir, pv.store + "/tree/" + node(i)) == pts[i].md5);
+  for (const auto& f : have) {
+    auto chk = run_command({qemu_bin("qemu-img"), "check", pv.store + "/tree/" + f});
+    CHECK_MESSAGE(chk.status == 0, f, ": ", chk.output);
+  }
+  auto check = run_command({KVMCDP_BINARY, "snapshot", "check", "--tree", pv.store + "/tree"});
+  CHECK_MESSAGE(check.status == 0, check.output);
+
+  // Protect goes on appending after the fold; then it stops.
+  for (int i = 0; i < 2; ++i) pts.push_back(pv.round());
+  REQUIRE_MESSAGE(pv.protect->stop() == 0, pv.protect->output());
+  std::string final_md5 = md5_of_file(pv.disk);
+  auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", pv.store});
+  CHECK_MESSAGE(verify.status == 0, verify.output);
+
+  // Every kept point and the latest restore exactly; the older are refused.
+  for (size_t i = 8; i < pts.size(); ++i)
+    CHECK_MESSAGE(restore_seq(dir, pv.store, pts[i].seq).md5 == pts[i].md5, i);
+  std::string latest = dir.file("latest.raw");
+  auto lr = run_command({KVMCDP_BINARY, "restore", "--store", pv.store, "--latest", "-o", latest});
+  REQUIRE_MESSAGE(lr.status == 0, lr.output);
+  CHECK(md5_of_file(latest) == final_md5);
+  auto old = run_command({KVMCDP_BINARY, "restore", "--store", pv.store, "--seq",
+                          std::to_string(pts[7].seq), "-o", dir.file("old.raw")});
+  CHECK_MESSAGE(old.status == 6, old.output);
+  // Without the tree: the folded base plus the journal alone.
+  std::string bare = dir.file("bare");
+  REQUIRE(run_command({"cp", "-a", pv.store, bare}).status == 0);
+  REQUIRE(run_command({"rm", "-rf", bare + "/tree"}).status == 0);
+  for (size_t i : {size_t(8), size_t(10), pts.size() - 1}) {
+    Restored r = restore_seq(dir, bare, pts[i].seq);
+    CHECK_MESSAGE(r.md5 == pts[i].md5, i);
+    CHECK(r.output.find("the rest from the base") != std::string::npos);
+  }
+  // Build keeps working on the folded store.
+  auto b = run_command({KVMCDP_BINARY, "build", "--store", pv.store, "--seq",
+                        std::to_string(pts.back().seq)});
+  REQUIRE_MESSAGE(b.status == 0, b.output);
+  CHECK(node_md5(dir, pv.store + "/tree/" + node(pts.size() - 1)) == pts.back().md5);
+}
+
+TEST_CASE("prune killed at each step of the fold: the next command finishes or rolls it back") {
+  TempDir dir;
+  Protected p = make_store(dir, 14, 0, 1);
+  const auto& pts = p.points;
+  build_all(p.store, pts);
+  auto node = [&](size_t i) { return fmt::format("{}/tree/seq-{}.qcow2", p.store, pts[i].seq); };
+  // The command after the kill: prune, snapshot repair or build.
+  const std::vector<std::vector<std::string>> next = {
+      {KVMCDP_BINARY, "snapshot", "repair", "--tree", p.store + "/tree"},
+      {KVMCDP_BINARY, "build", "--store", p.store, "--seq", std::to_string(pts.back().seq)},
+  };
+  for (int step = 1; step <= 5; ++step) {
+    CAPTURE(step);
+    size_t keep = 14 - 2 * size_t(step);
+    size_t oldest = pts.size() - keep;
+    std::vector<std::string> prune = {KVMCDP_BINARY, "prune", "--store", p.store,
+                                      "--keep-last", std::to_string(keep)};
+    JournalSize before = journal_size(p.store);
+    std::vector<std::string> killed_argv = {"env", fmt::format("KVMCDP_CRASH_AT_STEP=fold:{}", step)};
+    killed_argv.insert(killed_argv.end(), prune.begin(), prune.end());
+    auto killed = run_command(killed_argv);
+    CHECK_MESSAGE(killed.status == 9, killed.output);
+    CHECK(std::filesystem::exists(p.store + "/fold.json"));  // killed inside the fold
+
+    auto repaired = run_command(step % 2 ? prune : next[size_t(step / 2 - 1)]);
+    CHECK_MESSAGE(repaired.status == 0, repaired.output);
+    CHECK_MESSAGE(repaired.output.find(step <= 2 ? "repair: rolled back folding"
+                                                 : "repair: folded the journal") !=
+                      std::string::npos, repaired.output);
+    auto again = run_command(prune);
+    CHECK_MESSAGE(again.status == 0, again.output);
+
+    JournalSize after = journal_size(p.store);
+    CHECK(after.first_seq == pts[oldest].seq);
+    CHECK(after.segments < before.segments);
+    check_one_base(p.store);
+    auto check = run_command({KVMCDP_BINARY, "snapshot", "check", "--tree", p.store + "/tree"});
+    CHECK_MESSAGE(check.status == 0, check.output);
+    for (size_t i = oldest; i < pts.size(); ++i)
+      CHECK_MESSAGE(node_md5(dir, node(i)) == pts[i].md5, "node ", i);
+    for (size_t i : {oldest, oldest + 1, pts.size() - 1})
+      CHECK_MESSAGE(restore_seq(dir, p.store, pts[i].seq).md5 == pts[i].md5, i);
+  }
+  auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", p.store});
+  CHECK_MESSAGE(verify.status == 0, verify.output);
 }
 
 }  // namespace kvmcdp::test
