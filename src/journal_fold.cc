@@ -25,6 +25,7 @@
 #include "journal_ranges.h"
 #include "manifest.h"
 #include "point.h"
+#include "protect_state.h"
 #include "restore_delta.h"
 #include "segment_list.h"
 #include "snapshot_qemu.h"
@@ -131,11 +132,18 @@ Result<FoldPlan> plan_fold(const std::string& store, uint64_t seq, uint64_t time
   p.journal_segments = segs.size();
   for (uint64_t n : segs) p.journal_bytes += segment_bytes(store, n);
   if (seq <= view->manifest.base_complete_seq || p.new_base == p.old_base) return p;
+  // With `protect --remote`, a segment the backup server may not hold yet
+  // stays: it is the only copy the shipper can send.  protect.json's
+  // figure lags the server's, so it is a safe bound.
+  uint64_t shipped = UINT64_MAX;
+  if (auto st = read_protect_state(store); st && !st->remote_url.empty())
+    shipped = st->remote_durable_seq;
   // A prefix of sealed segments; the last one may be open in a protect.
   for (size_t i = 0; i + 1 < segs.size(); ++i) {
     auto sf = journal::load_segment(store, segs[i]);
     if (!sf) return sf.status();
-    if (!sf->from_index || sf->damage || sf->frames.empty() || sf->frames.back().last_seq > seq)
+    if (!sf->from_index || sf->damage || sf->frames.empty() || sf->frames.back().last_seq > seq ||
+        sf->frames.back().last_seq > shipped)
       break;
     p.segments.push_back(segs[i]);
     p.segment_bytes += segment_bytes(store, segs[i]);

@@ -18,6 +18,7 @@
 #include "journal_test_util.h"
 #include "journal_writer.h"
 #include "manifest.h"
+#include "protect_state.h"
 #include "restore_engine.h"
 #include "segment_list.h"
 
@@ -145,6 +146,29 @@ TEST_CASE("fold: the last segment is never folded, even when the point is its la
   auto plan = plan_fold(st.d.path, 300, time_of(300));
   REQUIRE(plan);
   CHECK(plan->segments.size() == segs->size() - 1);
+}
+
+TEST_CASE("fold: segments a backup server may not hold yet are kept") {
+  Store st;
+  make_store(st);
+  // protect --remote last said the server holds up to seq 60.
+  ProtectState ps;
+  ps.pid = 1;
+  ps.remote_url = "tcp://vault:7419/vm1";
+  ps.remote_durable_seq = 60;
+  REQUIRE(write_protect_state(st.d.path, ps));
+  auto plan = plan_fold(st.d.path, 250, time_of(250));
+  REQUIRE(plan);
+  REQUIRE_FALSE(plan->segments.empty());
+  for (uint64_t n : plan->segments) CHECK(load_segment(st.d.path, n)->frames.back().last_seq <= 60);
+  // The next segment held records past 60: it was the first one kept.
+  auto segs = list_segments(st.d.path);
+  auto next = load_segment(st.d.path, (*segs)[plan->segments.size()]);
+  CHECK(next->frames.back().last_seq > 60);
+  // Without a remote, the fold goes up to the point.
+  ps.remote_url.clear();
+  REQUIRE(write_protect_state(st.d.path, ps));
+  CHECK(plan_fold(st.d.path, 250, time_of(250))->segments.size() > plan->segments.size());
 }
 
 TEST_CASE("fold repair: rolled back before the manifest switch, finished after it") {
