@@ -423,7 +423,16 @@ Status repair_tree(Tree& t, QmpClient* qmp, OpLog* log) {
     const TreeNode* c = t.find(child);
     if (!t.find(node) || !c || (!parent.empty() && !t.find(parent)))
       return {ErrorKind::kDamaged, "repair: the merge intent names nodes that do not exist"};
-    // An online stream outlives a killed kvmcdp: let it end first.
+    // An online stream outlives a killed kvmcdp: let it end first.  Without
+    // the VM to ask, the job may still be about to switch the child's
+    // backing file, so deciding now could contradict it: refuse while a
+    // QEMU holds the child open (once QEMU is gone, so is its job).
+    if (!qmp && a.value("online", false) && image_in_use(t.path_of(*c)))
+      return {ErrorKind::kUsage,
+              fmt::format("repair: the interrupted merge of {} into {} ran as block job {} in a "
+                          "QEMU that still has {} open; run kvmcdp snapshot repair --qmp SOCKET "
+                          "so that repair can wait for the job",
+                          node, child, a.value("job", ""), c->file)};
     if (qmp && a.value("online", false)) {
       QmpReply jobs = qmp->execute("query-block-jobs");
       bool running = false;
