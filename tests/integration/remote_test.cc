@@ -217,6 +217,16 @@ TEST_CASE("remote: spool only, the server down for 10 s while the VM writes: not
   for (int i = 0; i < 100 && !base_gone(); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   CHECK(base_gone());
+  // Connected, the spool's acks wait for the server: once the filter has
+  // its ack, the server holds the records.
+  for (int i = 0; i < 3; ++i) {
+    random_writes(*vm, rng, 5);
+    points.push_back({filter_seq(*vm), md5_of_file(disk)});
+    wait_acked(*vm);
+    json server_side = status_json(root + "/vm1");
+    REQUIRE(server_side.is_object());
+    CHECK(server_side["last_seq"].get<uint64_t>() >= points.back().seq);
+  }
 
   server->proc->kill9();
   auto down = std::chrono::steady_clock::now();
