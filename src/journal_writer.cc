@@ -1,8 +1,10 @@
 // The journal writer.  Records are serialized into a frame buffer as they
-// are appended; a full frame is compressed at once (so compression overlaps
-// with the caller receiving more records), and commit() writes all pending
-// frames with a single pwrite and a single fdatasync: group commit, so the
-// cost of durability is per batch, not per record.  Rotation happens only
+// are appended; a full frame is handed to the compression thread
+// (frame_compressor.h), so compression runs on another core while the
+// caller receives more records, and commit() collects the compressed
+// frames in order and writes them with a single pwrite and a single
+// fdatasync: group commit, so the cost of durability is per batch, not per
+// record.  Rotation happens only
 // between frames, and a closed segment gets its .idx written atomically.
 #include "journal_writer.h"
 
@@ -64,10 +66,8 @@ Result<std::unique_ptr<JournalWriter>> JournalWriter::open(
                       std::to_string(w->stream_id_) + ", not " +
                       std::to_string(opts.stream_id));
   if (w->stream_id_ == 0) w->stream_id_ = opts.stream_id;
-  w->cctx_ = ZSTD_createCCtx();
-  ZSTD_CCtx_setParameter(w->cctx_, ZSTD_c_compressionLevel, opts.zstd_level);
-  if (opts.zstd_workers > 0)  // ignored if libzstd lacks threads
-    ZSTD_CCtx_setParameter(w->cctx_, ZSTD_c_nbWorkers, opts.zstd_workers);
+  w->compressor_ = std::make_unique<FrameCompressor>(opts.zstd_level, opts.zstd_workers,
+                                                      opts.frames_in_flight);
   return w;
 }
 
@@ -122,23 +122,27 @@ Status JournalWriter::recover() {
 }
 
 JournalWriter::~JournalWriter() {
-  if (!failed_) (void)close();
-  if (cctx_) ZSTD_freeCCtx(cctx_);
+  if (!failed_ && compressor_) (void)close();
 }
 
 Status JournalWriter::append(Record&& r) {
+  if (r.data.size() > kMaxFrameRaw)
+    return {ErrorKind::kFailure, "append: record too large"};
+  return append(view_of(r));
+}
+
+Status JournalWriter::append(const RecordView& r) {
   if (failed_) return *failed_;
   if (have_appended_)
     if (auto e = continuity_error(appended_seq_, r.seq, r.type, r.offset))
       return {ErrorKind::kFailure, "append: " + *e};
-  if (r.type == RecordType::kWrite && r.data.size() != r.length)
+  if (r.type == RecordType::kWrite && r.data_len != r.length)
     return {ErrorKind::kFailure, "append: write record data length differs "
                                  "from its length"};
-  size_t size = serialized_size(r);
+  size_t size = size_t{kRecordHeaderSize} + r.data_len;
   if (size > kMaxFrameRaw)
     return {ErrorKind::kFailure, "append: record too large"};
   if (!raw_.empty() && raw_.size() + size > opts_.frame_raw_bytes) finish_frame();
-  if (failed_) return *failed_;
   if (raw_.empty()) {
     cur_ = FrameHeader{};
     cur_.first_seq = r.seq;
@@ -151,8 +155,8 @@ Status JournalWriter::append(Record&& r) {
   size_t at = raw_.size();
   raw_.resize(at + size);
   encode_record_header(r, raw_.data() + at);
-  if (!r.data.empty())
-    std::memcpy(raw_.data() + at + kRecordHeaderSize, r.data.data(), r.data.size());
+  if (r.data_len)
+    std::memcpy(raw_.data() + at + kRecordHeaderSize, r.data, r.data_len);
   appended_seq_ = r.seq;
   have_appended_ = true;
   stats_.records++;
@@ -162,33 +166,24 @@ Status JournalWriter::append(Record&& r) {
 
 void JournalWriter::finish_frame() {
   if (raw_.empty()) return;
-  size_t bound = ZSTD_compressBound(raw_.size());
-  size_t at = out_.size();
-  out_.resize(at + kFrameHeaderSize + bound);
-  uint8_t* payload = out_.data() + at + kFrameHeaderSize;
-  size_t n = ZSTD_compress2(cctx_, payload, bound, raw_.data(), raw_.size());
-  if (ZSTD_isError(n)) {
-    out_.resize(at);
-    failed_ = Status(ErrorKind::kFailure,
-                     std::string("zstd: ") + ZSTD_getErrorName(n));
-    return;
-  }
-  cur_.payload_len = static_cast<uint32_t>(n);
-  cur_.raw_len = static_cast<uint32_t>(raw_.size());
-  cur_.payload_crc = crc32c(payload, n);
-  encode_frame_header(cur_, out_.data() + at);
-  out_.resize(at + kFrameHeaderSize + n);
-  pending_.push_back(Pending{
-      at, FrameInfo{0, 0, uint32_t(kFrameHeaderSize + n), cur_.count,
-                    cur_.first_seq, cur_.last_seq, cur_.first_ns, cur_.last_ns,
-                    cur_.flags}});
-  raw_.clear();
+  raw_ = compressor_->submit(std::move(raw_), cur_);
+}
+
+// Appends the compressed frames, in order, to out_ and pending_.
+Status JournalWriter::collect_frames() {
+  return compressor_->drain([this](const FrameHeader& h, const uint8_t* frame, size_t n) {
+    size_t at = out_.size();
+    out_.resize(at + n);
+    std::memcpy(out_.data() + at, frame, n);
+    pending_.push_back(Pending{at, FrameInfo{0, 0, uint32_t(n), h.count, h.first_seq,
+                                             h.last_seq, h.first_ns, h.last_ns, h.flags}});
+  });
 }
 
 Result<uint64_t> JournalWriter::commit() {
   if (failed_) return *failed_;
   finish_frame();
-  if (failed_) return *failed_;
+  if (auto s = collect_frames(); !s) return *(failed_ = s);
   uint64_t now = now_ns();
   size_t i = 0;
   while (i < pending_.size()) {

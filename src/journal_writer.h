@@ -2,6 +2,7 @@
 //
 //   auto w = JournalWriter::open(store, opts);      // recovers the tail
 //   w->append(std::move(rec)); ...                   // buffers, no syscalls
+//   w->append(view_of(msg_header, payload));         // the same, one copy
 //   auto durable = w->commit();                      // one fdatasync
 //   // ack the filter up to *durable only now
 #pragma once
@@ -12,8 +13,7 @@
 #include <string>
 #include <vector>
 
-#include <zstd.h>
-
+#include "frame_compressor.h"
 #include "journal_bytebuf.h"
 #include "journal_codec.h"
 #include "record.h"
@@ -29,6 +29,9 @@ struct WriterOptions {
   uint64_t segment_max_age_ns = 3600ull * 1000000000ull;
   int zstd_level = 1;
   int zstd_workers = 0;  // ZSTD_c_nbWorkers: >0 compresses on other cores
+  // Full frames handed to the compression thread and not yet compressed;
+  // append waits beyond this (it bounds memory, not the batch).
+  uint32_t frames_in_flight = 4;
   uint32_t frame_raw_bytes = 1u << 20;  // records per frame, uncompressed
   bool take_lock = true;  // false if the caller already holds StoreLock
 };
@@ -56,10 +59,13 @@ class JournalWriter {
 
   // Buffers a record.  Its seq must follow the last one (see
   // continuity_error); the first record of an empty journal may have any
-  // seq.  May compress a full frame; never does I/O.
+  // seq.  A full frame goes to the compression thread (append waits only
+  // if opts.frames_in_flight frames are still uncompressed); never does I/O.
   Status append(Record&& r);
-  // Writes every buffered record and makes it durable with one fdatasync
-  // (two if a segment rotates).  Returns the last durable seq.  After an
+  // The same from a view: the data is copied once, straight into the frame.
+  Status append(const RecordView& r);
+  // Waits for the frames being compressed, writes every buffered record
+  // and makes it durable with one fdatasync (two if a segment rotates).  Returns the last durable seq.  After an
   // I/O error the writer refuses further work: reopen to recover.
   Result<uint64_t> commit();
   // Commits and closes the current segment (writes its index).
@@ -74,6 +80,7 @@ class JournalWriter {
   JournalWriter() = default;
   Status recover();
   void finish_frame();
+  Status collect_frames();
   Status open_segment(uint64_t now_ns);
   Status seal_segment();
   Status write_pending(size_t from, size_t to);
@@ -88,15 +95,15 @@ class JournalWriter {
   std::optional<StoreLock> lock_;
   std::optional<Damage> recovered_;
   std::optional<Status> failed_;
-  ZSTD_CCtx* cctx_ = nullptr;
+  std::unique_ptr<FrameCompressor> compressor_;
   uint64_t stream_id_ = 0;
   uint64_t durable_seq_ = 0;
   uint64_t appended_seq_ = 0;
   bool have_appended_ = false;
-  // The frame being filled.
+  // The frame being filled (then handed to compressor_).
   ByteBuf raw_;
   FrameHeader cur_;
-  // Compressed frames (header + payload) not yet written.
+  // Compressed frames (header + payload) drained, not yet written.
   ByteBuf out_;
   std::vector<Pending> pending_;
   // The open segment.
