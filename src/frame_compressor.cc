@@ -6,8 +6,10 @@
 
 namespace kvmcdp::journal {
 
-FrameCompressor::FrameCompressor(int level, int zstd_workers, size_t max_in_flight)
-    : cctx_(ZSTD_createCCtx()), max_in_flight_(max_in_flight ? max_in_flight : 1) {
+FrameCompressor::FrameCompressor(int level, int zstd_workers, size_t max_in_flight, Sink sink)
+    : cctx_(ZSTD_createCCtx()),
+      max_in_flight_(max_in_flight ? max_in_flight : 1),
+      sink_(std::move(sink)) {
   auto* c = static_cast<ZSTD_CCtx*>(cctx_);
   ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, level);
   if (zstd_workers > 0)  // ignored if libzstd lacks threads
@@ -28,17 +30,7 @@ FrameCompressor::~FrameCompressor() {
 ByteBuf FrameCompressor::submit(ByteBuf&& raw, const FrameHeader& h) {
   std::unique_lock<std::mutex> l(mu_);
   done_cv_.wait(l, [&] { return undone_ < max_in_flight_; });
-  std::unique_ptr<Job> j;
-  if (!free_jobs_.empty()) {
-    j = std::move(free_jobs_.back());
-    free_jobs_.pop_back();
-  } else {
-    j = std::make_unique<Job>();
-  }
-  j->raw = std::move(raw);
-  j->h = h;
-  j->error.clear();
-  jobs_.push_back(std::move(j));
+  jobs_.push_back(Job{std::move(raw), h});
   undone_++;
   ByteBuf next;
   if (!free_raw_.empty()) {
@@ -51,60 +43,50 @@ ByteBuf FrameCompressor::submit(ByteBuf&& raw, const FrameHeader& h) {
   return next;
 }
 
-Status FrameCompressor::drain(const FrameFn& fn) {
+Status FrameCompressor::drain() {
   std::unique_lock<std::mutex> l(mu_);
   done_cv_.wait(l, [&] { return undone_ == 0; });
-  // Every job is done and only this thread submits, so the worker does not
-  // touch jobs_ until the next submit: the frames can be handed out unlocked.
-  std::deque<std::unique_ptr<Job>> jobs;
-  jobs.swap(jobs_);
-  next_ = 0;
-  l.unlock();
-  Status result = Status::ok();
-  for (const auto& j : jobs)
-    if (!j->error.empty()) {
-      result = Status(ErrorKind::kFailure, "zstd: " + j->error);
-      break;
-    }
-  if (result)
-    for (const auto& j : jobs) fn(j->h, j->out.data(), j->out.size());
-  l.lock();
-  for (auto& j : jobs) free_jobs_.push_back(std::move(j));
-  return result;
+  return error_;
 }
 
 void FrameCompressor::run() {
   std::unique_lock<std::mutex> l(mu_);
   for (;;) {
-    work_cv_.wait(l, [&] { return stop_ || next_ < jobs_.size(); });
+    work_cv_.wait(l, [&] { return stop_ || !jobs_.empty(); });
     if (stop_) return;
-    Job* j = jobs_[next_++].get();  // stays put: jobs_ holds pointers
+    Job j = std::move(jobs_.front());
+    jobs_.pop_front();
+    bool skip = !error_;
     l.unlock();
-    compress(*j);
+    // Only this thread sets error_, so reading it unlocked above is a
+    // snapshot of its own last verdict.
+    Status s = Status::ok();
+    if (!skip) {
+      s = compress(j.raw, &j.h);
+      if (s) s = sink_(j.h, out_.data(), out_.size());
+    }
     l.lock();
-    free_raw_.push_back(std::move(j->raw));
+    if (!s && error_) error_ = s;
+    free_raw_.push_back(std::move(j.raw));
     undone_--;
     done_cv_.notify_all();
   }
 }
 
-void FrameCompressor::compress(Job& j) {
-  const ByteBuf& raw = j.raw;
+Status FrameCompressor::compress(const ByteBuf& raw, FrameHeader* h) {
   size_t bound = ZSTD_compressBound(raw.size());
-  j.out.resize(kFrameHeaderSize + bound);
-  uint8_t* payload = j.out.data() + kFrameHeaderSize;
+  out_.resize(kFrameHeaderSize + bound);
+  uint8_t* payload = out_.data() + kFrameHeaderSize;
   size_t n = ZSTD_compress2(static_cast<ZSTD_CCtx*>(cctx_), payload, bound, raw.data(),
                             raw.size());
-  if (ZSTD_isError(n)) {
-    j.error = ZSTD_getErrorName(n);
-    j.out.clear();
-    return;
-  }
-  j.h.payload_len = static_cast<uint32_t>(n);
-  j.h.raw_len = static_cast<uint32_t>(raw.size());
-  j.h.payload_crc = crc32c(payload, n);
-  encode_frame_header(j.h, j.out.data());
-  j.out.resize(kFrameHeaderSize + n);
+  if (ZSTD_isError(n))
+    return {ErrorKind::kFailure, std::string("zstd: ") + ZSTD_getErrorName(n)};
+  h->payload_len = static_cast<uint32_t>(n);
+  h->raw_len = static_cast<uint32_t>(raw.size());
+  h->payload_crc = crc32c(payload, n);
+  encode_frame_header(*h, out_.data());
+  out_.resize(kFrameHeaderSize + n);
+  return Status::ok();
 }
 
 }  // namespace kvmcdp::journal

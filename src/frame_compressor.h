@@ -1,14 +1,14 @@
-// Compresses the journal writer's frames on a thread of its own, so that
-// zstd (most of protect's CPU) runs beside the thread that reads the
-// filter's stream instead of inside it.
+// Compresses the journal writer's frames on a thread of its own and hands
+// each, in order, to a sink on that thread (the writer's segment write),
+// so that zstd (most of protect's CPU) and the writes run beside the
+// thread that reads the filter's stream instead of inside it.
 //
-//   FrameCompressor c(level, workers, max_in_flight);
+//   FrameCompressor c(level, workers, max_in_flight, sink);
 //   raw = c.submit(std::move(raw), header);   // hands a full frame over
-//   c.drain(fn);                              // waits; fn(frame) in order
+//   c.drain();                                // waits until all are sunk
 //
-// Frames come out of drain() in the order they were submitted.  One thread
-// is enough: a frame compresses in a few ms and the caller cannot fill
-// frames faster than one core compresses them (it was doing both before).
+// One thread is enough: the caller cannot fill frames faster than one core
+// compresses them (it was doing both before).
 #pragma once
 
 #include <condition_variable>
@@ -30,9 +30,14 @@ namespace kvmcdp::journal {
 
 class FrameCompressor {
  public:
-  // `max_in_flight`: frames submitted but not yet compressed; submit()
-  // waits beyond it, which bounds memory when the caller outruns zstd.
-  FrameCompressor(int level, int zstd_workers, size_t max_in_flight);
+  // Called on the compression thread, in submission order, with the
+  // frame's header (as filled in) and its bytes (encoded header + payload,
+  // valid during the call).  An error stops the pipeline: later frames are
+  // neither compressed nor sunk, and drain() returns the error.
+  using Sink = std::function<Status(const FrameHeader&, const uint8_t*, size_t)>;
+  // `max_in_flight`: frames submitted but not yet sunk; submit() waits
+  // beyond it, which bounds memory when the caller outruns zstd or the disk.
+  FrameCompressor(int level, int zstd_workers, size_t max_in_flight, Sink sink);
   ~FrameCompressor();  // discards what was not drained
   FrameCompressor(const FrameCompressor&) = delete;
   FrameCompressor& operator=(const FrameCompressor&) = delete;
@@ -42,33 +47,30 @@ class FrameCompressor {
   // Returns an empty buffer to fill next, reusing one already compressed.
   ByteBuf submit(ByteBuf&& raw, const FrameHeader& h);
 
-  // Waits until every submitted frame is compressed, then calls `fn` for
-  // each in submission order with the header (as filled in) and the frame
-  // bytes (encoded header + payload), valid during the call.  If a frame
-  // failed to compress, returns its error and calls `fn` for none.
-  using FrameFn = std::function<void(const FrameHeader&, const uint8_t*, size_t)>;
-  Status drain(const FrameFn& fn);
+  // Waits until every submitted frame has been sunk (or skipped after an
+  // error).  Returns the first error of compression or sink, also on every
+  // later call: the pipeline does not recover.
+  Status drain();
 
  private:
-  struct Job {
-    ByteBuf raw;
-    FrameHeader h;
-    ByteBuf out;  // encoded header + payload
-    std::string error;
-  };
   void run();
-  void compress(Job& j);
+  Status compress(const ByteBuf& raw, FrameHeader* h);
 
   void* cctx_;  // ZSTD_CCtx, used by the worker thread only
   const size_t max_in_flight_;
+  const Sink sink_;
+  ByteBuf out_;  // the worker's compressed frame, reused
   std::mutex mu_;
-  std::condition_variable work_cv_;  // a job was queued, or stop
-  std::condition_variable done_cv_;  // a job was compressed
-  std::deque<std::unique_ptr<Job>> jobs_;  // submission order
-  size_t next_ = 0;    // jobs_[next_] is the next to compress
-  size_t undone_ = 0;  // jobs queued or being compressed
+  std::condition_variable work_cv_;  // a frame was queued, or stop
+  std::condition_variable done_cv_;  // a frame was sunk
+  struct Job {
+    ByteBuf raw;
+    FrameHeader h;
+  };
+  std::deque<Job> jobs_;   // queued, in submission order
+  size_t undone_ = 0;      // queued or being worked on
   std::vector<ByteBuf> free_raw_;
-  std::vector<std::unique_ptr<Job>> free_jobs_;  // keep their out buffers
+  Status error_ = Status::ok();
   bool stop_ = false;
   std::thread thread_;  // last: starts once everything above exists
 };

@@ -1,10 +1,11 @@
 // The journal writer.  Records are serialized into a frame buffer as they
 // are appended; a full frame is handed to the compression thread
-// (frame_compressor.h), so compression runs on another core while the
-// caller receives more records, and commit() collects the compressed
-// frames in order and writes them with a single pwrite and a single
-// fdatasync: group commit, so the cost of durability is per batch, not per
-// record.  Rotation happens only
+// (frame_compressor.h), which compresses it and writes it to the segment
+// (and starts its writeback), so compression and disk writes run on
+// another core while the caller receives more records.  commit() waits for
+// the frames in flight and makes them durable with a single fdatasync:
+// group commit, so the cost of durability is per batch, not per record,
+// and most of the data is already on its way to the disk by then.  Rotation happens only
 // between frames, and a closed segment gets its .idx written atomically.
 #include "journal_writer.h"
 
@@ -66,8 +67,12 @@ Result<std::unique_ptr<JournalWriter>> JournalWriter::open(
                       std::to_string(w->stream_id_) + ", not " +
                       std::to_string(opts.stream_id));
   if (w->stream_id_ == 0) w->stream_id_ = opts.stream_id;
-  w->compressor_ = std::make_unique<FrameCompressor>(opts.zstd_level, opts.zstd_workers,
-                                                      opts.frames_in_flight);
+  JournalWriter* self = w.get();
+  w->compressor_ = std::make_unique<FrameCompressor>(
+      opts.zstd_level, opts.zstd_workers, opts.frames_in_flight,
+      [self](const FrameHeader& h, const uint8_t* frame, size_t n) {
+        return self->write_frame(h, frame, n);
+      });
   return w;
 }
 
@@ -79,7 +84,7 @@ Result<std::unique_ptr<JournalWriter>> JournalWriter::open(
 Status JournalWriter::recover() {
   auto segs = list_segments(store_);
   if (!segs) return segs.status();
-  stats_.segments = segs->size();
+  segments_ = segs->size();
   while (!segs->empty()) {
     uint64_t n = segs->back();
     std::string path = segment_path(store_, n);
@@ -100,7 +105,7 @@ Status JournalWriter::recover() {
         return Status(ErrorKind::kFailure, fsutil::errno_message("remove", path));
       if (auto s = fsutil::fsync_dir(journal_dir(store_)); !s) return s;
       segs->pop_back();
-      stats_.segments--;
+      segments_--;
       seg_number_ = std::max(seg_number_, n - 1);
       continue;
     }
@@ -113,7 +118,7 @@ Status JournalWriter::recover() {
         return s;
     }
     stream_id_ = sf->header.stream_id;
-    durable_seq_ = appended_seq_ = sf->frames.back().last_seq;
+    durable_seq_ = appended_seq_ = written_seq_ = sf->frames.back().last_seq;
     have_appended_ = true;
     seg_number_ = n;
     break;
@@ -123,6 +128,19 @@ Status JournalWriter::recover() {
 
 JournalWriter::~JournalWriter() {
   if (!failed_ && compressor_) (void)close();
+  compressor_.reset();  // its thread calls write_frame: stop it first
+  if (fd_ >= 0) ::close(fd_);
+}
+
+WriterStats JournalWriter::stats() const {
+  WriterStats st;
+  st.segments = segments_;
+  st.current_segment = current_segment_;
+  st.records = records_;
+  st.raw_bytes = raw_bytes_;
+  st.compressed_bytes = compressed_bytes_;
+  st.commits = commits_;
+  return st;
 }
 
 Status JournalWriter::append(Record&& r) {
@@ -159,8 +177,8 @@ Status JournalWriter::append(const RecordView& r) {
     std::memcpy(raw_.data() + at + kRecordHeaderSize, r.data, r.data_len);
   appended_seq_ = r.seq;
   have_appended_ = true;
-  stats_.records++;
-  stats_.raw_bytes += size;
+  records_++;
+  raw_bytes_ += size;
   return {};
 }
 
@@ -169,66 +187,54 @@ void JournalWriter::finish_frame() {
   raw_ = compressor_->submit(std::move(raw_), cur_);
 }
 
-// Appends the compressed frames, in order, to out_ and pending_.
-Status JournalWriter::collect_frames() {
-  return compressor_->drain([this](const FrameHeader& h, const uint8_t* frame, size_t n) {
-    size_t at = out_.size();
-    out_.resize(at + n);
-    std::memcpy(out_.data() + at, frame, n);
-    pending_.push_back(Pending{at, FrameInfo{0, 0, uint32_t(n), h.count, h.first_seq,
-                                             h.last_seq, h.first_ns, h.last_ns, h.flags}});
-  });
-}
-
 Result<uint64_t> JournalWriter::commit() {
   if (failed_) return *failed_;
   finish_frame();
-  if (auto s = collect_frames(); !s) return *(failed_ = s);
-  uint64_t now = now_ns();
-  size_t i = 0;
-  while (i < pending_.size()) {
-    const uint64_t max = opts_.segment_max_bytes;
-    bool full = seg_size_ + pending_[i].info.length > max ||
-                now - seg_created_ns_ >= opts_.segment_max_age_ns;
-    if (fd_ >= 0 && seg_frames_.size() > 0 && full) {
-      if (auto s = seal_segment(); !s) return *(failed_ = s);
-    }
-    if (fd_ < 0)
-      if (auto s = open_segment(now); !s) return *(failed_ = s);
-    // Every frame goes into the open segment; a segment holds at least one.
-    size_t j = i + 1;
-    uint64_t size = seg_size_ + pending_[i].info.length;
-    while (j < pending_.size() && size + pending_[j].info.length <= max) {
-      size += pending_[j].info.length;
-      j++;
-    }
-    if (auto s = write_pending(i, j); !s) return *(failed_ = s);
-    i = j;
+  if (auto s = compressor_->drain(); !s) return *(failed_ = s);
+  if (unsynced_) {
+    if (::fdatasync(fd_) != 0)
+      return *(failed_ = Status(ErrorKind::kFailure,
+                                fsutil::errno_message("fdatasync",
+                                                      segment_path(store_, seg_number_))));
+    unsynced_ = false;
+    commits_++;
   }
-  if (!pending_.empty()) durable_seq_ = pending_.back().info.last_seq;
-  out_.clear();
-  pending_.clear();
+  durable_seq_ = written_seq_;
   return durable_seq_;
 }
 
-Status JournalWriter::write_pending(size_t from, size_t to) {
-  size_t begin = pending_[from].pos;
-  size_t end = pending_[to - 1].pos + pending_[to - 1].info.length;
-  std::string path = segment_path(store_, seg_number_);
-  if (auto s = fsutil::pwrite_all(fd_, out_.data() + begin, end - begin,
-                                  seg_size_, path); !s)
-    return s;
-  if (::fdatasync(fd_) != 0)
-    return {ErrorKind::kFailure, fsutil::errno_message("fdatasync", path)};
-  for (size_t k = from; k < to; k++) {
-    FrameInfo f = pending_[k].info;
-    f.segment = seg_number_;
-    f.offset = seg_size_ + (pending_[k].pos - begin);
-    seg_frames_.push_back(f);
+// On the compression thread, in order: one frame into the open segment,
+// rotating first if the frame would not fit or the segment is too old (a
+// segment holds at least one frame).  A segment is made durable before
+// its index is written, so an index never describes bytes not on disk.
+Status JournalWriter::write_frame(const FrameHeader& h, const uint8_t* frame, size_t n) {
+  uint64_t now = now_ns();
+  bool full = seg_size_ + n > opts_.segment_max_bytes ||
+              now - seg_created_ns_ >= opts_.segment_max_age_ns;
+  if (fd_ >= 0 && !seg_frames_.empty() && full) {
+    if (unsynced_) {
+      if (::fdatasync(fd_) != 0)
+        return {ErrorKind::kFailure,
+                fsutil::errno_message("fdatasync", segment_path(store_, seg_number_))};
+      unsynced_ = false;
+      commits_++;
+    }
+    if (auto s = seal_segment(); !s) return s;
   }
-  seg_size_ += end - begin;
-  stats_.compressed_bytes += end - begin;
-  stats_.commits++;
+  if (fd_ < 0)
+    if (auto s = open_segment(now); !s) return s;
+  if (auto s = fsutil::pwrite_all(fd_, frame, n, seg_size_, segment_path(store_, seg_number_));
+      !s)
+    return s;
+  // Start the writeback now, so that commit's fdatasync finds little left
+  // to do.  Only a hint: fdatasync is what makes the frame durable.
+  (void)::sync_file_range(fd_, off64_t(seg_size_), off64_t(n), SYNC_FILE_RANGE_WRITE);
+  seg_frames_.push_back(FrameInfo{seg_number_, seg_size_, uint32_t(n), h.count, h.first_seq,
+                                  h.last_seq, h.first_ns, h.last_ns, h.flags});
+  seg_size_ += n;
+  compressed_bytes_ += n;
+  written_seq_ = h.last_seq;
+  unsynced_ = true;
   return {};
 }
 
@@ -248,8 +254,8 @@ Status JournalWriter::open_segment(uint64_t now) {
   seg_size_ = kSegmentHeaderSize;
   seg_created_ns_ = now;
   seg_frames_.clear();
-  stats_.segments++;
-  stats_.current_segment = n;
+  segments_++;
+  current_segment_ = n;
   return {};
 }
 
@@ -259,7 +265,7 @@ Status JournalWriter::seal_segment() {
     return s;
   ::close(fd_);
   fd_ = -1;
-  stats_.current_segment = 0;
+  current_segment_ = 0;
   return {};
 }
 

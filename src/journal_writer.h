@@ -7,6 +7,7 @@
 //   // ack the filter up to *durable only now
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -29,7 +30,7 @@ struct WriterOptions {
   uint64_t segment_max_age_ns = 3600ull * 1000000000ull;
   int zstd_level = 1;
   int zstd_workers = 0;  // ZSTD_c_nbWorkers: >0 compresses on other cores
-  // Full frames handed to the compression thread and not yet compressed;
+  // Full frames handed to the compression thread and not yet written;
   // append waits beyond this (it bounds memory, not the batch).
   uint32_t frames_in_flight = 4;
   uint32_t frame_raw_bytes = 1u << 20;  // records per frame, uncompressed
@@ -59,14 +60,16 @@ class JournalWriter {
 
   // Buffers a record.  Its seq must follow the last one (see
   // continuity_error); the first record of an empty journal may have any
-  // seq.  A full frame goes to the compression thread (append waits only
-  // if opts.frames_in_flight frames are still uncompressed); never does I/O.
+  // seq.  A full frame goes to the compression thread, which also writes
+  // it to the segment (not yet durable); append waits only if
+  // opts.frames_in_flight frames are still unwritten.  No I/O here.
   Status append(Record&& r);
   // The same from a view: the data is copied once, straight into the frame.
   Status append(const RecordView& r);
-  // Waits for the frames being compressed, writes every buffered record
-  // and makes it durable with one fdatasync (two if a segment rotates).  Returns the last durable seq.  After an
-  // I/O error the writer refuses further work: reopen to recover.
+  // Hands over the partial frame, waits until every frame is written and
+  // makes them durable with one fdatasync (another one per segment
+  // rotation, before its index is written).  Returns the last durable seq.
+  // After an I/O error the writer refuses further work: reopen to recover.
   Result<uint64_t> commit();
   // Commits and closes the current segment (writes its index).
   Status close();
@@ -74,21 +77,15 @@ class JournalWriter {
   uint64_t last_durable_seq() const { return durable_seq_; }  // 0: none
   uint64_t last_appended_seq() const { return appended_seq_; }
   uint64_t stream_id() const { return stream_id_; }
-  WriterStats stats() const { return stats_; }
+  WriterStats stats() const;
 
  private:
   JournalWriter() = default;
   Status recover();
   void finish_frame();
-  Status collect_frames();
+  Status write_frame(const FrameHeader& h, const uint8_t* frame, size_t n);
   Status open_segment(uint64_t now_ns);
   Status seal_segment();
-  Status write_pending(size_t from, size_t to);
-
-  struct Pending {
-    size_t pos;
-    FrameInfo info;
-  };
 
   std::string store_;
   WriterOptions opts_;
@@ -103,16 +100,20 @@ class JournalWriter {
   // The frame being filled (then handed to compressor_).
   ByteBuf raw_;
   FrameHeader cur_;
-  // Compressed frames (header + payload) drained, not yet written.
-  ByteBuf out_;
-  std::vector<Pending> pending_;
-  // The open segment.
+  // The open segment.  While frames are in flight only the compression
+  // thread (write_frame) touches what follows; the caller does after
+  // compressor_->drain().
   int fd_ = -1;
   uint64_t seg_number_ = 0;  // open segment, or the last one if none open
   uint64_t seg_size_ = 0;
   uint64_t seg_created_ns_ = 0;
   std::vector<FrameInfo> seg_frames_;
-  WriterStats stats_;
+  uint64_t written_seq_ = 0;  // last seq written (durable after fdatasync)
+  bool unsynced_ = false;     // frames written since the last fdatasync
+  uint64_t records_ = 0, raw_bytes_ = 0;  // the caller's counters
+  // Counters the compression thread updates; stats() may read them anytime.
+  std::atomic<uint64_t> segments_{0}, current_segment_{0}, compressed_bytes_{0},
+      commits_{0};
 };
 
 }  // namespace kvmcdp::journal
