@@ -69,7 +69,7 @@ Result<std::unique_ptr<JournalWriter>> JournalWriter::open(
   if (w->stream_id_ == 0) w->stream_id_ = opts.stream_id;
   JournalWriter* self = w.get();
   w->compressor_ = std::make_unique<FrameCompressor>(
-      opts.zstd_level, opts.zstd_workers, opts.frames_in_flight,
+      opts.zstd_level, opts.zstd_workers, opts.compress_threads, opts.frames_in_flight,
       [self](const FrameHeader& h, const uint8_t* frame, size_t n) {
         return self->write_frame(h, frame, n);
       });

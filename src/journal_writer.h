@@ -33,6 +33,8 @@ struct WriterOptions {
   // Full frames handed to the compression thread and not yet written;
   // append waits beyond this (it bounds memory, not the batch).
   uint32_t frames_in_flight = 4;
+  // Threads that compress frames side by side (frames stay in order).
+  uint32_t compress_threads = 2;
   uint32_t frame_raw_bytes = 1u << 20;  // records per frame, uncompressed
   bool take_lock = true;  // false if the caller already holds StoreLock
 };
