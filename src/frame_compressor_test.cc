@@ -11,8 +11,7 @@ namespace {
 ByteBuf raw_frame(size_t n, uint8_t seed) {
   ByteBuf b;
   b.resize(n);
-  for (size_t i = 0; i < n; i++)
-    b.data()[i] = uint8_t(seed + (i % 251));
+  for (size_t i = 0; i < n; i++) b.data()[i] = uint8_t(seed + (i % 251));
   return b;
 }
 
@@ -24,14 +23,14 @@ FrameHeader header(uint64_t seq) {
   return h;
 }
 
-} // namespace
+}  // namespace
 
 // Collects what the sink gets; read only after drain().
 struct Sunk {
   std::vector<FrameHeader> headers;
   std::vector<std::vector<uint8_t>> frames;
   FrameCompressor::Sink sink() {
-    return [this](const FrameHeader &h, const uint8_t *f, size_t n) {
+    return [this](const FrameHeader& h, const uint8_t* f, size_t n) {
       headers.push_back(h);
       frames.emplace_back(f, f + n);
       return Status::ok();
@@ -39,8 +38,7 @@ struct Sunk {
   }
 };
 
-TEST_CASE(
-    "frame compressor: many frames in flight are sunk in order and decode") {
+TEST_CASE("frame compressor: many frames in flight are sunk in order and decode") {
   // max_in_flight 2 with 40 frames: submit waits for the thread again and
   // again, and frames are drained both in small and in large batches.
   for (size_t threads : {1u, 3u}) {
@@ -51,15 +49,14 @@ TEST_CASE(
     for (size_t batch : {1u, 3u, 40u, 2u}) {
       for (size_t k = 0; k < batch; k++) {
         seq++;
-        ByteBuf next =
-            c.submit(raw_frame(1000 + seq * 37, uint8_t(seq)), header(seq));
-        CHECK(next.empty()); // a buffer to fill: reused, but emptied
+        ByteBuf next = c.submit(raw_frame(1000 + seq * 37, uint8_t(seq)), header(seq));
+        CHECK(next.empty());  // a buffer to fill: reused, but emptied
       }
       REQUIRE(c.drain());
       REQUIRE(out.frames.size() == seq);
     }
     for (uint64_t i = 1; i <= seq; i++) {
-      const auto &frame = out.frames[i - 1];
+      const auto& frame = out.frames[i - 1];
       CHECK(out.headers[i - 1].first_seq == i);
       FrameHeader back;
       REQUIRE(!decode_frame_header(frame.data(), &back));
@@ -69,24 +66,19 @@ TEST_CASE(
       std::vector<uint8_t> raw;
       REQUIRE(!decode_payload(back, frame.data() + kFrameHeaderSize, &raw));
       ByteBuf want = raw_frame(back.raw_len, uint8_t(i));
-      CHECK(std::vector<uint8_t>(want.data(), want.data() + want.size()) ==
-            raw);
+      CHECK(std::vector<uint8_t>(want.data(), want.data() + want.size()) == raw);
     }
   }
 }
 
-TEST_CASE(
-    "frame compressor: a sink error stops the frames after it, for good") {
+TEST_CASE("frame compressor: a sink error stops the frames after it, for good") {
   std::vector<uint64_t> sunk;
-  FrameCompressor c(1, 0, 2, 3,
-                    [&](const FrameHeader &h, const uint8_t *, size_t) {
-                      if (h.first_seq == 4)
-                        return Status(ErrorKind::kFailure, "disk says no");
-                      sunk.push_back(h.first_seq);
-                      return Status::ok();
-                    });
-  for (uint64_t s = 1; s <= 9; s++)
-    (void)c.submit(raw_frame(5000, uint8_t(s)), header(s));
+  FrameCompressor c(1, 0, 2, 3, [&](const FrameHeader& h, const uint8_t*, size_t) {
+    if (h.first_seq == 4) return Status(ErrorKind::kFailure, "disk says no");
+    sunk.push_back(h.first_seq);
+    return Status::ok();
+  });
+  for (uint64_t s = 1; s <= 9; s++) (void)c.submit(raw_frame(5000, uint8_t(s)), header(s));
   Status st = c.drain();
   REQUIRE(!st);
   CHECK(st.message() == "disk says no");
@@ -107,12 +99,10 @@ TEST_CASE("frame compressor: destroyed with frames still queued") {
   // Must neither hang nor touch freed jobs.
   Sunk out;
   auto c = std::make_unique<FrameCompressor>(1, 0, 2, 8, out.sink());
-  for (uint64_t s = 1; s <= 8; s++)
-    (void)c->submit(raw_frame(200000, uint8_t(s)), header(s));
+  for (uint64_t s = 1; s <= 8; s++) (void)c->submit(raw_frame(200000, uint8_t(s)), header(s));
   c.reset();
   // What got through before the stop is a prefix, in order.
-  for (size_t i = 0; i < out.headers.size(); i++)
-    CHECK(out.headers[i].first_seq == i + 1);
+  for (size_t i = 0; i < out.headers.size(); i++) CHECK(out.headers[i].first_seq == i + 1);
 }
 
-} // namespace kvmcdp::journal
+}  // namespace kvmcdp::journal

@@ -1,6 +1,6 @@
 // The journal writer.  Records are serialized into a frame buffer as they
-// are appended; a full frame is handed to the compression thread
-// (frame_compressor.h), which compresses it and writes it to the segment
+// are appended; a full frame is handed to the compression threads
+// (frame_compressor.h), which compress it and write it to the segment
 // (and starts its writeback), so compression and disk writes run on
 // another core while the caller receives more records.  commit() waits for
 // the frames in flight and makes them durable with a single fdatasync:
@@ -128,7 +128,7 @@ Status JournalWriter::recover() {
 
 JournalWriter::~JournalWriter() {
   if (!failed_ && compressor_) (void)close();
-  compressor_.reset();  // its thread calls write_frame: stop it first
+  compressor_.reset();  // its threads call write_frame: stop them first
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -203,10 +203,11 @@ Result<uint64_t> JournalWriter::commit() {
   return durable_seq_;
 }
 
-// On the compression thread, in order: one frame into the open segment,
-// rotating first if the frame would not fit or the segment is too old (a
-// segment holds at least one frame).  A segment is made durable before
-// its index is written, so an index never describes bytes not on disk.
+// On a compression thread, one frame at a time, in order: the frame goes
+// into the open segment, rotating first if it would not fit or the segment
+// is too old (a segment holds at least one frame).  A segment is made
+// durable before its index is written, so an index never describes bytes
+// not on disk.
 Status JournalWriter::write_frame(const FrameHeader& h, const uint8_t* frame, size_t n) {
   uint64_t now = now_ns();
   bool full = seg_size_ + n > opts_.segment_max_bytes ||

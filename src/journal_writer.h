@@ -30,7 +30,7 @@ struct WriterOptions {
   uint64_t segment_max_age_ns = 3600ull * 1000000000ull;
   int zstd_level = 1;
   int zstd_workers = 0;  // ZSTD_c_nbWorkers: >0 compresses on other cores
-  // Full frames handed to the compression thread and not yet written;
+  // Full frames handed to the compression threads and not yet written;
   // append waits beyond this (it bounds memory, not the batch).
   uint32_t frames_in_flight = 4;
   // Threads that compress frames side by side (frames stay in order).
@@ -62,7 +62,7 @@ class JournalWriter {
 
   // Buffers a record.  Its seq must follow the last one (see
   // continuity_error); the first record of an empty journal may have any
-  // seq.  A full frame goes to the compression thread, which also writes
+  // seq.  A full frame goes to the compression threads, which also write
   // it to the segment (not yet durable); append waits only if
   // opts.frames_in_flight frames are still unwritten.  No I/O here.
   Status append(Record&& r);
@@ -103,8 +103,8 @@ class JournalWriter {
   ByteBuf raw_;
   FrameHeader cur_;
   // The open segment.  While frames are in flight only the compression
-  // thread (write_frame) touches what follows; the caller does after
-  // compressor_->drain().
+  // threads (write_frame, one at a time) touch what follows; the caller
+  // does after compressor_->drain().
   int fd_ = -1;
   uint64_t seg_number_ = 0;  // open segment, or the last one if none open
   uint64_t seg_size_ = 0;
