@@ -9,7 +9,7 @@
 # --quick shrinks every size (for trying the script; its figures mean
 # little).  BENCH_DIR picks the scratch directory (default
 # /var/tmp/kvmcdp-bench.PID, removed at the end unless BENCH_KEEP=1).
-# BENCH_SKIP_SETUP=1 skips scripts/setup.sh (e.g. while the patched QEMU
+# BENCH_ONLY picks steps (see the end).  BENCH_SKIP_SETUP=1 skips scripts/setup.sh (e.g. while the patched QEMU
 # for the current patch is not built yet) and then BENCH_QEMU_BIN (a bin/
 # with qemu-storage-daemon, qemu-nbd, qemu-img) and BENCH_KVMCDP (the
 # kvmcdp binary) override what build/env.sh says.
@@ -19,12 +19,15 @@
 # Guest I/O (figures 1-3).  One qemu-storage-daemon (the patched QEMU)
 # holds two identical preallocated raw disks, cache.direct=on, aio=native
 # (what a production VM with cache=none uses): disk0 is protected by
-# `kvmcdp protect --mode async|sync`, disk1 is the reference.  The daemon
+# `kvmcdp protect --mode async|sync`, disk1 is the reference.  The filter
+# only goes above a node that has a user, so protect attaches it to the
+# file node f0 under the raw node disk0 (disk0 is its user), and both
+# exports are of the raw nodes: disk0 -> filter -> f0 against disk1 -> f1.  The daemon
 # has two QMP monitors: protect gets one to itself (it attaches the cdp
 # filter, takes the base copy through its own NBD server, then stops that
 # server); once the base copy is complete we start our own NBD server on
-# the other monitor and export, writable, the filter node kvmcdp-disk0
-# (every write goes through the filter) and disk1 (no filter).  fio's nbd
+# the other monitor and export, writable, disk0 (every write goes
+# through the filter) and disk1 (no filter).  fio's nbd
 # engine then plays the guest.  Each fio job runs on both exports in the
 # order none, cdp, cdp, none and the two runs of each are averaged, so a
 # drift in the machine's load hits both sides alike.
@@ -58,6 +61,12 @@
 # --quick) random 4 KiB records over the same 1 GiB disk, restore time
 # each; linear growth is ~10x per step, quadratic ~100x.
 #
+# Snapshot pause (figure 8).  A qemu-storage-daemon exports a qcow2 disk
+# over NBD; while fio writes to it (4 KiB random, QD 16), `kvmcdp snapshot
+# create --qmp` takes 50 snapshots one after the other (20 with --quick)
+# and each prints how long guest I/O was paused; the figure is the p99
+# (nearest rank) of those pauses.
+#
 # No figure is asserted; the script fails only if a tool fails.
 set -euo pipefail
 
@@ -76,10 +85,14 @@ done
 if [ -z "${BENCH_SKIP_SETUP:-}" ]; then
   bash "$here/scripts/setup.sh"
 fi
-# shellcheck source=/dev/null
-source "$here/build/env.sh"
-QBIN=${BENCH_QEMU_BIN:-$KVMCDP_QEMU_PREFIX/bin}
-K=${BENCH_KVMCDP:-$KVMCDP}
+# Without setup, build/env.sh may not exist: the caller then exports what
+# it would (KVMCDP_QEMU_PREFIX, and KVMCDP or BENCH_KVMCDP).
+if [ -z "${BENCH_SKIP_SETUP:-}" ] || [ -f "$here/build/env.sh" ]; then
+  # shellcheck source=/dev/null
+  source "$here/build/env.sh"
+fi
+QBIN=${BENCH_QEMU_BIN:-${KVMCDP_QEMU_PREFIX:?set KVMCDP_QEMU_PREFIX or BENCH_QEMU_BIN}/bin}
+K=${BENCH_KVMCDP:-${KVMCDP:?set KVMCDP or BENCH_KVMCDP}}
 H=$here/scripts/bench
 B=${BENCH_DIR:-/var/tmp/kvmcdp-bench.$$}
 R=$B/results
@@ -107,10 +120,10 @@ qmp() { "$K" qmp --qmp "$1" "$2" >/dev/null; }
 
 if [ $quick = 1 ]; then
   fio_secs=3; fio_disk=256M; pool_mib=64; full_disk=$((256 << 20))
-  scale_counts=(1000 10000 100000)
+  scale_counts=(1000 10000 100000); snap_count=20
 else
   fio_secs=6; fio_disk=1G; pool_mib=512; full_disk=$((4 << 30))
-  scale_counts=(10000 100000 1000000)
+  scale_counts=(10000 100000 1000000); snap_count=50
 fi
 
 machine_json() {
@@ -160,14 +173,14 @@ guest_io() {
   local qsd=$!
   pids+=("$qsd")
   wait_for 20 test -S "$d/qmp-bench.sock" || die "qemu-storage-daemon did not start: $(cat "$d/qsd.log")"
-  "$K" protect --qmp "$d/qmp-protect.sock" --drive disk0 --store "$d/store" --mode "$mode" \
+  "$K" protect --qmp "$d/qmp-protect.sock" --drive f0 --store "$d/store" --mode "$mode" \
     >"$d/protect.log" 2>&1 &
   local prot=$!
   pids+=("$prot")
   wait_for 120 grep -q "base copy complete" "$d/protect.log" ||
     die "protect ($mode): no base copy: $(cat "$d/protect.log")"
   qmp "$d/qmp-bench.sock" "{\"execute\":\"nbd-server-start\",\"arguments\":{\"addr\":{\"type\":\"unix\",\"data\":{\"path\":\"$B/nbd.sock\"}}}}"
-  qmp "$d/qmp-bench.sock" '{"execute":"block-export-add","arguments":{"type":"nbd","id":"cdp","name":"cdp","node-name":"kvmcdp-disk0","writable":true}}'
+  qmp "$d/qmp-bench.sock" '{"execute":"block-export-add","arguments":{"type":"nbd","id":"cdp","name":"cdp","node-name":"disk0","writable":true}}'
   qmp "$d/qmp-bench.sock" '{"execute":"block-export-add","arguments":{"type":"nbd","id":"none","name":"none","node-name":"disk1","writable":true}}'
   local job args
   for job in seq1m rand4k flush64k; do
@@ -307,15 +320,56 @@ restore_scaling() {
   done
 }
 
+# ---------------------------------------------------------- snapshot pause
+snapshot_pause() {
+  local d=$B/snap i out
+  mkdir -p "$d"
+  log "snapshot pause: $snap_count snapshots under 4 KiB random writes"
+  "$QBIN/qemu-img" create -q -f qcow2 "$d/base.qcow2" "$fio_disk"
+  "$QBIN/qemu-storage-daemon" \
+    --blockdev "driver=file,filename=$d/base.qcow2,node-name=f0,cache.direct=on,aio=native" \
+    --blockdev driver=qcow2,file=f0,node-name=disk \
+    --nbd-server "addr.type=unix,addr.path=$d/nbd.sock" \
+    --export nbd,id=e0,node-name=disk,name=d,writable=on \
+    --chardev "socket,id=m0,path=$d/qmp.sock,server=on,wait=off" --monitor chardev=m0 \
+    >"$d/qsd.log" 2>&1 &
+  local qsd=$!
+  pids+=("$qsd")
+  wait_for 20 test -S "$d/qmp.sock" || die "qemu-storage-daemon did not start: $(cat "$d/qsd.log")"
+  # The load runs until it is stopped, whatever the snapshots take.
+  fio --name=snapload --ioengine=nbd --uri="nbd+unix:///d?socket=$d/nbd.sock" \
+    --size="$fio_disk" --time_based --runtime=3600 --rw=randwrite --bs=4k --iodepth=16 \
+    --randrepeat=0 --output-format=json --output="$R/fio-snapload.json" \
+    >/dev/null 2>"$d/fio.err" &
+  local load=$!
+  pids+=("$load")
+  sleep 2
+  kill -0 "$load" 2>/dev/null || die "fio (snapshot load) failed: $(cat "$d/fio.err")"
+  : >"$R/snapshot-pauses"
+  for i in $(seq 1 "$snap_count"); do
+    local drive=()
+    [ "$i" = 1 ] && drive=(--drive disk)
+    out=$("$K" snapshot create "s$i" --tree "$d/tree" --qmp "$d/qmp.sock" "${drive[@]}") ||
+      die "snapshot create s$i failed: $out"
+    sed -n 's/^I\/O paused for \([0-9.]*\) ms$/\1/p' <<<"$out" >>"$R/snapshot-pauses"
+  done
+  kill -TERM "$load"; wait "$load" || true
+  kill -TERM "$qsd"; wait "$qsd" || true
+  [ "$(wc -l <"$R/snapshot-pauses")" = "$snap_count" ] ||
+    die "snapshot create did not report $snap_count pauses"
+  rm -rf "$d"
+}
+
 t0=$(date +%s)
-guest_io async
-guest_io sync
-make_pools
-ingest comp
-ingest rand
-remote_ingest
-full_restore
-restore_scaling
+for step in "guest_io async" "guest_io sync" make_pools "ingest comp" "ingest rand" \
+  remote_ingest full_restore restore_scaling snapshot_pause; do
+  # BENCH_ONLY="snapshot_pause ingest" runs only the steps named (and the
+  # pools the ingest and restore steps read).
+  if [ -n "${BENCH_ONLY:-}" ] && [ "$step" != make_pools ]; then
+    case " $BENCH_ONLY " in *" ${step%% *} "*) ;; *) continue ;; esac
+  fi
+  $step
+done
 echo $(($(date +%s) - t0)) >"$R/wall-seconds"
 mkdir -p "$(dirname "$out")"
 python3 "$H/report.py" "$R" "$out"

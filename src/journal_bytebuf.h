@@ -7,11 +7,24 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <utility>
 
 namespace kvmcdp::journal {
 
 class ByteBuf {
  public:
+  ByteBuf() = default;
+  // A moved-from buffer is empty with no storage (the defaulted move would
+  // leave it claiming the capacity it gave away).  Buffers are moved
+  // between the writer and its compression thread to be reused.
+  ByteBuf(ByteBuf&& o) noexcept { *this = std::move(o); }
+  ByteBuf& operator=(ByteBuf&& o) noexcept {
+    p_ = std::move(o.p_);
+    size_ = o.size_;
+    cap_ = o.cap_;
+    o.size_ = o.cap_ = 0;
+    return *this;
+  }
   uint8_t* data() { return p_.get(); }
   const uint8_t* data() const { return p_.get(); }
   size_t size() const { return size_; }

@@ -106,13 +106,29 @@ void serialize_record(const Record& r, std::vector<uint8_t>* buf) {
 }
 
 void encode_record_header(const Record& r, uint8_t* p) {
+  encode_record_header(view_of(r), p);
+}
+
+void encode_record_header(const RecordView& r, uint8_t* p) {
   put64(p + 0, r.seq);
   put64(p + 8, r.time_ns);
   put64(p + 16, r.offset);
   put64(p + 24, r.length);
   put16(p + 32, static_cast<uint16_t>(r.type));
   put16(p + 34, r.flags);
-  put32(p + 36, static_cast<uint32_t>(r.data.size()));
+  put32(p + 36, r.data_len);
+}
+
+RecordView view_of(const Record& r) {
+  return RecordView{r.seq,    r.time_ns, r.type,
+                    r.flags,  r.offset,  r.length,
+                    r.data.data(), static_cast<uint32_t>(r.data.size())};
+}
+
+RecordView view_of(const wire::MsgHeader& h, const uint8_t* payload) {
+  return RecordView{h.seq,    h.time_ns, static_cast<RecordType>(h.type),
+                    h.flags,  h.offset,  h.length,
+                    payload,  h.payload_len};
 }
 
 std::optional<std::string> parse_records(

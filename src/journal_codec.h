@@ -67,6 +67,11 @@ std::optional<std::string> decode_frame_header(const uint8_t* p,
 
 // Writes the 40-byte record header of `r` (its data follows it).
 void encode_record_header(const Record& r, uint8_t out[kRecordHeaderSize]);
+void encode_record_header(const RecordView& r, uint8_t out[kRecordHeaderSize]);
+// Views that borrow the data of an owning record, or of a stream message
+// still in the receive buffer (so it is copied once, into the frame).
+RecordView view_of(const Record& r);
+RecordView view_of(const wire::MsgHeader& h, const uint8_t* payload);
 // Appends the 40-byte record header and the record's data to `buf`.
 void serialize_record(const Record& r, std::vector<uint8_t>* buf);
 inline size_t serialized_size(const Record& r) {

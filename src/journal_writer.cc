@@ -1,8 +1,11 @@
 // The journal writer.  Records are serialized into a frame buffer as they
-// are appended; a full frame is compressed at once (so compression overlaps
-// with the caller receiving more records), and commit() writes all pending
-// frames with a single pwrite and a single fdatasync: group commit, so the
-// cost of durability is per batch, not per record.  Rotation happens only
+// are appended; a full frame is handed to the compression threads
+// (frame_compressor.h), which compress it and write it to the segment
+// (and starts its writeback), so compression and disk writes run on
+// another core while the caller receives more records.  commit() waits for
+// the frames in flight and makes them durable with a single fdatasync:
+// group commit, so the cost of durability is per batch, not per record,
+// and most of the data is already on its way to the disk by then.  Rotation happens only
 // between frames, and a closed segment gets its .idx written atomically.
 #include "journal_writer.h"
 
@@ -64,10 +67,12 @@ Result<std::unique_ptr<JournalWriter>> JournalWriter::open(
                       std::to_string(w->stream_id_) + ", not " +
                       std::to_string(opts.stream_id));
   if (w->stream_id_ == 0) w->stream_id_ = opts.stream_id;
-  w->cctx_ = ZSTD_createCCtx();
-  ZSTD_CCtx_setParameter(w->cctx_, ZSTD_c_compressionLevel, opts.zstd_level);
-  if (opts.zstd_workers > 0)  // ignored if libzstd lacks threads
-    ZSTD_CCtx_setParameter(w->cctx_, ZSTD_c_nbWorkers, opts.zstd_workers);
+  JournalWriter* self = w.get();
+  w->compressor_ = std::make_unique<FrameCompressor>(
+      opts.zstd_level, opts.zstd_workers, opts.compress_threads, opts.frames_in_flight,
+      [self](const FrameHeader& h, const uint8_t* frame, size_t n) {
+        return self->write_frame(h, frame, n);
+      });
   return w;
 }
 
@@ -79,7 +84,7 @@ Result<std::unique_ptr<JournalWriter>> JournalWriter::open(
 Status JournalWriter::recover() {
   auto segs = list_segments(store_);
   if (!segs) return segs.status();
-  stats_.segments = segs->size();
+  segments_ = segs->size();
   while (!segs->empty()) {
     uint64_t n = segs->back();
     std::string path = segment_path(store_, n);
@@ -100,7 +105,7 @@ Status JournalWriter::recover() {
         return Status(ErrorKind::kFailure, fsutil::errno_message("remove", path));
       if (auto s = fsutil::fsync_dir(journal_dir(store_)); !s) return s;
       segs->pop_back();
-      stats_.segments--;
+      segments_--;
       seg_number_ = std::max(seg_number_, n - 1);
       continue;
     }
@@ -113,7 +118,7 @@ Status JournalWriter::recover() {
         return s;
     }
     stream_id_ = sf->header.stream_id;
-    durable_seq_ = appended_seq_ = sf->frames.back().last_seq;
+    durable_seq_ = appended_seq_ = written_seq_ = sf->frames.back().last_seq;
     have_appended_ = true;
     seg_number_ = n;
     break;
@@ -122,23 +127,40 @@ Status JournalWriter::recover() {
 }
 
 JournalWriter::~JournalWriter() {
-  if (!failed_) (void)close();
-  if (cctx_) ZSTD_freeCCtx(cctx_);
+  if (!failed_ && compressor_) (void)close();
+  compressor_.reset();  // its threads call write_frame: stop them first
+  if (fd_ >= 0) ::close(fd_);
+}
+
+WriterStats JournalWriter::stats() const {
+  WriterStats st;
+  st.segments = segments_;
+  st.current_segment = current_segment_;
+  st.records = records_;
+  st.raw_bytes = raw_bytes_;
+  st.compressed_bytes = compressed_bytes_;
+  st.commits = commits_;
+  return st;
 }
 
 Status JournalWriter::append(Record&& r) {
+  if (r.data.size() > kMaxFrameRaw)
+    return {ErrorKind::kFailure, "append: record too large"};
+  return append(view_of(r));
+}
+
+Status JournalWriter::append(const RecordView& r) {
   if (failed_) return *failed_;
   if (have_appended_)
     if (auto e = continuity_error(appended_seq_, r.seq, r.type, r.offset))
       return {ErrorKind::kFailure, "append: " + *e};
-  if (r.type == RecordType::kWrite && r.data.size() != r.length)
+  if (r.type == RecordType::kWrite && r.data_len != r.length)
     return {ErrorKind::kFailure, "append: write record data length differs "
                                  "from its length"};
-  size_t size = serialized_size(r);
+  size_t size = size_t{kRecordHeaderSize} + r.data_len;
   if (size > kMaxFrameRaw)
     return {ErrorKind::kFailure, "append: record too large"};
   if (!raw_.empty() && raw_.size() + size > opts_.frame_raw_bytes) finish_frame();
-  if (failed_) return *failed_;
   if (raw_.empty()) {
     cur_ = FrameHeader{};
     cur_.first_seq = r.seq;
@@ -151,89 +173,69 @@ Status JournalWriter::append(Record&& r) {
   size_t at = raw_.size();
   raw_.resize(at + size);
   encode_record_header(r, raw_.data() + at);
-  if (!r.data.empty())
-    std::memcpy(raw_.data() + at + kRecordHeaderSize, r.data.data(), r.data.size());
+  if (r.data_len)
+    std::memcpy(raw_.data() + at + kRecordHeaderSize, r.data, r.data_len);
   appended_seq_ = r.seq;
   have_appended_ = true;
-  stats_.records++;
-  stats_.raw_bytes += size;
+  records_++;
+  raw_bytes_ += size;
   return {};
 }
 
 void JournalWriter::finish_frame() {
   if (raw_.empty()) return;
-  size_t bound = ZSTD_compressBound(raw_.size());
-  size_t at = out_.size();
-  out_.resize(at + kFrameHeaderSize + bound);
-  uint8_t* payload = out_.data() + at + kFrameHeaderSize;
-  size_t n = ZSTD_compress2(cctx_, payload, bound, raw_.data(), raw_.size());
-  if (ZSTD_isError(n)) {
-    out_.resize(at);
-    failed_ = Status(ErrorKind::kFailure,
-                     std::string("zstd: ") + ZSTD_getErrorName(n));
-    return;
-  }
-  cur_.payload_len = static_cast<uint32_t>(n);
-  cur_.raw_len = static_cast<uint32_t>(raw_.size());
-  cur_.payload_crc = crc32c(payload, n);
-  encode_frame_header(cur_, out_.data() + at);
-  out_.resize(at + kFrameHeaderSize + n);
-  pending_.push_back(Pending{
-      at, FrameInfo{0, 0, uint32_t(kFrameHeaderSize + n), cur_.count,
-                    cur_.first_seq, cur_.last_seq, cur_.first_ns, cur_.last_ns,
-                    cur_.flags}});
-  raw_.clear();
+  raw_ = compressor_->submit(std::move(raw_), cur_);
 }
 
 Result<uint64_t> JournalWriter::commit() {
   if (failed_) return *failed_;
   finish_frame();
-  if (failed_) return *failed_;
-  uint64_t now = now_ns();
-  size_t i = 0;
-  while (i < pending_.size()) {
-    const uint64_t max = opts_.segment_max_bytes;
-    bool full = seg_size_ + pending_[i].info.length > max ||
-                now - seg_created_ns_ >= opts_.segment_max_age_ns;
-    if (fd_ >= 0 && seg_frames_.size() > 0 && full) {
-      if (auto s = seal_segment(); !s) return *(failed_ = s);
-    }
-    if (fd_ < 0)
-      if (auto s = open_segment(now); !s) return *(failed_ = s);
-    // Every frame goes into the open segment; a segment holds at least one.
-    size_t j = i + 1;
-    uint64_t size = seg_size_ + pending_[i].info.length;
-    while (j < pending_.size() && size + pending_[j].info.length <= max) {
-      size += pending_[j].info.length;
-      j++;
-    }
-    if (auto s = write_pending(i, j); !s) return *(failed_ = s);
-    i = j;
+  if (auto s = compressor_->drain(); !s) return *(failed_ = s);
+  if (unsynced_) {
+    if (::fdatasync(fd_) != 0)
+      return *(failed_ = Status(ErrorKind::kFailure,
+                                fsutil::errno_message("fdatasync",
+                                                      segment_path(store_, seg_number_))));
+    unsynced_ = false;
+    commits_++;
   }
-  if (!pending_.empty()) durable_seq_ = pending_.back().info.last_seq;
-  out_.clear();
-  pending_.clear();
+  durable_seq_ = written_seq_;
   return durable_seq_;
 }
 
-Status JournalWriter::write_pending(size_t from, size_t to) {
-  size_t begin = pending_[from].pos;
-  size_t end = pending_[to - 1].pos + pending_[to - 1].info.length;
-  std::string path = segment_path(store_, seg_number_);
-  if (auto s = fsutil::pwrite_all(fd_, out_.data() + begin, end - begin,
-                                  seg_size_, path); !s)
-    return s;
-  if (::fdatasync(fd_) != 0)
-    return {ErrorKind::kFailure, fsutil::errno_message("fdatasync", path)};
-  for (size_t k = from; k < to; k++) {
-    FrameInfo f = pending_[k].info;
-    f.segment = seg_number_;
-    f.offset = seg_size_ + (pending_[k].pos - begin);
-    seg_frames_.push_back(f);
+// On a compression thread, one frame at a time, in order: the frame goes
+// into the open segment, rotating first if it would not fit or the segment
+// is too old (a segment holds at least one frame).  A segment is made
+// durable before its index is written, so an index never describes bytes
+// not on disk.
+Status JournalWriter::write_frame(const FrameHeader& h, const uint8_t* frame, size_t n) {
+  uint64_t now = now_ns();
+  bool full = seg_size_ + n > opts_.segment_max_bytes ||
+              now - seg_created_ns_ >= opts_.segment_max_age_ns;
+  if (fd_ >= 0 && !seg_frames_.empty() && full) {
+    if (unsynced_) {
+      if (::fdatasync(fd_) != 0)
+        return {ErrorKind::kFailure,
+                fsutil::errno_message("fdatasync", segment_path(store_, seg_number_))};
+      unsynced_ = false;
+      commits_++;
+    }
+    if (auto s = seal_segment(); !s) return s;
   }
-  seg_size_ += end - begin;
-  stats_.compressed_bytes += end - begin;
-  stats_.commits++;
+  if (fd_ < 0)
+    if (auto s = open_segment(now); !s) return s;
+  if (auto s = fsutil::pwrite_all(fd_, frame, n, seg_size_, segment_path(store_, seg_number_));
+      !s)
+    return s;
+  // Start the writeback now, so that commit's fdatasync finds little left
+  // to do.  Only a hint: fdatasync is what makes the frame durable.
+  (void)::sync_file_range(fd_, off64_t(seg_size_), off64_t(n), SYNC_FILE_RANGE_WRITE);
+  seg_frames_.push_back(FrameInfo{seg_number_, seg_size_, uint32_t(n), h.count, h.first_seq,
+                                  h.last_seq, h.first_ns, h.last_ns, h.flags});
+  seg_size_ += n;
+  compressed_bytes_ += n;
+  written_seq_ = h.last_seq;
+  unsynced_ = true;
   return {};
 }
 
@@ -253,8 +255,8 @@ Status JournalWriter::open_segment(uint64_t now) {
   seg_size_ = kSegmentHeaderSize;
   seg_created_ns_ = now;
   seg_frames_.clear();
-  stats_.segments++;
-  stats_.current_segment = n;
+  segments_++;
+  current_segment_ = n;
   return {};
 }
 
@@ -264,7 +266,7 @@ Status JournalWriter::seal_segment() {
     return s;
   ::close(fd_);
   fd_ = -1;
-  stats_.current_segment = 0;
+  current_segment_ = 0;
   return {};
 }
 

@@ -2,18 +2,19 @@
 //
 //   auto w = JournalWriter::open(store, opts);      // recovers the tail
 //   w->append(std::move(rec)); ...                   // buffers, no syscalls
+//   w->append(view_of(msg_header, payload));         // the same, one copy
 //   auto durable = w->commit();                      // one fdatasync
 //   // ack the filter up to *durable only now
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include <zstd.h>
-
+#include "frame_compressor.h"
 #include "journal_bytebuf.h"
 #include "journal_codec.h"
 #include "record.h"
@@ -29,6 +30,11 @@ struct WriterOptions {
   uint64_t segment_max_age_ns = 3600ull * 1000000000ull;
   int zstd_level = 1;
   int zstd_workers = 0;  // ZSTD_c_nbWorkers: >0 compresses on other cores
+  // Full frames handed to the compression threads and not yet written;
+  // append waits beyond this (it bounds memory, not the batch).
+  uint32_t frames_in_flight = 4;
+  // Threads that compress frames side by side (frames stay in order).
+  uint32_t compress_threads = 2;
   uint32_t frame_raw_bytes = 1u << 20;  // records per frame, uncompressed
   bool take_lock = true;  // false if the caller already holds StoreLock
 };
@@ -56,11 +62,16 @@ class JournalWriter {
 
   // Buffers a record.  Its seq must follow the last one (see
   // continuity_error); the first record of an empty journal may have any
-  // seq.  May compress a full frame; never does I/O.
+  // seq.  A full frame goes to the compression threads, which also write
+  // it to the segment (not yet durable); append waits only if
+  // opts.frames_in_flight frames are still unwritten.  No I/O here.
   Status append(Record&& r);
-  // Writes every buffered record and makes it durable with one fdatasync
-  // (two if a segment rotates).  Returns the last durable seq.  After an
-  // I/O error the writer refuses further work: reopen to recover.
+  // The same from a view: the data is copied once, straight into the frame.
+  Status append(const RecordView& r);
+  // Hands over the partial frame, waits until every frame is written and
+  // makes them durable with one fdatasync (another one per segment
+  // rotation, before its index is written).  Returns the last durable seq.
+  // After an I/O error the writer refuses further work: reopen to recover.
   Result<uint64_t> commit();
   // Commits and closes the current segment (writes its index).
   Status close();
@@ -68,44 +79,43 @@ class JournalWriter {
   uint64_t last_durable_seq() const { return durable_seq_; }  // 0: none
   uint64_t last_appended_seq() const { return appended_seq_; }
   uint64_t stream_id() const { return stream_id_; }
-  WriterStats stats() const { return stats_; }
+  WriterStats stats() const;
 
  private:
   JournalWriter() = default;
   Status recover();
   void finish_frame();
+  Status write_frame(const FrameHeader& h, const uint8_t* frame, size_t n);
   Status open_segment(uint64_t now_ns);
   Status seal_segment();
-  Status write_pending(size_t from, size_t to);
-
-  struct Pending {
-    size_t pos;
-    FrameInfo info;
-  };
 
   std::string store_;
   WriterOptions opts_;
   std::optional<StoreLock> lock_;
   std::optional<Damage> recovered_;
   std::optional<Status> failed_;
-  ZSTD_CCtx* cctx_ = nullptr;
+  std::unique_ptr<FrameCompressor> compressor_;
   uint64_t stream_id_ = 0;
   uint64_t durable_seq_ = 0;
   uint64_t appended_seq_ = 0;
   bool have_appended_ = false;
-  // The frame being filled.
+  // The frame being filled (then handed to compressor_).
   ByteBuf raw_;
   FrameHeader cur_;
-  // Compressed frames (header + payload) not yet written.
-  ByteBuf out_;
-  std::vector<Pending> pending_;
-  // The open segment.
+  // The open segment.  While frames are in flight only the compression
+  // threads (write_frame, one at a time) touch what follows; the caller
+  // does after compressor_->drain().
   int fd_ = -1;
   uint64_t seg_number_ = 0;  // open segment, or the last one if none open
   uint64_t seg_size_ = 0;
   uint64_t seg_created_ns_ = 0;
   std::vector<FrameInfo> seg_frames_;
-  WriterStats stats_;
+  uint64_t written_seq_ = 0;  // last seq written (durable after fdatasync)
+  bool unsynced_ = false;     // frames written since the last fdatasync
+  uint64_t records_ = 0, raw_bytes_ = 0;  // the caller's counters
+  // Counters the compression thread updates; stats() may read them anytime.
+  std::atomic<uint64_t> segments_{0}, current_segment_{0}, compressed_bytes_{0},
+      commits_{0};
 };
 
 }  // namespace kvmcdp::journal

@@ -2,8 +2,10 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <filesystem>
 
 #include "journal_reader.h"
@@ -18,6 +20,34 @@ std::vector<uint8_t> pattern(size_t n, uint8_t seed) {
   std::vector<uint8_t> v(n);
   for (size_t i = 0; i < n; i++) v[i] = uint8_t(seed + i * 7);
   return v;
+}
+
+// Bytes zstd cannot shrink (xorshift), so their frames are as big as they.
+std::vector<uint8_t> noise(size_t n, uint64_t seed) {
+  std::vector<uint8_t> v(n);
+  uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+  for (auto& b : v) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    b = uint8_t(x);
+  }
+  return v;
+}
+
+// Every record the journal in `dir` holds, checked against pattern().
+uint64_t count_pattern_records(const std::string& dir) {
+  auto r = JournalReader::open(dir);
+  REQUIRE(r);
+  uint64_t next = 1;
+  REQUIRE((*r)->for_each_record(1, [&](const RecordView& v) {
+    CHECK(v.seq == next);
+    CHECK(std::vector<uint8_t>(v.data, v.data + v.data_len) ==
+          pattern(v.data_len, uint8_t(v.seq)));
+    next++;
+    return true;
+  }));
+  return next - 1;
 }
 }  // namespace
 
@@ -104,6 +134,104 @@ TEST_CASE("stream id mismatch is refused") {
   WriterOptions o;
   o.stream_id = 2;
   CHECK(!JournalWriter::open(d.path, o));
+}
+
+TEST_CASE("many frames in flight: every commit is durable up to what was appended") {
+  // Tiny frames, so each commit collects many frames from the compression
+  // thread; after each commit a fresh reader must see exactly the records
+  // appended so far, written and in order.
+  TempDir d;
+  WriterOptions o;
+  o.frame_raw_bytes = 600;
+  o.frames_in_flight = 2;
+  o.segment_max_bytes = 64 << 10;
+  auto w = JournalWriter::open(d.path, o);
+  REQUIRE(w);
+  uint64_t seq = 0;
+  for (uint64_t batch : {1u, 7u, 150u, 2u, 400u}) {
+    for (uint64_t k = 0; k < batch; k++) {
+      seq++;
+      auto data = pattern(100 + seq % 900, uint8_t(seq));
+      // Both append paths: the owning one and the view the receiver uses.
+      if (seq % 2) {
+        REQUIRE((*w)->append(write_rec(seq, seq * 4096, std::move(data))));
+      } else {
+        Record r = write_rec(seq, seq * 4096, std::move(data));
+        REQUIRE((*w)->append(view_of(r)));
+      }
+    }
+    auto c = (*w)->commit();
+    REQUIRE(c);
+    CHECK(*c == seq);
+    CHECK(count_pattern_records(d.path) == seq);
+  }
+  CHECK((*w)->stats().segments > 1);
+  REQUIRE((*w)->close());
+  auto v = verify_journal(d.path);
+  REQUIRE(v);
+  CHECK(v->ok());
+  CHECK(v->records == seq);
+}
+
+TEST_CASE("view append refuses what the owning append refuses") {
+  TempDir d;
+  auto w = JournalWriter::open(d.path, {});
+  REQUIRE(w);
+  REQUIRE((*w)->append(write_rec(1, 0, pattern(10, 1))));
+  Record bad = write_rec(2, 0, pattern(10, 2));
+  RecordView v = view_of(bad);
+  v.data_len = 9;  // a write whose data is shorter than its length
+  CHECK(!(*w)->append(v));
+  v = view_of(bad);
+  v.seq = 3;  // not consecutive
+  CHECK(!(*w)->append(v));
+  REQUIRE((*w)->append(view_of(bad)));
+  CHECK(*(*w)->commit() == 2);
+}
+
+TEST_CASE("a failed write with frames in flight: commit and every later call fail") {
+  // The segment may not grow past 256 KiB (RLIMIT_FSIZE: the write fails
+  // with EFBIG), and 2 MiB of incompressible records are in flight.
+  TempDir d;
+  WriterOptions o;
+  o.frame_raw_bytes = 64 << 10;
+  o.frames_in_flight = 2;
+  uint64_t durable = 0;
+  {
+    auto w = JournalWriter::open(d.path, o);
+    REQUIRE(w);
+    for (uint64_t s = 1; s <= 2; s++) REQUIRE((*w)->append(write_rec(s, 0, noise(4096, s))));
+    durable = *(*w)->commit();
+    REQUIRE(durable == 2);
+    rlimit old;
+    REQUIRE(getrlimit(RLIMIT_FSIZE, &old) == 0);
+    auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+    rlimit small = old;
+    small.rlim_cur = 256 << 10;
+    REQUIRE(setrlimit(RLIMIT_FSIZE, &small) == 0);
+    for (uint64_t s = 3; s <= 34; s++)
+      REQUIRE((*w)->append(write_rec(s, 0, noise(64 << 10, s))));
+    auto c = (*w)->commit();
+    REQUIRE(setrlimit(RLIMIT_FSIZE, &old) == 0);
+    std::signal(SIGXFSZ, old_handler);
+    REQUIRE(!c);
+    CHECK(c.status().kind() == ErrorKind::kFailure);
+    CHECK((*w)->last_durable_seq() == durable);
+    // The writer refuses further work with the same error.
+    auto again = (*w)->append(write_rec(35, 0, noise(10, 35)));
+    CHECK(!again);
+    CHECK(again.message() == c.status().message());
+    CHECK(!(*w)->commit());
+    CHECK(!(*w)->close());
+  }
+  // Reopening recovers what is whole; nothing before the failure is lost.
+  auto w = JournalWriter::open(d.path, o);
+  REQUIRE(w);
+  CHECK((*w)->last_durable_seq() >= durable);
+  CHECK((*w)->last_durable_seq() < 34);
+  auto v = verify_journal(d.path);
+  REQUIRE(v);
+  CHECK(v->ok());
 }
 
 }  // namespace kvmcdp::journal

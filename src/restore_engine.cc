@@ -9,7 +9,8 @@
 //     Write data goes straight to the output at once (so memory holds one
 //     frame, not the journal); write-zeroes and discards just cover their
 //     range and leave a hole.  The pass stops early once the whole disk is
-//     covered.
+//     covered.  Frames are read and decompressed a little ahead on a
+//     second thread (frame_prefetcher.h), beside the writes.
 //  2. Base pass: the data extents of the sparse base image (SEEK_DATA /
 //     SEEK_HOLE) are copied, with copy_file_range, into whatever the
 //     journal did not cover.  Holes stay holes.
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "extent_map.h"
+#include "frame_prefetcher.h"
 #include "fsutil.h"
 #include "journal_ranges.h"
 #include "journal_reader.h"
@@ -102,13 +104,20 @@ Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
   // Step 3: journal pass, newest first, down to what a fold put into the
   // base (records <= folded_seq are already there).
   ExtentMap done;
-  std::vector<uint8_t> raw;
-  std::vector<RecordView> recs;
   size_t first = r.frames().size();
   while (first > 0 && r.frames()[first - 1].first_seq > target_seq) first--;
-  for (size_t i = first; i-- > 0 && !done.covers(size);) {
+  std::vector<size_t> order;
+  for (size_t i = first; i-- > 0;) {
     if (m->folded_seq && r.frames()[i].last_seq <= m->folded_seq) break;
-    if (auto s = r.read_frame(i, &raw, &recs); !s) return fail(s);
+    order.push_back(i);
+  }
+  journal::FramePrefetcher frames(r, std::move(order));
+  while (!done.covers(size)) {
+    journal::FramePrefetcher::Frame* f = frames.next();
+    if (!f) break;
+    if (!f->status) return fail(f->status);
+    const size_t i = f->index;
+    const std::vector<RecordView>& recs = f->records;
     st.frames_read++;
     st.frame_bytes += r.frames()[i].length;
     for (size_t k = recs.size(); k-- > 0;) {
@@ -132,6 +141,7 @@ Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
       });
       if (!err) return fail(err);
     }
+    frames.release(f);
     if (progress) progress({"journal", first - i, first});
   }
 

@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -62,10 +64,37 @@ Status rebase_safe(const std::string& path, const std::string& new_backing,
   return run_process(argv);
 }
 
+namespace {
+
+// Node name -> the file name of its "file" child, from the block graph.
+Result<std::map<std::string, std::string>> file_child_names(QmpClient& qmp,
+                                                            const json& nodes) {
+  QmpReply g = qmp.execute("x-debug-query-block-graph");
+  if (!g.ok()) return Status(ErrorKind::kQemu, "x-debug-query-block-graph: " + g.message);
+  std::map<int64_t, std::string> name_of;  // graph id -> node name
+  for (const auto& n : g.value.value("nodes", json::array()))
+    name_of[n.value("id", int64_t{-1})] = n.value("name", "");
+  std::map<std::string, std::string> file_of;  // node name -> its file name
+  for (const auto& n : nodes) file_of[n.value("node-name", "")] = n.value("file", "");
+  std::map<std::string, std::string> out;
+  for (const auto& e : g.value.value("edges", json::array())) {
+    if (e.value("name", "") != "file") continue;
+    auto parent = name_of.find(e.value("parent", int64_t{-1}));
+    auto child = name_of.find(e.value("child", int64_t{-1}));
+    if (parent == name_of.end() || child == name_of.end()) continue;
+    auto f = file_of.find(child->second);
+    if (f != file_of.end() && f->second.rfind("json:", 0) != 0) out[parent->second] = f->second;
+  }
+  return out;
+}
+
+}  // namespace
+
 Result<std::vector<QemuNode>> qemu_format_nodes(QmpClient& qmp) {
   QmpReply r = qmp.execute("query-named-block-nodes", {{"flat", true}});
   if (!r.ok()) return Status(ErrorKind::kQemu, "query-named-block-nodes: " + r.message);
   std::vector<QemuNode> out;
+  std::optional<std::map<std::string, std::string>> file_children;
   for (const auto& n : r.value) {
     QemuNode q;
     q.node_name = n.value("node-name", "");
@@ -75,8 +104,19 @@ Result<std::vector<QemuNode>> qemu_format_nodes(QmpClient& qmp) {
     // "backing": null) is named by its options: json:{...,"file":{...}}.
     if (q.filename.rfind("json:", 0) == 0) {
       json spec = json::parse(q.filename.substr(5), nullptr, false);
-      if (spec.is_object() && spec.contains("file") && spec["file"].is_object())
+      if (spec.is_object() && spec.contains("file") && spec["file"].is_object()) {
         q.filename = spec["file"].value("filename", q.filename);
+      } else {
+        // QEMU cuts a name at PATH_MAX: a chain of some 30 overlays is
+        // longer.  Its file child (a protocol node) still has a plain name.
+        if (!file_children) {
+          auto c = file_child_names(qmp, r.value);
+          if (!c) return c.status();
+          file_children = std::move(*c);
+        }
+        if (auto it = file_children->find(q.node_name); it != file_children->end())
+          q.filename = it->second;
+      }
     }
     if (n.contains("image")) q.virtual_size = n["image"].value("virtual-size", uint64_t{0});
     out.push_back(q);

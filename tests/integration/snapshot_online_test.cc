@@ -304,4 +304,43 @@ TEST_CASE("snapshot: online delete of a node whose child is on another branch") 
   vm.stop_and_check_files();
 }
 
+// A chain so long that QEMU's name for the running disk, json:{...} with
+// every backing level in it, is cut at PATH_MAX: the disk is still found
+// (by its file child) and snapshots go on.
+TEST_CASE("snapshot: online create past QEMU's file name limit") {
+  Vm vm;
+  std::string base = vm.dir.file("base.qcow2");
+  REQUIRE(run_command({qemu_bin("qemu-img"), "create", "-q", "-f", "qcow2", base, "8M"}).status == 0);
+  vm.start(base);
+  bool cut = false;
+  int n = 0;
+  // Each level adds some 100 bytes to the name; 4096 is reached well
+  // before 80 levels.
+  while (!cut && n < 80) {
+    n++;
+    std::vector<std::string> args = {"snapshot", "create", fmt::format("s{}", n), "--tree",
+                                     vm.tree, "--qmp", vm.qmp};
+    if (n == 1) args.insert(args.end(), {"--drive", "disk"});
+    auto r = vm.kvmcdp(args);
+    REQUIRE_MESSAGE(r.status == 0, "snapshot ", n, ": ", r.output);
+    auto nodes = vm.qsd->qmp().execute("query-named-block-nodes", {{"flat", true}});
+    REQUIRE(nodes.ok());
+    for (const auto& node : nodes.value) {
+      std::string file = node.value("file", "");
+      if (file.rfind("json:", 0) == 0 && !json::accept(file.substr(5))) cut = true;
+    }
+  }
+  REQUIRE_MESSAGE(cut, "QEMU never cut a name in ", n, " levels");
+  // Two more once the name is cut, with writes between.
+  for (int k = 0; k < 2; k++) {
+    vm.guest_write(k + 1, fmt::format("{}M", k), "1M");
+    auto r = vm.kvmcdp({"snapshot", "create", fmt::format("t{}", k), "--tree", vm.tree, "--qmp",
+                        vm.qmp});
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+    CHECK(r.output.find("I/O paused for ") != std::string::npos);
+  }
+  CHECK(vm.meta()["active"] == vm.meta()["nodes"].back()["name"]);
+  vm.stop_and_check_files();
+}
+
 }  // namespace kvmcdp::test
