@@ -112,17 +112,11 @@ struct Extent {
   int64_t spool;  // offset in the spool file, -1 for zeroes
 };
 
-// Steps 2-3 for one point: an overlay on `parent` holding (parent, seq].
-Result<BuiltNode> build_one(Tree& t, StoreView& view, const TreeNode& parent, uint64_t seq,
-                            const std::string& path) {
-  BuiltNode b;
-  b.name = built_node_name(seq);
-  b.seq = seq;
-  b.parent = parent.name;
-  const uint64_t size = view.manifest.disk_size;
-  if (auto s = create_overlay(path, relative_backing(path, t.path_of(parent)), "qcow2", size); !s)
-    return s;
+}  // namespace
 
+Result<DeltaStats> write_delta_into(StoreView& view, uint64_t from_seq, uint64_t to_seq,
+                                    const std::string& path) {
+  const uint64_t size = view.manifest.disk_size;
   // The delta, spooled to one file (memory holds one frame at a time).
   std::string spool_path = path + ".spool";
   fsutil::Fd spool(::open(spool_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
@@ -133,7 +127,7 @@ Result<BuiltNode> build_one(Tree& t, StoreView& view, const TreeNode& parent, ui
   } cleanup{spool_path};
   std::vector<Extent> extents;
   uint64_t spooled = 0;
-  auto delta = journal_delta(*view.reader, *parent.point, seq, size,
+  auto delta = journal_delta(*view.reader, from_seq, to_seq, size,
                              [&](uint64_t off, uint64_t len, const uint8_t* data) -> Status {
                                if (!data) {
                                  extents.push_back({off, len, -1});
@@ -146,8 +140,6 @@ Result<BuiltNode> build_one(Tree& t, StoreView& view, const TreeNode& parent, ui
                                return s;
                              });
   if (!delta) return delta.status();
-  b.data_bytes = delta->data_bytes;
-  b.zero_bytes = delta->zero_bytes;
 
   // Coalesce neighbours of the same kind whose spooled bytes are contiguous.
   std::sort(extents.begin(), extents.end(),
@@ -195,6 +187,25 @@ Result<BuiltNode> build_one(Tree& t, StoreView& view, const TreeNode& parent, ui
     for (const auto& p : pieces) ::unlink(p.c_str());
     if (!s) return s;
   }
+  return *delta;
+}
+
+namespace {
+
+// Steps 2-3 for one point: an overlay on `parent` holding (parent, seq].
+Result<BuiltNode> build_one(Tree& t, StoreView& view, const TreeNode& parent, uint64_t seq,
+                            const std::string& path) {
+  BuiltNode b;
+  b.name = built_node_name(seq);
+  b.seq = seq;
+  b.parent = parent.name;
+  const uint64_t size = view.manifest.disk_size;
+  if (auto s = create_overlay(path, relative_backing(path, t.path_of(parent)), "qcow2", size); !s)
+    return s;
+  auto delta = write_delta_into(view, *parent.point, seq, path);
+  if (!delta) return delta.status();
+  b.data_bytes = delta->data_bytes;
+  b.zero_bytes = delta->zero_bytes;
   return b;
 }
 

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "point.h"
+#include "restore_delta.h"
 #include "snapshot_ops.h"
 #include "status.h"
 
@@ -30,5 +32,10 @@ struct BuiltNode {
 // write of tree.json, so an interrupted build leaves no half node.
 Result<std::vector<BuiltNode>> build_points(const std::string& store_dir,
                                             std::vector<uint64_t> seqs, OpLog* log);
+
+// Writes what changed in (from_seq, to_seq] into the existing qcow2
+// overlay `path` through qemu-io (zero ranges as qcow2 zero clusters).
+Result<DeltaStats> write_delta_into(StoreView& view, uint64_t from_seq, uint64_t to_seq,
+                                    const std::string& path);
 
 }  // namespace kvmcdp

@@ -22,6 +22,7 @@ struct RestoreOptions {
   PointSpec point;
   std::string output;
   std::string format = "raw";
+  bool overlay = false;
   bool quiet = false;
 };
 
@@ -47,10 +48,13 @@ Status run_restore(const RestoreOptions& o) {
       std::fprintf(stderr, "\rkvmcdp: restoring (%s) %3.0f%%", p.phase,
                    p.total ? 100.0 * p.done / p.total : 100.0);
     };
-  std::string raw_out = o.format == "raw" ? o.output : o.output + ".raw.tmp";
+  //    With --overlay, no full image at all: a qcow2 overlay on the
+  //    nearest built node with only the journal after it.
+  std::string raw_out = o.format == "raw" || o.overlay ? o.output : o.output + ".raw.tmp";
   //    From the nearest built node at or before the seq when the store has
   //    one (kvmcdp build), else from the base (restore_delta.h).
-  auto nearest = restore_nearest(o.store, *seq, raw_out, progress);
+  auto nearest = o.overlay ? restore_overlay(o.store, *seq, o.output)
+                           : restore_nearest(o.store, *seq, raw_out, progress);
   Result<RestoreStats> stats = nearest ? Result<RestoreStats>(nearest->stats)
                                        : Result<RestoreStats>(nearest.status());
   if (tty) std::fprintf(stderr, "\n");
@@ -60,7 +64,7 @@ Status run_restore(const RestoreOptions& o) {
                               "`kvmcdp journal verify` shows the last good record",
                               *seq, stats.status().message()));
   if (!stats) return stats.status();
-  if (o.format == "qcow2") {
+  if (o.format == "qcow2" && !o.overlay) {
     Status s = run_process({qemu_img_binary(), "convert", "-q", "-f", "raw", "-O", "qcow2",
                             raw_out, o.output});
     unlink(raw_out.c_str());
@@ -73,7 +77,8 @@ Status run_restore(const RestoreOptions& o) {
                                          nearest->from_seq);
     std::fprintf(stderr, "kvmcdp: restored seq %llu to %s (%s): %llu bytes from the journal, "
                  "the rest from %s; journal read: %llu bytes in %llu frames\n",
-                 static_cast<unsigned long long>(*seq), o.output.c_str(), o.format.c_str(),
+                 static_cast<unsigned long long>(*seq), o.output.c_str(),
+                 o.overlay ? "qcow2 overlay" : o.format.c_str(),
                  static_cast<unsigned long long>(stats->journal_bytes), from.c_str(),
                  static_cast<unsigned long long>(stats->frame_bytes),
                  static_cast<unsigned long long>(stats->frames_read));
@@ -96,9 +101,13 @@ CommandRunner setup_restore_command(CLI::App* app) {
   seq->excludes(mark, latest);
   mark->excludes(latest);
   app->add_option("-o,--output", o->output, "the image file to write")->required();
-  app->add_option("--format", o->format, "raw or qcow2")
-      ->check(CLI::IsMember({"raw", "qcow2"}))
-      ->capture_default_str();
+  auto* format = app->add_option("--format", o->format, "raw or qcow2")
+                     ->check(CLI::IsMember({"raw", "qcow2"}))
+                     ->capture_default_str();
+  app->add_flag("--overlay", o->overlay,
+                "a qcow2 overlay on the nearest built node with only the journal after it "
+                "(fast; it reads through to the store's tree)")
+      ->excludes(format);
   app->add_flag("--quiet", o->quiet, "no progress or summary on stderr");
   return [o]() {
     if (!o->point.at && !o->point.seq && !o->point.mark && !o->point.latest)

@@ -19,12 +19,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "build_tree.h"
 #include "extent_map.h"
 #include "fsutil.h"
 #include "point.h"
+#include "snapshot_qemu.h"
 #include "subprocess.h"
 #include "tree_model.h"
 
@@ -157,6 +161,59 @@ Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t ta
   result.stats.journal_bytes = delta->data_bytes;
   result.stats.zero_bytes = delta->zero_bytes;
   result.stats.base_bytes = size - delta->data_bytes - delta->zero_bytes;
+  return result;
+}
+
+Result<NearestRestore> restore_overlay(const std::string& store_dir, uint64_t target_seq,
+                                       const std::string& out_path) {
+  // Step 1: the node to stand on.
+  auto tree = load_tree(built_tree_dir(store_dir));
+  if (!tree)
+    return Status(ErrorKind::kNotFound,
+                  fmt::format("{} has no built nodes: run kvmcdp build first", store_dir));
+  if (tree->intent)
+    return Status(ErrorKind::kBusy, "the store's tree has an interrupted change: run "
+                                    "kvmcdp snapshot repair --tree " +
+                                        built_tree_dir(store_dir));
+  auto view = open_store_view(store_dir);
+  if (!view) return view.status();
+  if (auto s = journal::check_recoverable(view->ranges, target_seq); !s) return s;
+  const TreeNode* node = nearest_node(*tree, *view, target_seq);
+  if (!node)
+    return Status(ErrorKind::kNotFound,
+                  fmt::format("no built node at or before seq {}: run kvmcdp build --seq {} "
+                              "(or an earlier point)",
+                              target_seq, target_seq));
+
+  // Step 2: an empty overlay on it, then only the records after it.
+  std::string tmp = out_path + ".kvmcdp-partial";
+  ::unlink(tmp.c_str());
+  auto fail = [&](Status s) -> Result<NearestRestore> {
+    ::unlink(tmp.c_str());
+    return s;
+  };
+  std::string backing = std::filesystem::absolute(tree->path_of(*node)).lexically_normal();
+  if (auto s = create_overlay(tmp, backing, node->format, view->manifest.disk_size); !s)
+    return fail(s);
+  auto delta = write_delta_into(*view, *node->point, target_seq, tmp);
+  if (!delta) return fail(delta.status());
+
+  // Step 3: durable, then in place.
+  fsutil::Fd f(::open(tmp.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!f.valid() || ::fsync(f.get()) != 0)
+    return fail({ErrorKind::kFailure, fsutil::errno_message("fsync", tmp)});
+  if (::rename(tmp.c_str(), out_path.c_str()) != 0)
+    return fail({ErrorKind::kFailure, fsutil::errno_message("rename", tmp)});
+  if (auto s = fsutil::fsync_dir(fsutil::dirname_of(out_path)); !s) return s;
+
+  NearestRestore result;
+  result.from_node = node->name;
+  result.from_seq = *node->point;
+  result.stats.disk_size = view->manifest.disk_size;
+  result.stats.frames_read = delta->frames_read;
+  result.stats.frame_bytes = delta->frame_bytes;
+  result.stats.journal_bytes = delta->data_bytes;
+  result.stats.zero_bytes = delta->zero_bytes;
   return result;
 }
 

@@ -44,4 +44,12 @@ Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t ta
                                        const std::string& out_path,
                                        const RestoreProgressFn& progress = nullptr);
 
+// The point as a qcow2 overlay on the nearest built node, holding only
+// the journal after that node: its cost grows with the changes since the
+// node, not with the disk.  The image reads through to the node by an
+// absolute backing path, so it lives only as long as that node does.
+// kNotFound if no built node is at or before the point.
+Result<NearestRestore> restore_overlay(const std::string& store_dir, uint64_t target_seq,
+                                       const std::string& out_path);
+
 }  // namespace kvmcdp

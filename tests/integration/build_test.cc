@@ -180,6 +180,13 @@ TEST_CASE("build: a restore from a built node equals the full replay and reads l
     CHECK(full[c.seq].output.find("the rest from the base") != std::string::npos);
   }
 
+  // --overlay needs a built node to stand on: none yet.
+  auto none = run_command({KVMCDP_BINARY, "restore", "--overlay", "--store", p.store, "--latest",
+                           "-o", dir.file("none.qcow2")});
+  CHECK_MESSAGE(none.status == 7, none.output);
+  CHECK(none.output.find("kvmcdp build") != std::string::npos);
+  CHECK(!std::filesystem::exists(dir.file("none.qcow2")));
+
   auto b = run_command({KVMCDP_BINARY, "build", "--store", p.store, "--seq",
                         std::to_string(pts[1].seq), "--seq", std::to_string(pts[3].seq)});
   REQUIRE_MESSAGE(b.status == 0, b.output);
@@ -218,6 +225,25 @@ TEST_CASE("build: a restore from a built node equals the full replay and reads l
               pts[node].seq, ": ", r.journal_read, " (", r.record_bytes, ")");
     }
     if (i == 1 || i == 3) CHECK(r.journal_read == 0);
+  }
+
+  // --overlay: a qcow2 on the nearest node with only the journal after it.
+  for (size_t i = 0; i < pts.size(); ++i) {
+    std::string out = dir.file(fmt::format("o-{}.qcow2", pts[i].seq));
+    auto r = run_command({KVMCDP_BINARY, "restore", "--overlay", "--store", p.store, "--seq",
+                          std::to_string(pts[i].seq), "-o", out});
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+    // Before the first built point, the tree's root (the base) serves.
+    std::string node = i >= 3 ? fmt::format("seq-{}", pts[3].seq)
+                       : i >= 1 ? fmt::format("seq-{}", pts[1].seq)
+                                : std::string("base");
+    CHECK_MESSAGE(r.output.find("built node " + node + " ") != std::string::npos, r.output);
+    CHECK(node_md5(dir, out) == pts[i].md5);
+    auto chk = run_command({qemu_bin("qemu-img"), "check", out});
+    CHECK_MESSAGE(chk.status == 0, chk.output);
+    auto oi = run_command({qemu_bin("qemu-img"), "info", "--output=json", out});
+    CHECK(oi.output.find("/tree/" + node + ".qcow2") != std::string::npos);
+    if (i == 1 || i == 3) CHECK(r.output.find(": 0 bytes from the journal") != std::string::npos);
   }
 }
 
