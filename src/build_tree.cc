@@ -6,11 +6,10 @@
 //  2. For a point S: the parent is the live node with the largest point
 //     <= S in the same recoverable range.  `qemu-img create -f qcow2 -b
 //     <parent, relative> -F qcow2` makes an empty overlay (temp name).
-//  3. journal_delta(parent, S] gives each changed byte's newest version.
-//     The pieces are sorted and coalesced, each data extent is spooled to
-//     a small file and written with qemu-io `write -s FILE OFF LEN`, each
-//     zero extent with `write -z` (a qcow2 zero cluster, not a hole that
-//     would show the parent): a batch of commands per qemu-io process.
+//  3. journal_delta(parent, S] gives each changed byte's newest version,
+//     written into the overlay through qemu-nbd (QEMU's block layer): data
+//     as NBD writes, zero ranges as write-zeroes (a qcow2 zero cluster,
+//     not a hole that would show the parent).
 //  4. Rename the overlay into place, then add the node to tree.json in one
 //     atomic write.  A kill before that leaves at most an orphan file,
 //     which the next build of the same point overwrites.
@@ -25,6 +24,7 @@
 #include <filesystem>
 
 #include <fmt/format.h>
+#include <libnbd.h>
 
 #include "fsutil.h"
 #include "point.h"
@@ -38,13 +38,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr size_t kCommandsPerQemuIo = 200;
-
-std::string qemu_io_binary() {
+std::string qemu_nbd_binary() {
   std::string img = qemu_img_binary();
   auto slash = img.rfind('/');
-  if (slash == std::string::npos) return "qemu-io";
-  return img.substr(0, slash + 1) + "qemu-io";
+  if (slash == std::string::npos) return "qemu-nbd";
+  return img.substr(0, slash + 1) + "qemu-nbd";
 }
 
 // The time of record `seq` (its frame's records are read).
@@ -107,86 +105,40 @@ const TreeNode* parent_for(const Tree& t, const StoreView& view, uint64_t seq) {
   return best;
 }
 
-struct Extent {
-  uint64_t offset, length;
-  int64_t spool;  // offset in the spool file, -1 for zeroes
-};
-
 }  // namespace
 
 Result<DeltaStats> write_delta_into(StoreView& view, uint64_t from_seq, uint64_t to_seq,
                                     const std::string& path) {
-  const uint64_t size = view.manifest.disk_size;
-  // The delta, spooled to one file (memory holds one frame at a time).
-  std::string spool_path = path + ".spool";
-  fsutil::Fd spool(::open(spool_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (!spool.valid()) return Status(ErrorKind::kFailure, fsutil::errno_message("create", spool_path));
-  struct Cleanup {
-    std::string p;
-    ~Cleanup() { ::unlink(p.c_str()); }
-  } cleanup{spool_path};
-  std::vector<Extent> extents;
-  uint64_t spooled = 0;
-  auto delta = journal_delta(*view.reader, from_seq, to_seq, size,
+  // qemu-nbd serves the overlay to us over a socketpair (socket
+  // activation, so no socket path and no port); each changed range is one
+  // NBD write or write-zeroes, straight from the decompressed frame.
+  struct Handle {
+    nbd_handle* h = nbd_create();
+    ~Handle() {
+      if (h) nbd_close(h);
+    }
+  } nbd;
+  auto nbd_error = [&](const char* what) {
+    return Status(ErrorKind::kFailure,
+                  fmt::format("{} {} through qemu-nbd: {}", what, path, nbd_get_error()));
+  };
+  if (!nbd.h) return nbd_error("open");
+  std::string server = qemu_nbd_binary();
+  std::vector<std::string> args = {server, "-f", "qcow2", "--cache=writeback", path};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  if (nbd_connect_systemd_socket_activation(nbd.h, argv.data()) == -1) return nbd_error("open");
+  auto delta = journal_delta(*view.reader, from_seq, to_seq, view.manifest.disk_size,
                              [&](uint64_t off, uint64_t len, const uint8_t* data) -> Status {
-                               if (!data) {
-                                 extents.push_back({off, len, -1});
-                                 return Status::ok();
-                               }
-                               extents.push_back({off, len, int64_t(spooled)});
-                               auto s = fsutil::pwrite_all(spool.get(), data, len, spooled,
-                                                           spool_path);
-                               spooled += len;
-                               return s;
+                               // A zero range becomes a qcow2 zero cluster,
+                               // not a hole that would show the parent.
+                               int r = data ? nbd_pwrite(nbd.h, data, len, off, 0)
+                                            : nbd_zero(nbd.h, len, off, 0);
+                               return r == -1 ? nbd_error("write") : Status::ok();
                              });
   if (!delta) return delta.status();
-
-  // Coalesce neighbours of the same kind whose spooled bytes are contiguous.
-  std::sort(extents.begin(), extents.end(),
-            [](const Extent& a, const Extent& c) { return a.offset < c.offset; });
-  std::vector<Extent> merged;
-  for (const auto& e : extents) {
-    if (!merged.empty()) {
-      Extent& m = merged.back();
-      bool adjacent = m.offset + m.length == e.offset;
-      bool zeros = m.spool < 0 && e.spool < 0;
-      bool data = m.spool >= 0 && e.spool >= 0 && uint64_t(m.spool) + m.length == uint64_t(e.spool);
-      if (adjacent && (zeros || data)) {
-        m.length += e.length;
-        continue;
-      }
-    }
-    merged.push_back(e);
-  }
-
-  // Into the overlay through qemu-io, a batch of commands per process.
-  std::vector<uint8_t> buf;
-  for (size_t first = 0; first < merged.size(); first += kCommandsPerQemuIo) {
-    std::vector<std::string> argv = {qemu_io_binary(), "-f", "qcow2"};
-    std::vector<std::string> pieces;
-    for (size_t i = first; i < std::min(merged.size(), first + kCommandsPerQemuIo); ++i) {
-      const Extent& e = merged[i];
-      if (e.spool < 0) {
-        argv.insert(argv.end(), {"-c", fmt::format("write -q -z {} {}", e.offset, e.length)});
-        continue;
-      }
-      std::string piece = fmt::format("{}.{}", spool_path, i);
-      buf.resize(e.length);
-      auto got = fsutil::pread_full(spool.get(), buf.data(), e.length, uint64_t(e.spool),
-                                    spool_path);
-      if (!got) return got.status();
-      fsutil::Fd pf(::open(piece.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-      if (!pf.valid()) return Status(ErrorKind::kFailure, fsutil::errno_message("create", piece));
-      pieces.push_back(piece);
-      if (auto s = fsutil::write_all(pf.get(), buf.data(), *got, piece); !s) return s;
-      argv.insert(argv.end(),
-                  {"-c", fmt::format("write -q -s {} {} {}", piece, e.offset, e.length)});
-    }
-    argv.push_back(path);
-    Status s = run_process(argv);
-    for (const auto& p : pieces) ::unlink(p.c_str());
-    if (!s) return s;
-  }
+  if (nbd_flush(nbd.h, 0) == -1 || nbd_shutdown(nbd.h, 0) == -1) return nbd_error("flush");
   return *delta;
 }
 
