@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <ctime>
+#include <deque>
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -111,7 +112,14 @@ Result<DeltaStats> write_delta_into(StoreView& view, uint64_t from_seq, uint64_t
                                     const std::string& path) {
   // qemu-nbd serves the overlay to us over a socketpair (socket
   // activation, so no socket path and no port); each changed range is one
-  // NBD write or write-zeroes, straight from the decompressed frame.
+  // NBD write or write-zeroes.
+  struct Request {
+    int64_t cookie;
+    std::vector<uint8_t> data;
+  };
+  // Declared before the handle, so that on an early return the connection
+  // is closed before the buffers of requests still in flight are freed.
+  std::deque<Request> inflight;
   struct Handle {
     nbd_handle* h = nbd_create();
     ~Handle() {
@@ -129,15 +137,41 @@ Result<DeltaStats> write_delta_into(StoreView& view, uint64_t from_seq, uint64_t
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   if (nbd_connect_systemd_socket_activation(nbd.h, argv.data()) == -1) return nbd_error("open");
+  // Up to kInFlight requests at once: a round trip per 4 KiB write would
+  // cost more than the write.  libnbd keeps no copy, so each request owns
+  // its bytes until it completes.
+  constexpr size_t kInFlight = 64;
+  auto retire_to = [&](size_t n) -> Status {
+    while (inflight.size() > n) {
+      int done = nbd_aio_command_completed(nbd.h, inflight.front().cookie);
+      if (done == -1) return nbd_error("write");
+      if (done == 1) {
+        inflight.pop_front();
+        continue;
+      }
+      if (nbd_poll(nbd.h, -1) == -1) return nbd_error("write");
+    }
+    return Status::ok();
+  };
   auto delta = journal_delta(*view.reader, from_seq, to_seq, view.manifest.disk_size,
                              [&](uint64_t off, uint64_t len, const uint8_t* data) -> Status {
+                               if (auto s = retire_to(kInFlight - 1); !s) return s;
+                               Request r;
                                // A zero range becomes a qcow2 zero cluster,
                                // not a hole that would show the parent.
-                               int r = data ? nbd_pwrite(nbd.h, data, len, off, 0)
-                                            : nbd_zero(nbd.h, len, off, 0);
-                               return r == -1 ? nbd_error("write") : Status::ok();
+                               if (data) {
+                                 r.data.assign(data, data + len);
+                                 r.cookie = nbd_aio_pwrite(nbd.h, r.data.data(), len, off,
+                                                           NBD_NULL_COMPLETION, 0);
+                               } else {
+                                 r.cookie = nbd_aio_zero(nbd.h, len, off, NBD_NULL_COMPLETION, 0);
+                               }
+                               if (r.cookie == -1) return nbd_error("write");
+                               inflight.push_back(std::move(r));
+                               return Status::ok();
                              });
   if (!delta) return delta.status();
+  if (auto s = retire_to(0); !s) return s;
   if (nbd_flush(nbd.h, 0) == -1 || nbd_shutdown(nbd.h, 0) == -1) return nbd_error("flush");
   return *delta;
 }
@@ -152,7 +186,9 @@ Result<BuiltNode> build_one(Tree& t, StoreView& view, const TreeNode& parent, ui
   b.seq = seq;
   b.parent = parent.name;
   const uint64_t size = view.manifest.disk_size;
-  if (auto s = create_overlay(path, relative_backing(path, t.path_of(parent)), "qcow2", size); !s)
+  if (auto s = create_overlay(path, relative_backing(path, t.path_of(parent)), "qcow2", size,
+                             kSmallWriteOverlay);
+      !s)
     return s;
   auto delta = write_delta_into(view, *parent.point, seq, path);
   if (!delta) return delta.status();

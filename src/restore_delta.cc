@@ -193,7 +193,9 @@ Result<NearestRestore> restore_overlay(const std::string& store_dir, uint64_t ta
     return s;
   };
   std::string backing = std::filesystem::absolute(tree->path_of(*node)).lexically_normal();
-  if (auto s = create_overlay(tmp, backing, node->format, view->manifest.disk_size); !s)
+  if (auto s = create_overlay(tmp, backing, node->format, view->manifest.disk_size,
+                             kSmallWriteOverlay);
+      !s)
     return fail(s);
   auto delta = write_delta_into(*view, *node->point, target_seq, tmp);
   if (!delta) return fail(delta.status());

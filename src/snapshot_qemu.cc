@@ -47,9 +47,13 @@ bool image_in_use(const std::string& path) {
 }
 
 Status create_overlay(const std::string& path, const std::string& backing,
-                      const std::string& backing_format, uint64_t size) {
-  return run_process({qemu_img_binary(), "create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F",
-                      backing_format, path, std::to_string(size)});
+                      const std::string& backing_format, uint64_t size,
+                      const std::string& options) {
+  std::vector<std::string> argv = {qemu_img_binary(), "create", "-q", "-f", "qcow2", "-u", "-b",
+                                   backing, "-F", backing_format};
+  if (!options.empty()) argv.insert(argv.end(), {"-o", options});
+  argv.insert(argv.end(), {path, std::to_string(size)});
+  return run_process(argv);
 }
 
 Status rebase_safe(const std::string& path, const std::string& new_backing,

@@ -32,7 +32,12 @@ bool image_in_use(const std::string& path);
 // qemu-img create -f qcow2 -b <backing, as written> -F <fmt> -u path size.
 // -u: the backing is opened by the running VM; the size comes from the caller.
 Status create_overlay(const std::string& path, const std::string& backing,
-                      const std::string& backing_format, uint64_t size);
+                      const std::string& backing_format, uint64_t size,
+                      const std::string& options = "");
+// For overlays written with scattered small writes (built nodes, restore
+// --overlay): subclusters, so a 4 KiB write into a cluster the overlay
+// does not have yet copies 4 KiB from the backing chain, not 64 KiB.
+inline constexpr const char* kSmallWriteOverlay = "extended_l2=on,cluster_size=128k";
 // Safe-mode rebase (copies what differs): qemu-img rebase -b new -F fmt.
 // new_backing "" makes the image standalone.
 Status rebase_safe(const std::string& path, const std::string& new_backing,
