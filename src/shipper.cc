@@ -103,7 +103,8 @@ void Shipper::run() {
     auto m = read_manifest(cfg_.store);
     Status failed;
     if (m) {
-      auto link = RemoteLink::open(cfg_.remote, &*m);
+      // Short enough that a stop does not wait long on a dead address.
+      auto link = RemoteLink::open(cfg_.remote, &*m, 10000);
       if (link) {
         backoff = std::chrono::milliseconds(500);
         failed = session(**link);
