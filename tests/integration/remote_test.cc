@@ -488,3 +488,66 @@ TEST_CASE("remote: a client takes its store over from its own stale connection")
 }
 
 }  // namespace kvmcdp::test
+
+namespace kvmcdp::test {
+
+TEST_CASE("remote: a stop while the server is down keeps the rest in the spool for the next run") {
+  TempDir dir;
+  std::string disk = make_disk(dir);
+  auto vm = start_vm(dir, disk);
+  std::string root = dir.file("server");
+  mkdir(root.c_str(), 0700);
+  std::string secret = new_store(dir, root, "vm1");
+  auto server = std::make_unique<Server>(dir, root);
+  std::string port = server->port;
+  std::string url = fmt::format("tcp://127.0.0.1:{}/vm1", port);
+  std::string spool = dir.file("spool");
+  std::vector<std::string> args = {"--remote", url, "--secret-file", secret, "--spool", spool,
+                                   "--remote-wait", "2"};
+  std::mt19937_64 rng(19);
+  std::vector<Checkpoint> points;
+  {
+    ProtectProcess protect(vm->tool_socket(), "vd0", "", args);
+    REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
+    random_writes(*vm, rng, 8);
+    points.push_back({filter_seq(*vm), md5_of_file(disk)});
+    REQUIRE_MESSAGE(wait_remote(spool, points.back().seq, std::chrono::seconds(60)),
+                    protect.output());
+    server->proc->kill9();
+    random_writes(*vm, rng, 8);
+    points.push_back({filter_seq(*vm), md5_of_file(disk)});
+    // The stop waits --remote-wait for the server, then says what is left.
+    REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
+    CHECK_MESSAGE(protect.output().find("bytes behind; they stay in") != std::string::npos,
+                  protect.output());
+  }
+  json st = status_json(spool);
+  REQUIRE(st.is_object());
+  CHECK(st["remote"]["durable_seq"].get<uint64_t>() < points.back().seq);
+
+  // The next run, with the server back, ships what the last one left.
+  server = std::make_unique<Server>(dir, root, port, "serve2.log");
+  ProtectProcess again(vm->tool_socket(), "vd0", "", args);
+  // Both runs log to the same file: wait for the second "protecting".
+  auto runs = [&] {
+    std::string out = again.output();
+    size_t n = 0;
+    for (size_t at = out.find("protecting vd0"); at != std::string::npos;
+         at = out.find("protecting vd0", at + 1))
+      n++;
+    return n;
+  };
+  for (int i = 0; i < 600 && runs() < 2; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  REQUIRE_MESSAGE(runs() == 2, again.output());
+  CHECK(again.output().find("continuing the stream") != std::string::npos);
+  random_writes(*vm, rng, 8);
+  REQUIRE_MESSAGE(wait_remote(spool, filter_seq(*vm), std::chrono::seconds(90)), again.output());
+  REQUIRE_MESSAGE(again.stop() == 0, again.output());
+  std::string remote_store = root + "/vm1";
+  auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", remote_store});
+  CHECK_MESSAGE(verify.status == 0, verify.output);
+  check_restores(dir, remote_store, points);
+}
+
+}  // namespace kvmcdp::test
