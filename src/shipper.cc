@@ -132,8 +132,11 @@ void Shipper::run() {
       // Nobody is waiting for a server that is not there.
       if (!m) return;
     }
-    pollfd p{gate_->shipper_fd(), POLLIN, 0};
-    poll(&p, 1, static_cast<int>(m ? backoff.count() : 200));
+    // Back off, not woken by the receiver's commits: a server that is down
+    // must not be dialled (or ssh started) once per commit.
+    auto wake = std::chrono::steady_clock::now() + (m ? backoff : std::chrono::milliseconds(200));
+    while (!stop_ && std::chrono::steady_clock::now() < wake)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
     AckGate::drain(gate_->shipper_fd());
     backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
   }
