@@ -57,4 +57,13 @@ std::string iso_now() {
   return fmt::format("{}.{:09}Z", buf, ns % 1000000000);
 }
 
+void check_restore(const TempDir& dir, const std::string& store, uint64_t seq,
+                   const std::string& md5) {
+  std::string out = dir.file("restored.raw");
+  auto r = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
+                        std::to_string(seq), "-o", out});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  CHECK_MESSAGE(md5_of_file(out) == md5, "seq ", seq);
+}
+
 }  // namespace kvmcdp::test

@@ -24,6 +24,10 @@ uint64_t filter_seq(QemuProcess& vm);
 // Waits until kvmcdp acknowledged everything the filter assigned.
 void wait_acked(QemuProcess& vm);
 
+// Restores `seq` from `store` into a file in `dir` (restore --seq) and
+// checks that it has `md5`.
+void check_restore(const TempDir& dir, const std::string& store, uint64_t seq,
+                   const std::string& md5);
 // Now, as ISO 8601 UTC with nanoseconds (what `restore --at` takes).
 std::string iso_now();
 

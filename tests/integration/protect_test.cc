@@ -125,13 +125,7 @@ TEST_CASE("protect: restore by --seq and --at matches the disk's MD5 at 10 point
 // Every checkpoint restored by --seq has the MD5 the disk had then.
 void check_restores_by_seq(const TempDir& dir, const std::string& store,
                            const std::vector<Checkpoint>& points) {
-  std::string out = dir.file("restored.raw");
-  for (const auto& c : points) {
-    auto r = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
-                          std::to_string(c.seq), "-o", out});
-    REQUIRE_MESSAGE(r.status == 0, r.output);
-    CHECK_MESSAGE(md5_of_file(out) == c.md5, "seq ", c.seq);
-  }
+  for (const auto& c : points) check_restore(dir, store, c.seq, c.md5);
 }
 
 TEST_CASE("protect: kill -9, writes meanwhile, restart: the filter resends, nothing lost") {

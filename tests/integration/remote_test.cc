@@ -95,13 +95,7 @@ bool wait_remote(const std::string& store, uint64_t seq, std::chrono::seconds ti
 
 void check_restores(const TempDir& dir, const std::string& store,
                     const std::vector<Checkpoint>& points) {
-  std::string out = dir.file("restored.raw");
-  for (const auto& c : points) {
-    auto r = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
-                          std::to_string(c.seq), "-o", out});
-    REQUIRE_MESSAGE(r.status == 0, r.output);
-    CHECK_MESSAGE(md5_of_file(out) == c.md5, "seq ", c.seq);
-  }
+  for (const auto& c : points) check_restore(dir, store, c.seq, c.md5);
 }
 
 std::string make_disk(const TempDir& dir) {
@@ -110,6 +104,24 @@ std::string make_disk(const TempDir& dir) {
   REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
   return disk;
 }
+
+// A paused VM with a disk, and a backup server (on a free loopback port)
+// with store vm1 and its secret file: what most cases start from.
+std::string make_root(const TempDir& dir) {
+  std::string root = dir.file("server");
+  mkdir(root.c_str(), 0700);
+  return root;
+}
+struct Rig {
+  TempDir dir;
+  std::string disk = make_disk(dir);
+  std::unique_ptr<QemuProcess> vm = start_vm(dir, disk);
+  std::string root = make_root(dir);
+  std::string secret = new_store(dir, root, "vm1");
+  std::unique_ptr<Server> server = std::make_unique<Server>(dir, root);
+  std::string port = server->port;
+  std::string url = fmt::format("tcp://127.0.0.1:{}/vm1", port);
+};
 
 std::unique_ptr<remote::Conn> dial(const std::string& port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -143,14 +155,8 @@ std::string secret_of(const std::string& path) {
 }  // namespace
 
 TEST_CASE("remote: tcp with a local store: the server's store restores every point") {
-  TempDir dir;
-  std::string disk = make_disk(dir);
-  auto vm = start_vm(dir, disk);
-  std::string root = dir.file("server");
-  mkdir(root.c_str(), 0700);
-  std::string secret = new_store(dir, root, "vm1");
-  Server server(dir, root);
-  std::string url = fmt::format("tcp://127.0.0.1:{}/vm1", server.port);
+  Rig rig;
+  auto& [dir, disk, vm, root, secret, server, port, url] = rig;
 
   std::string store = dir.file("local");
   // --ack-from remote: the filter hears "durable" only once the server
@@ -190,15 +196,8 @@ TEST_CASE("remote: tcp with a local store: the server's store restores every poi
 }
 
 TEST_CASE("remote: spool only, the server down for 10 s while the VM writes: nothing lost") {
-  TempDir dir;
-  std::string disk = make_disk(dir);
-  auto vm = start_vm(dir, disk);
-  std::string root = dir.file("server");
-  mkdir(root.c_str(), 0700);
-  std::string secret = new_store(dir, root, "vm1");
-  auto server = std::make_unique<Server>(dir, root);
-  std::string port = server->port;
-  std::string url = fmt::format("tcp://127.0.0.1:{}/vm1", port);
+  Rig rig;
+  auto& [dir, disk, vm, root, secret, server, port, url] = rig;
 
   std::string spool = dir.file("spool");
   ProtectProcess protect(vm->tool_socket(), "vd0", "",
@@ -264,15 +263,8 @@ TEST_CASE("remote: spool only, the server down for 10 s while the VM writes: not
 }
 
 TEST_CASE("remote: a spool past its limit hands over to the filter's bitmap; gaps are exact") {
-  TempDir dir;
-  std::string disk = make_disk(dir);
-  auto vm = start_vm(dir, disk);
-  std::string root = dir.file("server");
-  mkdir(root.c_str(), 0700);
-  std::string secret = new_store(dir, root, "vm1");
-  auto server = std::make_unique<Server>(dir, root);
-  std::string port = server->port;
-  std::string url = fmt::format("tcp://127.0.0.1:{}/vm1", port);
+  Rig rig;
+  auto& [dir, disk, vm, root, secret, server, port, url] = rig;
   std::string spool = dir.file("spool");
   ProtectProcess protect(vm->tool_socket(), "vd0", "",
                          {"--remote", url, "--secret-file", secret, "--spool", spool,
@@ -366,34 +358,17 @@ TEST_CASE("remote: wrong secrets and escaping names are refused; the server surv
   CHECK(escape.status == 2);
   // ... and a hand-made client that asks for it anyway gets nothing.
   for (const char* name : {"../server/vm2", "..", "vm2/../vm1", "/etc"}) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(static_cast<uint16_t>(std::stoi(server.port)));
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
-    remote::Conn c(fd, fd);
-    json hello = {{"store", name}, {"nonce", "00"}};
-    REQUIRE(c.send(remote::MsgType::kHello, remote::kVersion, 0, hello.dump()));
-    REQUIRE(c.expect(remote::MsgType::kChallenge, 10000));
-    REQUIRE(c.send(remote::MsgType::kAuth, 0, 0, json{{"proof", std::string(64, '0')}}.dump()));
-    auto w = c.expect(remote::MsgType::kWelcome, 10000);
-    CHECK_FALSE(w);
-    CHECK(c.peer_refused());
+    auto c = dial(server.port);
+    CHECK_FALSE(handshake(*c, name, std::string(64, '0')));
+    CHECK(c->peer_refused());
   }
   // Garbage instead of a hello: that connection ends, the server goes on.
   {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(static_cast<uint16_t>(std::stoi(server.port)));
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+    auto c = dial(server.port);
     std::string junk(4096, '\x5a');
-    CHECK(write(fd, junk.data(), junk.size()) > 0);
-    char b[64];
-    (void)read(fd, b, sizeof b);
-    close(fd);
+    CHECK(write(c->in_fd(), junk.data(), junk.size()) > 0);
+    remote::Message m;
+    CHECK_FALSE(c->receive(&m, 10000));
   }
   auto stores = run_command({"ls", root});
   CHECK(stores.output == "vm1\nvm2\n");
@@ -492,15 +467,8 @@ TEST_CASE("remote: a client takes its store over from its own stale connection")
 namespace kvmcdp::test {
 
 TEST_CASE("remote: a stop while the server is down keeps the rest in the spool for the next run") {
-  TempDir dir;
-  std::string disk = make_disk(dir);
-  auto vm = start_vm(dir, disk);
-  std::string root = dir.file("server");
-  mkdir(root.c_str(), 0700);
-  std::string secret = new_store(dir, root, "vm1");
-  auto server = std::make_unique<Server>(dir, root);
-  std::string port = server->port;
-  std::string url = fmt::format("tcp://127.0.0.1:{}/vm1", port);
+  Rig rig;
+  auto& [dir, disk, vm, root, secret, server, port, url] = rig;
   std::string spool = dir.file("spool");
   std::vector<std::string> args = {"--remote", url, "--secret-file", secret, "--spool", spool,
                                    "--remote-wait", "2"};
