@@ -56,18 +56,24 @@ void erase_node(Tree& t, const std::string& name) {
   std::erase_if(t.nodes, [&](const TreeNode& n) { return n.name == name; });
 }
 
-// Step "remove": metadata first (with the intent to unlink), then the file.
-Status remove_leaf(Tree& t, const std::string& name, OpLog* log) {
-  const TreeNode* s = t.find(name);
-  std::string file = s->file;
+// Drops node `name`: metadata first (with the intent to unlink), then its
+// file.  Kills are injected at `op`:step and `op`:step+1.
+Status drop_node(Tree& t, const std::string& name, const char* op, int step) {
+  std::string file = t.find(name)->file;
   erase_node(t, name);
   t.intent = TreeIntent{"remove", {{"file", file}}};
   if (auto st = save_tree(t); !st) return st;
-  crash_point("remove", 1);
+  crash_point(op, step);
   if (auto st = unlink_owned(t, file); !st) return st;
-  crash_point("remove", 2);
+  crash_point(op, step + 1);
   t.intent.reset();
-  if (auto st = save_tree(t); !st) return st;
+  return save_tree(t);
+}
+
+// Step "remove" of a leaf.
+Status remove_leaf(Tree& t, const std::string& name, OpLog* log) {
+  std::string file = t.find(name)->file;
+  if (auto st = drop_node(t, name, "remove", 1); !st) return st;
   log->push_back(owned_by_tree(file)
                      ? fmt::format("deleted {} (no child): removed {}", name, file)
                      : fmt::format("deleted {} (no child); {} is outside the tree, left in place",
@@ -78,18 +84,9 @@ Status remove_leaf(Tree& t, const std::string& name, OpLog* log) {
 // The merge's last part, shared with repair: the child's header already
 // backs onto the grandparent.
 Status finish_merge(Tree& t, const std::string& name, const std::string& child, OpLog* log) {
-  TreeNode* s = t.find(name);
-  TreeNode* c = t.find(child);
-  std::string file = s->file, parent = s->parent;
-  c->parent = parent;
-  erase_node(t, name);
-  t.intent = TreeIntent{"remove", {{"file", file}}};
-  if (auto st = save_tree(t); !st) return st;
-  crash_point("merge", 3);
-  if (auto st = unlink_owned(t, file); !st) return st;
-  crash_point("merge", 4);
-  t.intent.reset();
-  if (auto st = save_tree(t); !st) return st;
+  std::string parent = t.find(name)->parent;
+  t.find(child)->parent = parent;
+  if (auto st = drop_node(t, name, "merge", 3); !st) return st;
   log->push_back(fmt::format("merged {} into {}{}", name, child,
                              parent.empty() ? " (now the root)" : ", now a child of " + parent));
   return Status::ok();
