@@ -34,6 +34,7 @@
 #include "remote_auth.h"
 #include "remote_link.h"
 #include "shipper.h"
+#include "stop_signals.h"
 #include "store_lock.h"
 
 namespace kvmcdp {
@@ -378,10 +379,7 @@ Status run_protect(const ProtectOptions& o) {
   qmp->reset();  // QMP is free for others until we stop
 
   // 5. Serve until a signal (or a fatal stream error).
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
+  sigset_t sigs = stop_signals();
   timespec second{1, 0};
   while (!s.stop) {
     publish_state(s, state);
@@ -480,15 +478,7 @@ CommandRunner setup_protect_command(CLI::App* app) {
       ->capture_default_str();
   app->add_flag("--quiet", o->quiet, "no progress messages");
   return [o]() {
-    // Signals are taken synchronously by the main thread (sigtimedwait), so
-    // block them before any thread starts.
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-    // A server that goes away must be an error on a write, not a signal.
-    signal(SIGPIPE, SIG_IGN);
+    take_stop_signals_synchronously();
     if (o->store.empty() && o->spool.empty())
       return Status(ErrorKind::kUsage, "protect needs --store DIR (or --remote URL --spool DIR)");
     ProtectOptions run = *o;

@@ -30,6 +30,7 @@
 #include "remote_auth.h"
 #include "remote_server.h"
 #include "remote_url.h"
+#include "stop_signals.h"
 
 namespace kvmcdp {
 namespace {
@@ -112,10 +113,7 @@ Status run_listen(const ServeOptions& o) {
   // Which connection serves which store, to end a stale one.
   std::mutex owners_mu;
   std::map<std::string, Client*> owners;
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
+  sigset_t sigs = stop_signals();
   timespec zero{0, 0};
   for (;;) {
     if (sigtimedwait(&sigs, nullptr, &zero) > 0) break;
@@ -236,13 +234,11 @@ CommandRunner setup_serve_command(CLI::App* app) {
     if (!*create && !*listen && !*stdio)
       return {ErrorKind::kUsage, "serve needs --listen, --stdio or --new-store"};
     if (*create) return run_new_store(*o);
-    if (*stdio) return run_stdio(*o);
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-    signal(SIGPIPE, SIG_IGN);
+    if (*stdio) {
+      signal(SIGPIPE, SIG_IGN);  // ssh gone: an error on a write
+      return run_stdio(*o);
+    }
+    take_stop_signals_synchronously();
     return run_listen(*o);
   };
 }

@@ -16,27 +16,8 @@ disk=$KIT_TMPDIR/disk.qcow2
 tool=$KIT_TMPDIR/tool.qmp
 "$KVMCDP_QEMU_IMG" create -q -f qcow2 "$disk" 64M
 
-cat >"$KIT_TMPDIR/guest.sh" <<'GUEST'
-# Write a block, read it back (direct I/O, past the page cache), compare.
-bad=0
-i=0
-# The host writes STOP into block 256 of the script disk once its cycles
-# are done; direct reads see it.
-while [ $i -lt 20000 ]; do
-    [ $((i % 10)) -eq 0 ] && dd if="$SCRIPT_DEV" bs=4k skip=256 count=1 iflag=direct 2>/dev/null | grep -q STOP && break
-    dd if=/dev/urandom of=/tmp/blk bs=64k count=1 2>/dev/null
-    off=$((RANDOM % 1000))
-    dd if=/tmp/blk of="$DATA_DEV" bs=64k seek=$off count=1 oflag=direct conv=notrunc 2>/dev/null || bad=$((bad + 1))
-    dd if="$DATA_DEV" of=/tmp/back bs=64k skip=$off count=1 iflag=direct 2>/dev/null || bad=$((bad + 1))
-    cmp -s /tmp/blk /tmp/back || bad=$((bad + 1))
-    i=$((i + 1))
-    [ $((i % 50)) -eq 0 ] && echo "GUEST-PROGRESS $i"
-done
-echo "GUEST-CHECK iterations=$i bad=$bad"
-[ $bad -eq 0 ]
-GUEST
-kit_make_script_disk "$KIT_TMPDIR/guest.sh" "$KIT_TMPDIR/script.img"
-truncate -s 2M "$KIT_TMPDIR/script.img"
+kit_checking_writer_script >"$KIT_TMPDIR/guest.sh"
+kit_make_stoppable_script_disk "$KIT_TMPDIR/guest.sh" "$KIT_TMPDIR/script.img"
 kit_run_guest --script "$KIT_TMPDIR/script.img" -- \
     -qmp "unix:$tool,server=on,wait=off" \
     -blockdev "driver=file,filename=$disk,node-name=d0-file" \
@@ -66,7 +47,7 @@ for cycle in 1 2 3; do
     echo "cycle $cycle: attached, $records records captured, detached"
 done
 
-printf STOP | dd of="$KIT_TMPDIR/script.img" bs=4k seek=256 conv=notrunc status=none
+kit_tell_guest_stop "$KIT_TMPDIR/script.img"
 kit_wait_poweroff 600 || { kit_dump_console; kit_fail "guest did not finish"; }
 kit_script_output | grep GUEST-CHECK
 [[ $(kit_script_rc) == 0 ]] || { kit_dump_console; kit_fail "the guest's own check failed"; }

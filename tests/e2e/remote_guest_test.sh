@@ -77,8 +77,7 @@ sync
 echo "GUEST-DONE $i"
 sleep 120
 GUEST
-kit_make_script_disk "$KIT_TMPDIR/guest.sh" "$KIT_TMPDIR/script.img"
-truncate -s 2M "$KIT_TMPDIR/script.img"
+kit_make_stoppable_script_disk "$KIT_TMPDIR/guest.sh" "$KIT_TMPDIR/script.img"
 kit_run_guest --script "$KIT_TMPDIR/script.img" -- -S \
     -qmp "unix:$tool,server=on,wait=off" \
     -blockdev "driver=file,filename=$disk,node-name=d0,discard=unmap" \
@@ -110,7 +109,7 @@ sleep 2
 start_protect "$KIT_TMPDIR/protect2.log"
 for _ in 1 2 3; do sleep 1; moment; done
 
-printf STOP | dd of="$KIT_TMPDIR/script.img" bs=4k seek=256 conv=notrunc status=none
+kit_tell_guest_stop "$KIT_TMPDIR/script.img"
 for _ in $(seq 600); do grep -q GUEST-DONE "$KIT_CONSOLE_LOG" && break; sleep 0.1; done
 grep -q GUEST-DONE "$KIT_CONSOLE_LOG" || { kit_dump_console; kit_fail "guest did not finish"; }
 moment

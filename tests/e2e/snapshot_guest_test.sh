@@ -53,26 +53,8 @@ K snapshot create s2 --tree "$tree" >/dev/null
 K snapshot revert --tree "$tree" s1 >/dev/null
 active=$(file_of "$(jq -r .active "$tree/tree.json")")
 
-cat >"$T/guest.sh" <<'GUEST'
-# Write a block, read it back (direct I/O, past the page cache), compare,
-# until the host writes STOP into block 256 of the script disk.
-bad=0
-i=0
-while [ $i -lt 20000 ]; do
-    [ $((i % 10)) -eq 0 ] && dd if="$SCRIPT_DEV" bs=4k skip=256 count=1 iflag=direct 2>/dev/null | grep -q STOP && break
-    dd if=/dev/urandom of=/tmp/blk bs=64k count=1 2>/dev/null
-    off=$((RANDOM % 1000))
-    dd if=/tmp/blk of="$DATA_DEV" bs=64k seek=$off count=1 oflag=direct conv=notrunc 2>/dev/null || bad=$((bad + 1))
-    dd if="$DATA_DEV" of=/tmp/back bs=64k skip=$off count=1 iflag=direct 2>/dev/null || bad=$((bad + 1))
-    cmp -s /tmp/blk /tmp/back || bad=$((bad + 1))
-    i=$((i + 1))
-    [ $((i % 50)) -eq 0 ] && echo "GUEST-PROGRESS $i"
-done
-echo "GUEST-CHECK iterations=$i bad=$bad"
-[ $bad -eq 0 ]
-GUEST
-kit_make_script_disk "$T/guest.sh" "$T/script.img"
-truncate -s 2M "$T/script.img"
+kit_checking_writer_script >"$T/guest.sh"
+kit_make_stoppable_script_disk "$T/guest.sh" "$T/script.img"
 kit_run_guest --script "$T/script.img" -- \
     -qmp "unix:$tool,server=on,wait=off" \
     -blockdev "driver=file,filename=$active,node-name=d0-file" \
@@ -121,7 +103,7 @@ expect_out "streamed b1 into b2"
 [[ $(frozen_md5) == "$(without "$before" b1)" ]] || kit_fail "rule 2 changed b2"
 
 # The guest stops; every file checks, the guest saw no error.
-printf STOP | dd of="$T/script.img" bs=4k seek=256 conv=notrunc status=none
+kit_tell_guest_stop "$T/script.img"
 kit_wait_poweroff 600 || { kit_dump_console; kit_fail "guest did not finish"; }
 kit_script_output | grep GUEST-CHECK
 [[ $(kit_script_rc) == 0 ]] || { kit_dump_console; kit_fail "the guest's own check failed"; }

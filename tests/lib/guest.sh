@@ -122,6 +122,42 @@ kit_make_script_disk() {
     truncate -s $(((size / 4096 + 1) * 4096)) "$out"
 }
 
+# Guests that run until the host says stop poll block 256 of their script
+# disk (direct reads) for the word STOP:
+#   [ $((i % 10)) -eq 0 ] && dd if="$SCRIPT_DEV" bs=4k skip=256 count=1 iflag=direct 2>/dev/null | grep -q STOP && break
+# kit_make_stoppable_script_disk SCRIPT_FILE OUT_IMG: a script disk with
+# room for that block; kit_tell_guest_stop OUT_IMG writes the word.
+kit_make_stoppable_script_disk() {
+    kit_make_script_disk "$1" "$2"
+    truncate -s 2M "$2"
+}
+kit_tell_guest_stop() {
+    printf STOP | dd of="$1" bs=4k seek=256 conv=notrunc status=none
+}
+
+# kit_checking_writer_script: prints a guest script that writes a random
+# 64 KiB block, reads it back with direct I/O and compares, until told to
+# stop; it prints GUEST-PROGRESS every 50 blocks and finally
+# "GUEST-CHECK iterations=N bad=M", and fails if any block was bad.
+kit_checking_writer_script() {
+    cat <<'GUEST'
+bad=0
+i=0
+while [ $i -lt 20000 ]; do
+    [ $((i % 10)) -eq 0 ] && dd if="$SCRIPT_DEV" bs=4k skip=256 count=1 iflag=direct 2>/dev/null | grep -q STOP && break
+    dd if=/dev/urandom of=/tmp/blk bs=64k count=1 2>/dev/null
+    off=$((RANDOM % 1000))
+    dd if=/tmp/blk of="$DATA_DEV" bs=64k seek=$off count=1 oflag=direct conv=notrunc 2>/dev/null || bad=$((bad + 1))
+    dd if="$DATA_DEV" of=/tmp/back bs=64k skip=$off count=1 iflag=direct 2>/dev/null || bad=$((bad + 1))
+    cmp -s /tmp/blk /tmp/back || bad=$((bad + 1))
+    i=$((i + 1))
+    [ $((i % 50)) -eq 0 ] && echo "GUEST-PROGRESS $i"
+done
+echo "GUEST-CHECK iterations=$i bad=$bad"
+[ $bad -eq 0 ]
+GUEST
+}
+
 # kit_run_guest [--script IMG] [--data IMG] [--data-format raw|qcow2]
 #               [--data-node NAME] [--mem MIB] [-- EXTRA_QEMU_ARGS...]
 # Starts QEMU in the background; sets KIT_QEMU_PID. The data disk is a
