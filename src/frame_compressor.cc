@@ -2,18 +2,72 @@
 
 #include <zstd.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "crc32c.h"
 
 namespace kvmcdp::journal {
 namespace {
 
+// Writes `raw` into `payload` as a zstd frame of raw (stored) blocks: any
+// zstd decoder reads it, and it costs a copy instead of a compression.
+// RFC 8878: magic, a single-segment descriptor with a 4-byte content size,
+// then blocks of at most 128 KiB, each a 3-byte header and the bytes.
+size_t store_frame(const uint8_t* raw, size_t n, uint8_t* payload) {
+  uint8_t* p = payload;
+  auto put32 = [&p](uint32_t v) {
+    for (int i = 0; i < 4; i++) *p++ = uint8_t(v >> (8 * i));
+  };
+  put32(0xFD2FB528u);
+  *p++ = 0xA0;  // content size in 4 bytes, single segment, no checksum
+  put32(uint32_t(n));
+  size_t done = 0;
+  do {
+    size_t block = std::min<size_t>(n - done, ZSTD_BLOCKSIZE_MAX);
+    uint32_t bh = uint32_t(block) << 3 | (done + block == n ? 1u : 0u);  // type 0: raw
+    *p++ = uint8_t(bh);
+    *p++ = uint8_t(bh >> 8);
+    *p++ = uint8_t(bh >> 16);
+    std::memcpy(p, raw + done, block);
+    p += block;
+    done += block;
+  } while (done < n);
+  return size_t(p - payload);
+}
+
+// Whether to spend zstd on a frame, judged from a 64 KiB probe in its
+// middle.  zstd level 1 costs several times more CPU per byte on data that
+// barely compresses (fio's buffers, already compressed files, encrypted
+// disks) than on text, for a few percent.  So: a frame whose probe saves
+// less than 1/16 is stored; one that saves less than 1/4 is stored only
+// while frames queue behind it (the compression threads are what holds
+// the stream back, and so the guest); the rest is compressed.
+bool worth_compressing(ZSTD_CCtx* cctx, const ByteBuf& raw, bool backlog, ByteBuf* probe_out) {
+  constexpr size_t kProbe = 64 << 10;
+  if (raw.size() < 2 * kProbe) return true;  // small: the probe would be the frame
+  const uint8_t* at = raw.data() + (raw.size() - kProbe) / 2;
+  probe_out->resize(ZSTD_compressBound(kProbe));
+  size_t n = ZSTD_compress2(cctx, probe_out->data(), probe_out->size(), at, kProbe);
+  if (ZSTD_isError(n)) return true;
+  size_t saved = n < kProbe ? kProbe - n : 0;
+  return saved >= kProbe / 4 || (saved >= kProbe / 16 && !backlog);
+}
+
 // Compresses `raw` into `out` as one frame: encoded header + payload.
-Status compress(ZSTD_CCtx* cctx, const ByteBuf& raw, FrameHeader* h, ByteBuf* out) {
+Status compress(ZSTD_CCtx* cctx, const ByteBuf& raw, bool backlog, FrameHeader* h,
+                ByteBuf* out, ByteBuf* probe) {
   size_t bound = ZSTD_compressBound(raw.size());
   out->resize(kFrameHeaderSize + bound);
   uint8_t* payload = out->data() + kFrameHeaderSize;
-  size_t n = ZSTD_compress2(cctx, payload, bound, raw.data(), raw.size());
-  if (ZSTD_isError(n)) return {ErrorKind::kFailure, std::string("zstd: ") + ZSTD_getErrorName(n)};
+  size_t n;
+  if (worth_compressing(cctx, raw, backlog, probe)) {
+    n = ZSTD_compress2(cctx, payload, bound, raw.data(), raw.size());
+    if (ZSTD_isError(n))
+      return {ErrorKind::kFailure, std::string("zstd: ") + ZSTD_getErrorName(n)};
+  } else {
+    n = store_frame(raw.data(), raw.size(), payload);
+  }
   h->payload_len = static_cast<uint32_t>(n);
   h->raw_len = static_cast<uint32_t>(raw.size());
   h->payload_crc = crc32c(payload, n);
@@ -46,6 +100,7 @@ ByteBuf FrameCompressor::submit(ByteBuf&& raw, const FrameHeader& h) {
   std::unique_lock<std::mutex> l(mu_);
   cv_.wait(l, [&] { return undone_ < max_in_flight_; });
   jobs_.push_back(Job{std::move(raw), h});
+  submitted_++;
   undone_++;
   ByteBuf next;
   if (!free_raw_.empty()) {
@@ -64,12 +119,24 @@ Status FrameCompressor::drain() {
   return error_;
 }
 
+uint64_t FrameCompressor::submitted() {
+  std::lock_guard<std::mutex> l(mu_);
+  return submitted_;
+}
+
+Status FrameCompressor::wait_sunk(uint64_t n) {
+  std::unique_lock<std::mutex> l(mu_);
+  cv_.wait(l, [&] { return stop_ || sunk_ >= n; });
+  if (sunk_ < n) return {ErrorKind::kFailure, "journal writer stopped before the commit"};
+  return error_;
+}
+
 void FrameCompressor::run() {
   ZSTD_CCtx* cctx = ZSTD_createCCtx();
   ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level_);
   if (zstd_workers_ > 0)  // ignored if libzstd lacks threads
     ZSTD_CCtx_setParameter(cctx, ZSTD_c_nbWorkers, zstd_workers_);
-  ByteBuf out;  // this thread's compressed frame, reused
+  ByteBuf out, probe;  // this thread's compressed frame and probe, reused
   std::unique_lock<std::mutex> l(mu_);
   for (;;) {
     cv_.wait(l, [&] { return stop_ || !jobs_.empty(); });
@@ -78,8 +145,9 @@ void FrameCompressor::run() {
     jobs_.pop_front();
     const uint64_t ticket = taken_++;
     const bool skip = !error_.is_ok();
+    const bool backlog = !jobs_.empty();  // frames wait that no thread has taken
     l.unlock();
-    Status s = skip ? Status::ok() : compress(cctx, j.raw, &j.h, &out);
+    Status s = skip ? Status::ok() : compress(cctx, j.raw, backlog, &j.h, &out, &probe);
     l.lock();
     // The sink takes frames in submission order, one at a time.
     cv_.wait(l, [&] { return stop_ || sunk_ == ticket; });

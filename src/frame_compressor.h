@@ -54,6 +54,13 @@ class FrameCompressor {
   // later call: the pipeline does not recover.
   Status drain();
 
+  // Frames submitted so far, a count to give wait_sunk().
+  uint64_t submitted();
+  // Waits until the first `n` frames submitted have been sunk (or skipped
+  // after an error), while later ones may still be coming: what a commit
+  // running beside the caller needs.  Returns the pipeline's first error.
+  Status wait_sunk(uint64_t n);
+
  private:
   void run();
 
@@ -69,6 +76,7 @@ class FrameCompressor {
     FrameHeader h;
   };
   std::deque<Job> jobs_;  // queued, in submission order
+  uint64_t submitted_ = 0;  // frames ever submitted
   uint64_t taken_ = 0;    // tickets handed to threads, in submission order
   uint64_t sunk_ = 0;     // tickets done with the sink
   size_t undone_ = 0;     // queued or being worked on

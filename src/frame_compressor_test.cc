@@ -2,6 +2,12 @@
 
 #include <doctest/doctest.h>
 
+#include <zstd.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <cstring>
+#include <iterator>
 #include <vector>
 
 namespace kvmcdp::journal {
@@ -69,6 +75,109 @@ TEST_CASE("frame compressor: many frames in flight are sunk in order and decode"
       CHECK(std::vector<uint8_t>(want.data(), want.data() + want.size()) == raw);
     }
   }
+}
+
+// Noise (kind 0), noise with every 32nd byte zero (kind 1: about 1/64
+// could be saved), noise with every 4th byte zero (kind 3: about 1/7)
+// and text-like bytes (kind 2).
+static ByteBuf sample_bytes(size_t n, int kind) {
+  ByteBuf b;
+  b.resize(n);
+  uint64_t x = 88172645463325252ull;
+  for (size_t i = 0; i < n; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    uint8_t v = uint8_t(x);
+    if (kind == 1 && i % 32 == 0) v = 0;
+    if (kind == 3 && i % 4 == 0) v = 0;
+    if (kind == 2) v = uint8_t("the quick brown fox "[i % 20] + (x % 97 == 0));
+    b.data()[i] = v;
+  }
+  return b;
+}
+
+static bool stored_frame(const std::vector<uint8_t>& frame, size_t raw) {
+  size_t blocks = (raw + (128 << 10) - 1) / (128 << 10);
+  return frame.size() == kFrameHeaderSize + 9 + 3 * blocks + raw;
+}
+
+TEST_CASE("frame compressor: frames zstd cannot shrink by 1/16 are stored, and still decode") {
+  // The stored ones are zstd frames of raw blocks: any zstd reads them back.
+  Sunk out;
+  FrameCompressor c(1, 0, 2, 4, out.sink());
+  const size_t sizes[] = {1 << 20, (1 << 20) + 4096 + 40, 300000, 128 << 10, 4096};
+  std::vector<ByteBuf> want;
+  uint64_t seq = 0;
+  for (int kind : {0, 1, 2}) {
+    for (size_t n : sizes) {
+      want.push_back(sample_bytes(n, kind));
+      ByteBuf copy;
+      copy.resize(n);
+      std::memcpy(copy.data(), want.back().data(), n);
+      c.submit(std::move(copy), header(++seq));
+    }
+  }
+  REQUIRE(c.drain());
+  REQUIRE(out.frames.size() == want.size());
+  for (size_t i = 0; i < want.size(); i++) {
+    CAPTURE(i);
+    const auto& frame = out.frames[i];
+    FrameHeader back;
+    REQUIRE(!decode_frame_header(frame.data(), &back));
+    size_t n = want[i].size();
+    const uint8_t* payload = frame.data() + kFrameHeaderSize;
+    bool text = i >= 2 * std::size(sizes);
+    if (n >= (128 << 10) && !text) {
+      // Stored: 9 bytes of frame header, 3 per 128 KiB block, the bytes.
+      CHECK(stored_frame(frame, n));
+      CHECK(std::memcmp(payload + 9 + 3, want[i].data(), 1000) == 0);
+    } else if (text) {
+      CHECK(back.payload_len < n / 4);
+    }
+    CHECK(ZSTD_getFrameContentSize(payload, back.payload_len) == n);
+    std::vector<uint8_t> raw;
+    REQUIRE(!decode_payload(back, payload, &raw));
+    CHECK(std::vector<uint8_t>(want[i].data(), want[i].data() + n) == raw);
+  }
+}
+
+TEST_CASE("frame compressor: data that compresses a little is stored only while frames queue") {
+  // Kind 3 saves about 1/7: compressed when the thread keeps up, stored
+  // while other frames wait for it.  One thread; the sink holds the first
+  // frame until all are submitted, so frames 2 and 3 are taken with frames
+  // queued behind them, and the last one with none.
+  const size_t n = 1 << 20;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  std::vector<std::vector<uint8_t>> frames;
+  auto sink = [&](const FrameHeader&, const uint8_t* f, size_t len) {
+    std::unique_lock<std::mutex> l(mu);
+    cv.wait(l, [&] { return release; });
+    frames.emplace_back(f, f + len);
+    return Status::ok();
+  };
+  {
+    FrameCompressor c(1, 0, 1, 8, sink);
+    for (uint64_t i = 1; i <= 4; i++) c.submit(sample_bytes(n, 3), header(i));
+    {
+      std::lock_guard<std::mutex> l(mu);
+      release = true;
+    }
+    cv.notify_all();
+    REQUIRE(c.drain());
+    // Then one at a time: nothing waits, so each is compressed.
+    for (uint64_t i = 5; i <= 6; i++) {
+      c.submit(sample_bytes(n, 3), header(i));
+      REQUIRE(c.drain());
+    }
+  }
+  REQUIRE(frames.size() == 6);
+  CHECK(stored_frame(frames[1], n));
+  CHECK(stored_frame(frames[2], n));
+  CHECK(!stored_frame(frames[3], n));
+  CHECK(frames[3].size() < n - n / 16);
+  CHECK(!stored_frame(frames[4], n));
+  CHECK(!stored_frame(frames[5], n));
 }
 
 TEST_CASE("frame compressor: a sink error stops the frames after it, for good") {

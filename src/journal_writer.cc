@@ -10,6 +10,7 @@
 #include "journal_writer.h"
 
 #include <fcntl.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -128,8 +129,10 @@ Status JournalWriter::recover() {
 
 JournalWriter::~JournalWriter() {
   if (!failed_ && compressor_) (void)close();
+  stop_sync_thread();   // it waits on compressor_ and uses fd_
   compressor_.reset();  // its threads call write_frame: stop them first
   if (fd_ >= 0) ::close(fd_);
+  if (event_fd_ >= 0) ::close(event_fd_);
 }
 
 WriterStats JournalWriter::stats() const {
@@ -191,6 +194,7 @@ Result<uint64_t> JournalWriter::commit() {
   if (failed_) return *failed_;
   finish_frame();
   if (auto s = compressor_->drain(); !s) return *(failed_ = s);
+  std::lock_guard<std::mutex> l(seg_mu_);
   if (unsynced_) {
     if (::fdatasync(fd_) != 0)
       return *(failed_ = Status(ErrorKind::kFailure,
@@ -199,8 +203,101 @@ Result<uint64_t> JournalWriter::commit() {
     unsynced_ = false;
     commits_++;
   }
-  durable_seq_ = written_seq_;
-  return durable_seq_;
+  advance_durable(written_seq_);
+  return durable_seq_.load();
+}
+
+Status JournalWriter::commit_async() {
+  if (failed_) return *failed_;
+  finish_frame();
+  uint64_t frames = compressor_->submitted();
+  if (event_fd_ < 0) {
+    event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (event_fd_ < 0) return {ErrorKind::kFailure, fsutil::errno_message("eventfd", store_)};
+    sync_thread_ = std::thread([this] { sync_loop(); });
+  }
+  {
+    std::lock_guard<std::mutex> l(sync_mu_);
+    sync_want_frames_ = std::max(sync_want_frames_, frames);
+    sync_asked_++;
+  }
+  sync_cv_.notify_one();
+  return {};
+}
+
+Result<uint64_t> JournalWriter::take_commit_event() {
+  uint64_t events;
+  if (event_fd_ >= 0) (void)!::read(event_fd_, &events, sizeof events);
+  {
+    std::lock_guard<std::mutex> l(sync_mu_);
+    if (sync_failed_ && !failed_) failed_ = *sync_failed_;
+  }
+  if (failed_) return *failed_;
+  return durable_seq_.load();
+}
+
+// One sync at a time; the asks that arrive meanwhile wait for the next,
+// which covers them all: the pipelined form of group commit.
+void JournalWriter::sync_loop() {
+  std::unique_lock<std::mutex> l(sync_mu_);
+  for (;;) {
+    sync_cv_.wait(l, [&] { return sync_stop_ || sync_asked_ > sync_served_; });
+    if (sync_stop_) return;
+    uint64_t asked = sync_asked_, frames = sync_want_frames_;
+    bool failed = sync_failed_.has_value();
+    l.unlock();
+    Status st = failed ? Status::ok() : sync_frames(frames);
+    l.lock();
+    if (!st && !sync_failed_) sync_failed_ = st;
+    sync_served_ = asked;
+    uint64_t one = 1;
+    (void)!::write(event_fd_, &one, sizeof one);
+  }
+}
+
+// Waits until the first `frames` frames are in the segment files, then
+// makes them durable.  Sealed segments were synced before their index was
+// written; the open one is synced through a dup of its fd, taken together
+// with written_seq_, so a rotation meanwhile cannot close it under us and
+// everything up to that seq is covered.
+Status JournalWriter::sync_frames(uint64_t frames) {
+  if (auto s = compressor_->wait_sunk(frames); !s) return s;
+  int fd = -1;
+  uint64_t upto;
+  {
+    std::lock_guard<std::mutex> l(seg_mu_);
+    upto = written_seq_;
+    if (fd_ >= 0 && (fd = ::fcntl(fd_, F_DUPFD_CLOEXEC, 0)) < 0)
+      return {ErrorKind::kFailure, fsutil::errno_message("dup", segment_path(store_, seg_number_))};
+  }
+  if (fd >= 0) {
+    int r = ::fdatasync(fd);
+    int err = errno;
+    ::close(fd);
+    if (r != 0) {
+      errno = err;
+      return {ErrorKind::kFailure, fsutil::errno_message("fdatasync", store_)};
+    }
+    commits_++;
+  }
+  advance_durable(upto);
+  return {};
+}
+
+void JournalWriter::advance_durable(uint64_t seq) {
+  uint64_t cur = durable_seq_.load();
+  while (cur < seq && !durable_seq_.compare_exchange_weak(cur, seq)) {
+  }
+}
+
+void JournalWriter::stop_sync_thread() {
+  if (!sync_thread_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> l(sync_mu_);
+    sync_stop_ = true;
+  }
+  sync_cv_.notify_one();
+  sync_thread_.join();
 }
 
 // On a compression thread, one frame at a time, in order: the frame goes
@@ -209,6 +306,7 @@ Result<uint64_t> JournalWriter::commit() {
 // durable before its index is written, so an index never describes bytes
 // not on disk.
 Status JournalWriter::write_frame(const FrameHeader& h, const uint8_t* frame, size_t n) {
+  std::lock_guard<std::mutex> l(seg_mu_);
   uint64_t now = now_ns();
   bool full = seg_size_ + n > opts_.segment_max_bytes ||
               now - seg_created_ns_ >= opts_.segment_max_age_ns;
@@ -271,9 +369,11 @@ Status JournalWriter::seal_segment() {
 }
 
 Status JournalWriter::close() {
+  stop_sync_thread();
   if (failed_) return *failed_;
   auto c = commit();
   if (!c) return c.status();
+  std::lock_guard<std::mutex> l(seg_mu_);
   if (auto s = seal_segment(); !s) return *(failed_ = s);
   return {};
 }

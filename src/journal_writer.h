@@ -5,13 +5,21 @@
 //   w->append(view_of(msg_header, payload));         // the same, one copy
 //   auto durable = w->commit();                      // one fdatasync
 //   // ack the filter up to *durable only now
+//
+// Or without waiting, so that records keep arriving while the disk syncs:
+//   w->commit_async();                  // the sync thread takes it from here
+//   poll(w->commit_event_fd()) ...      // readable when a sync has ended
+//   auto durable = w->take_commit_event();
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "frame_compressor.h"
@@ -73,10 +81,21 @@ class JournalWriter {
   // rotation, before its index is written).  Returns the last durable seq.
   // After an I/O error the writer refuses further work: reopen to recover.
   Result<uint64_t> commit();
+  // The same group commit, run on the writer's sync thread: hands over the
+  // partial frame and returns at once; the caller goes on appending while
+  // the frames are written and fdatasync runs.  commit_event_fd() becomes
+  // readable when a sync ends.  Asks made while one runs are served
+  // together by the next.
+  Status commit_async();
+  // -1 until the first commit_async().
+  int commit_event_fd() const { return event_fd_; }
+  // Clears the event; the last durable seq, or the error that stopped the
+  // writer (the sync thread's or any other).
+  Result<uint64_t> take_commit_event();
   // Commits and closes the current segment (writes its index).
   Status close();
 
-  uint64_t last_durable_seq() const { return durable_seq_; }  // 0: none
+  uint64_t last_durable_seq() const { return durable_seq_.load(); }  // 0: none
   uint64_t last_appended_seq() const { return appended_seq_; }
   uint64_t stream_id() const { return stream_id_; }
   WriterStats stats() const;
@@ -88,6 +107,10 @@ class JournalWriter {
   Status write_frame(const FrameHeader& h, const uint8_t* frame, size_t n);
   Status open_segment(uint64_t now_ns);
   Status seal_segment();
+  void sync_loop();
+  Status sync_frames(uint64_t frames);
+  void stop_sync_thread();
+  void advance_durable(uint64_t seq);
 
   std::string store_;
   WriterOptions opts_;
@@ -96,7 +119,7 @@ class JournalWriter {
   std::optional<Status> failed_;
   std::unique_ptr<FrameCompressor> compressor_;
   uint64_t stream_id_ = 0;
-  uint64_t durable_seq_ = 0;
+  std::atomic<uint64_t> durable_seq_{0};
   uint64_t appended_seq_ = 0;
   bool have_appended_ = false;
   // The frame being filled (then handed to compressor_).
@@ -104,7 +127,9 @@ class JournalWriter {
   FrameHeader cur_;
   // The open segment.  While frames are in flight only the compression
   // threads (write_frame, one at a time) touch what follows; the caller
-  // does after compressor_->drain().
+  // does after compressor_->drain().  seg_mu_ lets the sync thread take
+  // fd_ and written_seq_ together while frames are being written.
+  std::mutex seg_mu_;
   int fd_ = -1;
   uint64_t seg_number_ = 0;  // open segment, or the last one if none open
   uint64_t seg_size_ = 0;
@@ -113,6 +138,16 @@ class JournalWriter {
   uint64_t written_seq_ = 0;  // last seq written (durable after fdatasync)
   bool unsynced_ = false;     // frames written since the last fdatasync
   uint64_t records_ = 0, raw_bytes_ = 0;  // the caller's counters
+  // The sync thread (commit_async): the caller posts how many frames the
+  // commit needs; the thread waits for them, syncs, and signals event_fd_.
+  std::thread sync_thread_;
+  std::mutex sync_mu_;
+  std::condition_variable sync_cv_;
+  uint64_t sync_want_frames_ = 0;  // frames submitted when last asked
+  uint64_t sync_asked_ = 0, sync_served_ = 0;  // asks made, asks answered
+  bool sync_stop_ = false;
+  std::optional<Status> sync_failed_;
+  int event_fd_ = -1;
   // Counters the compression thread updates; stats() may read them anytime.
   std::atomic<uint64_t> segments_{0}, current_segment_{0}, compressed_bytes_{0},
       commits_{0};

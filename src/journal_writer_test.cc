@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <poll.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -232,6 +233,98 @@ TEST_CASE("a failed write with frames in flight: commit and every later call fai
   auto v = verify_journal(d.path);
   REQUIRE(v);
   CHECK(v->ok());
+}
+
+namespace {
+// Waits for the writer's commit event and takes it.
+Result<uint64_t> wait_commit_event(JournalWriter& w) {
+  pollfd p{w.commit_event_fd(), POLLIN, 0};
+  REQUIRE(p.fd >= 0);
+  REQUIRE(poll(&p, 1, 30000) == 1);
+  return w.take_commit_event();
+}
+}  // namespace
+
+TEST_CASE("commit_async: appends go on while a sync runs; each event is durable up to its ask") {
+  // Small frames and segments, so syncs overlap frames in flight and
+  // segment rotations.  After each event, a fresh reader must see at least
+  // every record appended before the ask that the event answers.
+  TempDir d;
+  WriterOptions o;
+  o.frame_raw_bytes = 900;
+  o.frames_in_flight = 2;
+  o.segment_max_bytes = 16 << 10;
+  auto w = JournalWriter::open(d.path, o);
+  REQUIRE(w);
+  CHECK((*w)->commit_event_fd() == -1);
+  uint64_t seq = 0, asked_at = 0, answered = 0;
+  bool pending = false;
+  for (int round = 0; round < 60; round++) {
+    for (int k = 0; k < 1 + round % 9; k++) {
+      seq++;
+      REQUIRE((*w)->append(write_rec(seq, seq * 4096, pattern(100 + seq % 700, uint8_t(seq)))));
+    }
+    if (!pending) {
+      REQUIRE((*w)->commit_async());
+      asked_at = seq;
+      pending = true;
+    }
+    pollfd p{(*w)->commit_event_fd(), POLLIN, 0};
+    if (poll(&p, 1, round % 3 ? 0 : 30000) == 1) {
+      auto durable = (*w)->take_commit_event();
+      REQUIRE(durable);
+      CHECK(*durable >= asked_at);
+      CHECK(*durable <= seq);
+      CHECK(*durable >= answered);
+      answered = *durable;
+      CHECK((*w)->last_durable_seq() == *durable);
+      CHECK(count_pattern_records(d.path) >= *durable);
+      pending = false;
+    }
+  }
+  if (pending) CHECK(*wait_commit_event(**w) >= asked_at);
+  // An ask with nothing new still gets its event.
+  REQUIRE((*w)->commit_async());
+  auto again = wait_commit_event(**w);
+  REQUIRE(again);
+  // The synchronous commit covers the rest, then close seals.
+  CHECK(*(*w)->commit() == seq);
+  CHECK((*w)->stats().segments > 2);
+  REQUIRE((*w)->close());
+  CHECK(count_pattern_records(d.path) == seq);
+  auto v = verify_journal(d.path);
+  REQUIRE(v);
+  CHECK(v->ok());
+}
+
+TEST_CASE("commit_async: a failed write is the event's error, and stops the writer") {
+  TempDir d;
+  WriterOptions o;
+  o.frame_raw_bytes = 64 << 10;
+  o.frames_in_flight = 2;
+  auto w = JournalWriter::open(d.path, o);
+  REQUIRE(w);
+  REQUIRE((*w)->append(write_rec(1, 0, noise(4096, 1))));
+  REQUIRE((*w)->commit_async());
+  auto first = wait_commit_event(**w);
+  REQUIRE(first);
+  CHECK(*first == 1);
+  rlimit old;
+  REQUIRE(getrlimit(RLIMIT_FSIZE, &old) == 0);
+  auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  rlimit small = old;
+  small.rlim_cur = 256 << 10;
+  REQUIRE(setrlimit(RLIMIT_FSIZE, &small) == 0);
+  for (uint64_t s = 2; s <= 20; s++) REQUIRE((*w)->append(write_rec(s, 0, noise(64 << 10, s))));
+  REQUIRE((*w)->commit_async());
+  auto failed = wait_commit_event(**w);
+  REQUIRE(setrlimit(RLIMIT_FSIZE, &old) == 0);
+  std::signal(SIGXFSZ, old_handler);
+  REQUIRE(!failed);
+  CHECK(failed.status().kind() == ErrorKind::kFailure);
+  CHECK((*w)->last_durable_seq() < 20);
+  CHECK(!(*w)->append(write_rec(21, 0, noise(10, 21))));
+  CHECK(!(*w)->commit());
 }
 
 }  // namespace kvmcdp::journal

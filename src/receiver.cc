@@ -51,14 +51,33 @@ Result<Hello> StreamReceiver::handshake(uint64_t durable_seq, int timeout_ms) {
 }
 
 Status StreamReceiver::commit_and_ack() {
-  if (!uncommitted_) return Status::ok();
+  if (!uncommitted_ && !syncing_) return Status::ok();
   auto durable = writer_->commit();
   if (!durable) return durable.status();
   uncommitted_ = false;
   uncommitted_bytes_ = 0;
+  return on_durable(*durable);
+}
+
+Status StreamReceiver::start_commit() {
+  if (Status s = writer_->commit_async(); !s) return s;
+  syncing_ = true;
+  uncommitted_ = false;
+  uncommitted_bytes_ = 0;
+  return Status::ok();
+}
+
+Status StreamReceiver::finish_commit() {
+  syncing_ = false;
+  auto durable = writer_->take_commit_event();
+  if (!durable) return durable.status();
+  return on_durable(*durable);
+}
+
+Status StreamReceiver::on_durable(uint64_t durable) {
   counters_.commits++;
-  counters_.durable_seq = *durable;
-  if (live_durable_) *live_durable_ = *durable;
+  counters_.durable_seq = durable;
+  if (live_durable_) *live_durable_ = durable;
   if (gate_) gate_->committed();
   Status acked = send_ack();
   if (live_counters_) {
@@ -100,34 +119,41 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
       uncommitted_ = true;
       uncommitted_bytes_ += h.payload_len;
     }
-    // Commit when the socket has nothing more right now (one fsync covers
-    // everything that arrived meanwhile), or when a batch is big or old
-    // enough: a sender that never pauses must still get acks, or its
-    // queue fills and the guest stalls.
-    pollfd p[2] = {{fd_, POLLIN, 0}, {gate_ ? gate_->receiver_fd() : -1, POLLIN, 0}};
-    int ready = poll(p, 2, uncommitted_ ? 0 : 100);
+    // Ask for a commit when the socket has nothing more right now (one
+    // fsync covers everything that arrived meanwhile), or when a batch is
+    // big or old enough: a sender that never pauses must still get acks,
+    // or its queue fills and the guest stalls.  The sync runs on the
+    // writer's thread while this one reads on; what arrives meanwhile is
+    // asked for as soon as it ends.
+    pollfd p[3] = {{fd_, POLLIN, 0},
+                   {gate_ ? gate_->receiver_fd() : -1, POLLIN, 0},
+                   {writer_->commit_event_fd(), POLLIN, 0}};
+    bool may_start = uncommitted_ && !syncing_;
+    int ready = poll(p, 3, may_start ? 0 : 100);
     if (ready < 0 && errno != EINTR)
       return Status(ErrorKind::kFailure, fmt::format("poll: {}", std::strerror(errno)));
+    if (ready > 0 && (p[2].revents & POLLIN)) {
+      if (Status s = finish_commit(); !s) return s;
+    }
     if (ready > 0 && (p[1].revents & POLLIN)) {
       // The server made more durable: acks that waited for it go out now.
       AckGate::drain(p[1].fd);
       if (Status s = send_ack(); !s) return s;
-      if (!(p[0].revents & POLLIN)) continue;
     }
-    ready = ready > 0 ? (p[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0 : ready;
+    bool readable = ready > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0;
     bool batch_due = uncommitted_ && (uncommitted_bytes_ >= kBatchBytes ||
                                       std::chrono::steady_clock::now() - first_uncommitted_ >=
                                           kBatchAge);
-    if (ready <= 0 || reader_.buffered_message() || batch_due) {
-      if (Status s = commit_and_ack(); !s) return s;
-      continue;
+    if (uncommitted_ && !syncing_ && (!readable || batch_due)) {
+      if (Status s = start_commit(); !s) return s;
     }
+    if (!readable) continue;
     auto r = reader_.fill();
     if (!r) return r.status();
     if (*r == wire::MessageReader::Next::kClosed) {
       // Make durable what arrived; the ack cannot reach a closed peer, and
       // the filter learns the durable seq from the next handshake.
-      if (uncommitted_) {
+      if (uncommitted_ || syncing_) {
         auto durable = writer_->commit();
         if (!durable) return durable.status();
         counters_.durable_seq = *durable;

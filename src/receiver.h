@@ -2,10 +2,13 @@
 // appends them to the journal, and acknowledges them to the filter only
 // once a group commit has made them durable.
 //
-// Batching follows the socket: everything one read() brought in is
-// appended, then committed with one fdatasync and acked with one message.
-// Under load reads come back full and batches grow; when idle each record
-// is committed at once, so a guest flush waits for one fsync, not a timer.
+// Batching follows the socket: when it has nothing more to read, what
+// arrived is committed with one fdatasync and acked with one message.  The
+// fdatasync runs on the journal writer's sync thread while this one reads
+// on, and the records that arrive meanwhile go into the next commit: under
+// load batches grow and the socket never waits for the disk; when idle
+// each record is committed at once, so a guest flush waits for one fsync,
+// not a timer.
 #pragma once
 
 #include <atomic>
@@ -68,7 +71,10 @@ class StreamReceiver {
   }
 
  private:
-  Status commit_and_ack();
+  Status commit_and_ack();  // waits for the disk
+  Status start_commit();    // commit_async; finish_commit when it ends
+  Status finish_commit();
+  Status on_durable(uint64_t durable);
   Status send_ack();
 
   int fd_;
@@ -79,7 +85,8 @@ class StreamReceiver {
   ReceiverCounters* live_counters_ = nullptr;
   std::mutex* live_mu_ = nullptr;
   ReceiverCounters counters_;
-  bool uncommitted_ = false;
+  bool uncommitted_ = false;  // appended, not yet asked to commit
+  bool syncing_ = false;      // a commit_async has not ended yet
   uint64_t uncommitted_bytes_ = 0;
   std::chrono::steady_clock::time_point first_uncommitted_;
   static constexpr uint64_t kBatchBytes = 8u << 20;
