@@ -10,18 +10,24 @@
 namespace kvmcdp::journal {
 namespace {
 
-// Writes `raw` into `payload` as a zstd frame of raw (stored) blocks: any
-// zstd decoder reads it, and it costs a copy instead of a compression.
-// RFC 8878: magic, a single-segment descriptor with a 4-byte content size,
-// then blocks of at most 128 KiB, each a 3-byte header and the bytes.
-size_t store_frame(const uint8_t* raw, size_t n, uint8_t* payload) {
-  uint8_t* p = payload;
+// A frame of `raw` as a zstd frame of raw (stored) blocks: any zstd
+// decoder reads it, and it costs no copy: `head` gets the fixed bytes
+// (RFC 8878: magic, a single-segment descriptor with a 4-byte content size,
+// then a 3-byte header before each block of at most 128 KiB) and `iov`
+// points into `raw` between them.  Returns the payload's size.
+size_t store_frame(const ByteBuf& raw, ByteBuf* head, std::vector<iovec>* iov) {
+  size_t n = raw.size();
+  size_t blocks = n ? (n + ZSTD_BLOCKSIZE_MAX - 1) / ZSTD_BLOCKSIZE_MAX : 1;
+  head->resize(kFrameHeaderSize + 9 + 3 * blocks);
+  uint8_t* p = head->data() + kFrameHeaderSize;
   auto put32 = [&p](uint32_t v) {
     for (int i = 0; i < 4; i++) *p++ = uint8_t(v >> (8 * i));
   };
   put32(0xFD2FB528u);
   *p++ = 0xA0;  // content size in 4 bytes, single segment, no checksum
   put32(uint32_t(n));
+  iov->clear();
+  const uint8_t* piece = head->data();
   size_t done = 0;
   do {
     size_t block = std::min<size_t>(n - done, ZSTD_BLOCKSIZE_MAX);
@@ -29,11 +35,12 @@ size_t store_frame(const uint8_t* raw, size_t n, uint8_t* payload) {
     *p++ = uint8_t(bh);
     *p++ = uint8_t(bh >> 8);
     *p++ = uint8_t(bh >> 16);
-    std::memcpy(p, raw + done, block);
-    p += block;
+    iov->push_back({const_cast<uint8_t*>(piece), size_t(p - piece)});
+    piece = p;
+    if (block) iov->push_back({const_cast<uint8_t*>(raw.data() + done), block});
     done += block;
   } while (done < n);
-  return size_t(p - payload);
+  return head->size() - kFrameHeaderSize + n;
 }
 
 // Whether to spend zstd on a frame, judged from a 64 KiB probe in its
@@ -54,25 +61,35 @@ bool worth_compressing(ZSTD_CCtx* cctx, const ByteBuf& raw, bool backlog, ByteBu
   return saved >= kProbe / 4 || (saved >= kProbe / 16 && !backlog);
 }
 
-// Compresses `raw` into `out` as one frame: encoded header + payload.
+// Makes `raw` one frame, `iov` its bytes: encoded header + payload, in
+// `out` when compressed, in `out` and `raw` when stored.
 Status compress(ZSTD_CCtx* cctx, const ByteBuf& raw, bool backlog, FrameHeader* h,
-                ByteBuf* out, ByteBuf* probe) {
-  size_t bound = ZSTD_compressBound(raw.size());
-  out->resize(kFrameHeaderSize + bound);
-  uint8_t* payload = out->data() + kFrameHeaderSize;
+                ByteBuf* out, ByteBuf* probe, std::vector<iovec>* iov) {
   size_t n;
+  uint32_t crc;
   if (worth_compressing(cctx, raw, backlog, probe)) {
+    size_t bound = ZSTD_compressBound(raw.size());
+    out->resize(kFrameHeaderSize + bound);
+    uint8_t* payload = out->data() + kFrameHeaderSize;
     n = ZSTD_compress2(cctx, payload, bound, raw.data(), raw.size());
     if (ZSTD_isError(n))
       return {ErrorKind::kFailure, std::string("zstd: ") + ZSTD_getErrorName(n)};
+    out->resize(kFrameHeaderSize + n);
+    crc = crc32c(payload, n);
+    *iov = {{out->data(), out->size()}};
   } else {
-    n = store_frame(raw.data(), raw.size(), payload);
+    n = store_frame(raw, out, iov);
+    (*iov)[0].iov_base = out->data() + kFrameHeaderSize;  // the CRC skips the frame header
+    (*iov)[0].iov_len -= kFrameHeaderSize;
+    crc = 0;
+    for (const iovec& v : *iov) crc = crc32c_extend(crc, v.iov_base, v.iov_len);
+    (*iov)[0].iov_base = out->data();
+    (*iov)[0].iov_len += kFrameHeaderSize;
   }
   h->payload_len = static_cast<uint32_t>(n);
   h->raw_len = static_cast<uint32_t>(raw.size());
-  h->payload_crc = crc32c(payload, n);
+  h->payload_crc = crc;
   encode_frame_header(*h, out->data());
-  out->resize(kFrameHeaderSize + n);
   return Status::ok();
 }
 
@@ -137,6 +154,7 @@ void FrameCompressor::run() {
   if (zstd_workers_ > 0)  // ignored if libzstd lacks threads
     ZSTD_CCtx_setParameter(cctx, ZSTD_c_nbWorkers, zstd_workers_);
   ByteBuf out, probe;  // this thread's compressed frame and probe, reused
+  std::vector<iovec> iov;
   std::unique_lock<std::mutex> l(mu_);
   for (;;) {
     cv_.wait(l, [&] { return stop_ || !jobs_.empty(); });
@@ -147,14 +165,14 @@ void FrameCompressor::run() {
     const bool skip = !error_.is_ok();
     const bool backlog = !jobs_.empty();  // frames wait that no thread has taken
     l.unlock();
-    Status s = skip ? Status::ok() : compress(cctx, j.raw, backlog, &j.h, &out, &probe);
+    Status s = skip ? Status::ok() : compress(cctx, j.raw, backlog, &j.h, &out, &probe, &iov);
     l.lock();
     // The sink takes frames in submission order, one at a time.
     cv_.wait(l, [&] { return stop_ || sunk_ == ticket; });
     if (stop_) break;
     if (s && error_.is_ok()) {
       l.unlock();
-      s = sink_(j.h, out.data(), out.size());
+      s = sink_(j.h, iov.data(), iov.size());
       l.lock();
     }
     if (!s && error_.is_ok()) error_ = s;

@@ -21,6 +21,8 @@
 #include <mutex>
 #include <string>
 #include <thread>
+
+#include <sys/uio.h>
 #include <vector>
 
 #include "journal_bytebuf.h"
@@ -33,9 +35,11 @@ class FrameCompressor {
  public:
   // Called on a compression thread, one frame at a time, in submission order, with the
   // frame's header (as filled in) and its bytes (encoded header + payload,
-  // valid during the call).  An error stops the pipeline: later frames are
-  // neither compressed nor sunk, and drain() returns the error.
-  using Sink = std::function<Status(const FrameHeader&, const uint8_t*, size_t)>;
+  // valid during the call) gathered in `iovcnt` pieces: a stored frame's
+  // data is not copied again, it is written from the submitted buffer.  An
+  // error stops the pipeline: later frames are neither compressed nor
+  // sunk, and drain() returns the error.
+  using Sink = std::function<Status(const FrameHeader&, const struct iovec* iov, size_t iovcnt)>;
   // `max_in_flight`: frames submitted but not yet sunk; submit() waits
   // beyond it, which bounds memory when the caller outruns zstd or the disk.
   // `threads`: compression threads (at least 1).

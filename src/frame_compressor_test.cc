@@ -31,14 +31,23 @@ FrameHeader header(uint64_t seq) {
 
 }  // namespace
 
+std::vector<uint8_t> gather(const iovec* iov, size_t iovcnt) {
+  std::vector<uint8_t> v;
+  for (size_t i = 0; i < iovcnt; i++) {
+    auto p = static_cast<const uint8_t*>(iov[i].iov_base);
+    v.insert(v.end(), p, p + iov[i].iov_len);
+  }
+  return v;
+}
+
 // Collects what the sink gets; read only after drain().
 struct Sunk {
   std::vector<FrameHeader> headers;
   std::vector<std::vector<uint8_t>> frames;
   FrameCompressor::Sink sink() {
-    return [this](const FrameHeader& h, const uint8_t* f, size_t n) {
+    return [this](const FrameHeader& h, const iovec* iov, size_t iovcnt) {
       headers.push_back(h);
-      frames.emplace_back(f, f + n);
+      frames.push_back(gather(iov, iovcnt));
       return Status::ok();
     };
   }
@@ -150,10 +159,10 @@ TEST_CASE("frame compressor: data that compresses a little is stored only while 
   std::condition_variable cv;
   bool release = false;
   std::vector<std::vector<uint8_t>> frames;
-  auto sink = [&](const FrameHeader&, const uint8_t* f, size_t len) {
+  auto sink = [&](const FrameHeader&, const iovec* iov, size_t iovcnt) {
     std::unique_lock<std::mutex> l(mu);
     cv.wait(l, [&] { return release; });
-    frames.emplace_back(f, f + len);
+    frames.push_back(gather(iov, iovcnt));
     return Status::ok();
   };
   {
@@ -182,7 +191,7 @@ TEST_CASE("frame compressor: data that compresses a little is stored only while 
 
 TEST_CASE("frame compressor: a sink error stops the frames after it, for good") {
   std::vector<uint64_t> sunk;
-  FrameCompressor c(1, 0, 2, 3, [&](const FrameHeader& h, const uint8_t*, size_t) {
+  FrameCompressor c(1, 0, 2, 3, [&](const FrameHeader& h, const iovec*, size_t) {
     if (h.first_seq == 4) return Status(ErrorKind::kFailure, "disk says no");
     sunk.push_back(h.first_seq);
     return Status::ok();

@@ -4,8 +4,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
+#include <vector>
 
 namespace kvmcdp::fsutil {
 
@@ -51,6 +54,29 @@ Status pwrite_all(int fd, const void* data, size_t n, uint64_t off,
     p += w;
     off += static_cast<uint64_t>(w);
     n -= static_cast<size_t>(w);
+  }
+  return {};
+}
+
+Status pwritev_all(int fd, const struct iovec* iov, size_t iovcnt, uint64_t off,
+                   const std::string& path) {
+  std::vector<struct iovec> left(iov, iov + iovcnt);
+  size_t at = 0;
+  while (at < left.size()) {
+    int cnt = int(std::min<size_t>(left.size() - at, IOV_MAX));
+    ssize_t w = ::pwritev(fd, left.data() + at, cnt, static_cast<off_t>(off));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return {ErrorKind::kFailure, errno_message("write", path)};
+    }
+    off += static_cast<uint64_t>(w);
+    // Skip what was written, possibly ending inside a piece.
+    size_t done = static_cast<size_t>(w);
+    while (at < left.size() && done >= left[at].iov_len) done -= left[at++].iov_len;
+    if (at < left.size()) {
+      left[at].iov_base = static_cast<uint8_t*>(left[at].iov_base) + done;
+      left[at].iov_len -= done;
+    }
   }
   return {};
 }

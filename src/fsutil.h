@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/uio.h>
+
 #include "status.h"
 
 namespace kvmcdp::fsutil {
@@ -17,6 +19,9 @@ std::string errno_message(const std::string& what, const std::string& path);
 Status write_all(int fd, const void* data, size_t n, const std::string& path);
 Status pwrite_all(int fd, const void* data, size_t n, uint64_t off,
                   const std::string& path);
+// The same for a gathered buffer, any number of pieces (IOV_MAX at a time).
+Status pwritev_all(int fd, const struct iovec* iov, size_t iovcnt, uint64_t off,
+                   const std::string& path);
 // Reads up to n bytes at off; returns how many were read (short at EOF).
 Result<size_t> pread_full(int fd, void* data, size_t n, uint64_t off,
                           const std::string& path);

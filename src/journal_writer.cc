@@ -71,8 +71,8 @@ Result<std::unique_ptr<JournalWriter>> JournalWriter::open(
   JournalWriter* self = w.get();
   w->compressor_ = std::make_unique<FrameCompressor>(
       opts.zstd_level, opts.zstd_workers, opts.compress_threads, opts.frames_in_flight,
-      [self](const FrameHeader& h, const uint8_t* frame, size_t n) {
-        return self->write_frame(h, frame, n);
+      [self](const FrameHeader& h, const iovec* iov, size_t iovcnt) {
+        return self->write_frame(h, iov, iovcnt);
       });
   return w;
 }
@@ -305,8 +305,10 @@ void JournalWriter::stop_sync_thread() {
 // is too old (a segment holds at least one frame).  A segment is made
 // durable before its index is written, so an index never describes bytes
 // not on disk.
-Status JournalWriter::write_frame(const FrameHeader& h, const uint8_t* frame, size_t n) {
+Status JournalWriter::write_frame(const FrameHeader& h, const iovec* iov, size_t iovcnt) {
   std::lock_guard<std::mutex> l(seg_mu_);
+  size_t n = 0;
+  for (size_t i = 0; i < iovcnt; i++) n += iov[i].iov_len;
   uint64_t now = now_ns();
   bool full = seg_size_ + n > opts_.segment_max_bytes ||
               now - seg_created_ns_ >= opts_.segment_max_age_ns;
@@ -322,7 +324,7 @@ Status JournalWriter::write_frame(const FrameHeader& h, const uint8_t* frame, si
   }
   if (fd_ < 0)
     if (auto s = open_segment(now); !s) return s;
-  if (auto s = fsutil::pwrite_all(fd_, frame, n, seg_size_, segment_path(store_, seg_number_));
+  if (auto s = fsutil::pwritev_all(fd_, iov, iovcnt, seg_size_, segment_path(store_, seg_number_));
       !s)
     return s;
   // Start the writeback now, so that commit's fdatasync finds little left

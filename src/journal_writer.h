@@ -104,7 +104,7 @@ class JournalWriter {
   JournalWriter() = default;
   Status recover();
   void finish_frame();
-  Status write_frame(const FrameHeader& h, const uint8_t* frame, size_t n);
+  Status write_frame(const FrameHeader& h, const iovec* iov, size_t iovcnt);
   Status open_segment(uint64_t now_ns);
   Status seal_segment();
   void sync_loop();
