@@ -69,8 +69,13 @@
 # Snapshot pause (figure 8).  A qemu-storage-daemon exports a qcow2 disk
 # over NBD; while fio writes to it (4 KiB random, QD 16), `kvmcdp snapshot
 # create --qmp` takes 50 snapshots one after the other (20 with --quick)
-# and each prints how long guest I/O was paused; the figure is the p99
-# (nearest rank) of those pauses.
+# and each prints how long guest I/O was paused: the round trip of the QMP
+# transaction (drain, flush of the old top, switch, reopen read-only),
+# an upper bound of the pause; the figure is the p99 (nearest rank) of
+# those.  What the guest saw (scripts/bench/snapgap.py): fio logs every
+# write's completion latency; per create, the worst latency of the writes
+# completing during the whole `snapshot create` run, against the same in
+# an equally long quiet window just before it (0.2 s gaps between creates).
 #
 # No figure is asserted; the script fails only if a tool fails.
 set -euo pipefail
@@ -366,20 +371,27 @@ snapshot_pause() {
   fio --name=snapload --ioengine=nbd --uri="nbd+unix:///d?socket=$d/nbd.sock" \
     --size="$fio_disk" --time_based --runtime=3600 --rw=randwrite --bs=4k --iodepth=16 \
     --randrepeat=0 --output-format=json --output="$R/fio-snapload.json" \
+    --write_lat_log="$d/snapload" --log_avg_msec=0 --log_unix_epoch=1 \
     >/dev/null 2>"$d/fio.err" &
   local load=$!
   pids+=("$load")
   sleep 2
   kill -0 "$load" 2>/dev/null || die "fio (snapshot load) failed: $(cat "$d/fio.err")"
   : >"$R/snapshot-pauses"
+  : >"$d/windows"
   for i in $(seq 1 "$snap_count"); do
-    local drive=()
+    local drive=() t0
     [ "$i" = 1 ] && drive=(--drive disk)
+    # A quiet gap before each create: the reference for what the guest sees.
+    sleep 0.2
+    t0=$(date +%s%N)
     out=$("$K" snapshot create "s$i" --tree "$d/tree" --qmp "$d/qmp.sock" "${drive[@]}") ||
       die "snapshot create s$i failed: $out"
+    echo "$t0 $(date +%s%N)" >>"$d/windows"
     sed -n 's/^I\/O paused for \([0-9.]*\) ms$/\1/p' <<<"$out" >>"$R/snapshot-pauses"
   done
   kill -TERM "$load"; wait "$load" || true
+  python3 "$H/snapgap.py" "$d/snapload_clat.1.log" "$d/windows" "$R/snapshot-guest.json"
   kill -TERM "$qsd"; wait "$qsd" || true
   [ "$(wc -l <"$R/snapshot-pauses")" = "$snap_count" ] ||
     die "snapshot create did not report $snap_count pauses"

@@ -288,9 +288,17 @@ Result<CreateReport> snapshot_create(const std::string& dir, const CreateRequest
   CreateReport report;
   report.active_file = path;
   if (req.qmp) {
+    // Opened like the disk's own file (cache.direct, cache.no-flush): with
+    // QEMU's default (the page cache) under a cache=none disk, the guest's
+    // writes pile up as dirty pages that the next snapshot's flush writes
+    // back inside the pause (13 ms median of 50 under fio, against 4 ms).
+    auto cache = file_cache_options(*req.qmp, top_node);
+    if (!cache) return cache.status();
+    json file = {{"driver", "file"}, {"filename", path}};
+    if (!cache->empty()) file["cache"] = *cache;
     QmpReply add = req.qmp->execute(
-        "blockdev-add", {{"driver", "qcow2"}, {"node-name", qnode},
-                         {"file", {{"driver", "file"}, {"filename", path}}}, {"backing", nullptr}});
+        "blockdev-add", {{"driver", "qcow2"}, {"node-name", qnode}, {"file", file},
+                         {"backing", nullptr}});
     if (!add.ok()) return Status(ErrorKind::kQemu, "blockdev-add: " + add.message);
     // Steps 1, 3, 4: the transaction drains the disk, switches it to the
     // overlay and lets I/O go on.

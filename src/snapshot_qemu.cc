@@ -128,6 +128,33 @@ Result<std::vector<QemuNode>> qemu_format_nodes(QmpClient& qmp) {
   return out;
 }
 
+Result<json> file_cache_options(QmpClient& qmp, const std::string& format_node) {
+  QmpReply g = qmp.execute("x-debug-query-block-graph");
+  if (!g.ok()) return Status(ErrorKind::kQemu, "x-debug-query-block-graph: " + g.message);
+  std::map<int64_t, std::string> name_of;  // graph id -> node name
+  for (const auto& n : g.value.value("nodes", json::array()))
+    name_of[n.value("id", int64_t{-1})] = n.value("name", "");
+  std::string file_node;
+  for (const auto& e : g.value.value("edges", json::array())) {
+    if (e.value("name", "") != "file") continue;
+    auto parent = name_of.find(e.value("parent", int64_t{-1}));
+    auto child = name_of.find(e.value("child", int64_t{-1}));
+    if (parent == name_of.end() || child == name_of.end()) continue;
+    if (parent->second == format_node) file_node = child->second;
+  }
+  json out = json::object();
+  if (file_node.empty()) return out;
+  QmpReply r = qmp.execute("query-named-block-nodes", {{"flat", true}});
+  if (!r.ok()) return Status(ErrorKind::kQemu, "query-named-block-nodes: " + r.message);
+  for (const auto& n : r.value) {
+    if (n.value("node-name", "") != file_node || !n.contains("cache")) continue;
+    const json& c = n["cache"];
+    out["direct"] = c.value("direct", false);
+    out["no-flush"] = c.value("no-flush", false);
+  }
+  return out;
+}
+
 std::optional<QemuNode> find_node_by_name(const std::vector<QemuNode>& nodes,
                                           const std::string& node_name) {
   for (const auto& n : nodes)

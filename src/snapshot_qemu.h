@@ -56,6 +56,14 @@ std::optional<QemuNode> find_node_by_name(const std::vector<QemuNode>& nodes,
 std::optional<QemuNode> find_node_by_file(const std::vector<QemuNode>& nodes,
                                           const std::string& path);
 
+// The "cache" options ({"direct", "no-flush"}) of the image file under
+// `format_node` (its "file" child), so that an overlay added over that node
+// is opened the same way.  An overlay opened through the page cache under a
+// disk opened with O_DIRECT turns every guest write into dirty pages that
+// the next snapshot's flush must write back while I/O is paused.  An empty
+// object if the node has no file child QEMU shows.
+Result<nlohmann::json> file_cache_options(QmpClient& qmp, const std::string& format_node);
+
 // Runs block-stream (into `device`, down to `base_node`, or everything if
 // empty), writing `backing_file` into the header; waits for the job to end.
 Status stream_and_wait(QmpClient& qmp, const std::string& job_id, const std::string& device,

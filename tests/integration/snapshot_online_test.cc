@@ -27,9 +27,11 @@ struct Vm {
 
   Vm() { setenv("KVMCDP_QEMU_IMG", qemu_bin("qemu-img").c_str(), 1); }
 
-  void start(const std::string& image) {
+  // `file_opts`: extra options of the image file's node (",cache.direct=on").
+  void start(const std::string& image, const std::string& file_opts = "") {
     qsd = QemuProcess::start_storage_daemon(
-        dir, {"--blockdev", fmt::format("file,node-name=f0,filename={}", image), "--blockdev",
+        dir, {"--blockdev", fmt::format("file,node-name=f0,filename={}{}", image, file_opts),
+              "--blockdev",
               "qcow2,node-name=disk,file=f0", "--nbd-server",
               fmt::format("addr.type=unix,addr.path={}", nbd), "--export",
               "nbd,id=e0,node-name=disk,name=d,writable=on", "--chardev",
@@ -340,6 +342,40 @@ TEST_CASE("snapshot: online create past QEMU's file name limit") {
     CHECK(r.output.find("I/O paused for ") != std::string::npos);
   }
   CHECK(vm.meta()["active"] == vm.meta()["nodes"].back()["name"]);
+  vm.stop_and_check_files();
+}
+
+// An overlay is opened the way the running disk's image file is: a disk on
+// O_DIRECT whose overlays went through the page cache would have every
+// guest write after a snapshot flushed back inside the next snapshot's I/O
+// pause (and would no longer be cache=none).
+TEST_CASE("snapshot: online overlays keep the disk's cache mode") {
+  Vm vm;
+  std::string base = vm.dir.file("base.qcow2");
+  REQUIRE(run_command({qemu_bin("qemu-img"), "create", "-q", "-f", "qcow2", base, "8M"}).status == 0);
+  vm.start(base, ",cache.direct=on,cache.no-flush=on");
+  for (int n = 1; n <= 2; n++) {
+    vm.guest_write(n, fmt::format("{}M", n), "1M");
+    std::vector<std::string> args = {"snapshot", "create", fmt::format("s{}", n), "--tree",
+                                     vm.tree, "--qmp", vm.qmp};
+    if (n == 1) args.insert(args.end(), {"--drive", "disk"});
+    auto r = vm.kvmcdp(args);
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+  }
+  auto nodes = vm.qsd->qmp().execute("query-named-block-nodes", {{"flat", true}});
+  REQUIRE(nodes.ok());
+  int overlays = 0;
+  for (const auto& node : nodes.value) {
+    std::string file = node.value("file", "");
+    if (node.value("drv", "") != "file" || file.find("/t/n000") == std::string::npos) continue;
+    overlays++;
+    CHECK_MESSAGE(node["cache"].value("direct", false), file);
+    CHECK_MESSAGE(node["cache"].value("no-flush", false), file);
+  }
+  CHECK(overlays == 2);
+  vm.guest_write(7, "3M", "1M");
+  auto before = vm.all_md5();
+  CHECK(before.size() == 3);
   vm.stop_and_check_files();
 }
 
