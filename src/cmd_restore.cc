@@ -53,8 +53,8 @@ Status run_restore(const RestoreOptions& o) {
   std::string raw_out = o.format == "raw" || o.overlay ? o.output : o.output + ".raw.tmp";
   //    From the nearest built node at or before the seq when the store has
   //    one (kvmcdp build), else from the base (restore_delta.h).
-  auto nearest = o.overlay ? restore_overlay(o.store, *seq, o.output)
-                           : restore_nearest(o.store, *seq, raw_out, progress);
+  auto nearest = o.overlay ? restore_overlay(*view, *seq, o.output)
+                           : restore_nearest(*view, *seq, raw_out, progress);
   Result<RestoreStats> stats = nearest ? Result<RestoreStats>(nearest->stats)
                                        : Result<RestoreStats>(nearest.status());
   if (tty) std::fprintf(stderr, "\n");

@@ -26,6 +26,7 @@
 
 #include "build_tree.h"
 #include "extent_map.h"
+#include "frame_prefetcher.h"
 #include "fsutil.h"
 #include "point.h"
 #include "snapshot_qemu.h"
@@ -40,16 +41,21 @@ Result<DeltaStats> journal_delta(journal::JournalReader& r, uint64_t from_seq, u
                                  uint64_t disk_size, const DeltaFn& fn) {
   DeltaStats st;
   ExtentMap done;
-  std::vector<uint8_t> raw;
-  std::vector<RecordView> recs;
   const auto& frames = r.frames();
   size_t end = frames.size();
   while (end > 0 && frames[end - 1].first_seq > to_seq) end--;
-  for (size_t i = end; i-- > 0 && !done.covers(disk_size);) {
-    if (frames[i].last_seq <= from_seq) break;
-    if (auto s = r.read_frame(i, &raw, &recs); !s) return s;
+  std::vector<size_t> order;
+  for (size_t i = end; i-- > 0 && frames[i].last_seq > from_seq;) order.push_back(i);
+  // Decompression runs a few frames ahead on a thread of its own, beside
+  // fn's writes (on a node restore the two take about as long).
+  journal::FramePrefetcher pf(r, std::move(order));
+  while (!done.covers(disk_size)) {
+    journal::FramePrefetcher::Frame* f = pf.next();
+    if (!f) break;
+    if (!f->status) return f->status;
     st.frames_read++;
-    st.frame_bytes += frames[i].length;
+    st.frame_bytes += frames[f->index].length;
+    const std::vector<RecordView>& recs = f->records;
     for (size_t k = recs.size(); k-- > 0;) {
       const RecordView& v = recs[k];
       if (v.seq > to_seq || v.seq <= from_seq) continue;
@@ -66,6 +72,7 @@ Result<DeltaStats> journal_delta(journal::JournalReader& r, uint64_t from_seq, u
       });
       if (!err) return err;
     }
+    pf.release(f);
   }
   return st;
 }
@@ -102,9 +109,10 @@ Status punch_zero(int fd, uint64_t off, uint64_t len, const std::string& path) {
 
 }  // namespace
 
-Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t target_seq,
+Result<NearestRestore> restore_nearest(StoreView& view, uint64_t target_seq,
                                        const std::string& out_path,
                                        const RestoreProgressFn& progress) {
+  const std::string& store_dir = view.store_dir;
   NearestRestore result;
   auto full = [&]() -> Result<NearestRestore> {
     auto st = restore(store_dir, target_seq, out_path, progress);
@@ -117,10 +125,8 @@ Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t ta
   // the journal alone.
   auto tree = load_tree(built_tree_dir(store_dir));
   if (!tree || tree->intent) return full();
-  auto view = open_store_view(store_dir);
-  if (!view) return view.status();
-  if (auto s = journal::check_recoverable(view->ranges, target_seq); !s) return s;
-  const TreeNode* node = nearest_node(*tree, *view, target_seq);
+  if (auto s = journal::check_recoverable(view.ranges, target_seq); !s) return s;
+  const TreeNode* node = nearest_node(*tree, view, target_seq);
   if (!node) return full();
 
   // Step 2: the node's image, through QEMU.
@@ -137,8 +143,8 @@ Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t ta
   if (!out.valid()) return fail({ErrorKind::kFailure, fsutil::errno_message("open", tmp)});
 
   // Step 3: only the records after the node.
-  uint64_t size = view->manifest.disk_size;
-  auto delta = journal_delta(*view->reader, *node->point, target_seq, size,
+  uint64_t size = view.manifest.disk_size;
+  auto delta = journal_delta(*view.reader, *node->point, target_seq, size,
                              [&](uint64_t off, uint64_t len, const uint8_t* data) {
                                if (!data) return punch_zero(out.get(), off, len, tmp);
                                return fsutil::pwrite_all(out.get(), data, len, off, tmp);
@@ -164,8 +170,17 @@ Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t ta
   return result;
 }
 
-Result<NearestRestore> restore_overlay(const std::string& store_dir, uint64_t target_seq,
+Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t target_seq,
+                                       const std::string& out_path,
+                                       const RestoreProgressFn& progress) {
+  auto view = open_store_view(store_dir);
+  if (!view) return view.status();
+  return restore_nearest(*view, target_seq, out_path, progress);
+}
+
+Result<NearestRestore> restore_overlay(StoreView& view, uint64_t target_seq,
                                        const std::string& out_path) {
+  const std::string& store_dir = view.store_dir;
   // Step 1: the node to stand on.
   auto tree = load_tree(built_tree_dir(store_dir));
   if (!tree)
@@ -175,10 +190,8 @@ Result<NearestRestore> restore_overlay(const std::string& store_dir, uint64_t ta
     return Status(ErrorKind::kBusy, "the store's tree has an interrupted change: run "
                                     "kvmcdp snapshot repair --tree " +
                                         built_tree_dir(store_dir));
-  auto view = open_store_view(store_dir);
-  if (!view) return view.status();
-  if (auto s = journal::check_recoverable(view->ranges, target_seq); !s) return s;
-  const TreeNode* node = nearest_node(*tree, *view, target_seq);
+  if (auto s = journal::check_recoverable(view.ranges, target_seq); !s) return s;
+  const TreeNode* node = nearest_node(*tree, view, target_seq);
   if (!node)
     return Status(ErrorKind::kNotFound,
                   fmt::format("no built node at or before seq {}: run kvmcdp build --seq {} "
@@ -193,11 +206,11 @@ Result<NearestRestore> restore_overlay(const std::string& store_dir, uint64_t ta
     return s;
   };
   std::string backing = std::filesystem::absolute(tree->path_of(*node)).lexically_normal();
-  if (auto s = create_overlay(tmp, backing, node->format, view->manifest.disk_size,
+  if (auto s = create_overlay(tmp, backing, node->format, view.manifest.disk_size,
                              kSmallWriteOverlay);
       !s)
     return fail(s);
-  auto delta = write_delta_into(*view, *node->point, target_seq, tmp);
+  auto delta = write_delta_into(view, *node->point, target_seq, tmp);
   if (!delta) return fail(delta.status());
 
   // Step 3: durable, then in place.
@@ -211,7 +224,7 @@ Result<NearestRestore> restore_overlay(const std::string& store_dir, uint64_t ta
   NearestRestore result;
   result.from_node = node->name;
   result.from_seq = *node->point;
-  result.stats.disk_size = view->manifest.disk_size;
+  result.stats.disk_size = view.manifest.disk_size;
   result.stats.frames_read = delta->frames_read;
   result.stats.frame_bytes = delta->frame_bytes;
   result.stats.journal_bytes = delta->data_bytes;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "journal_reader.h"
+#include "point.h"
 #include "restore_engine.h"
 #include "status.h"
 
@@ -40,6 +41,11 @@ struct NearestRestore {
   std::string from_node;
   uint64_t from_seq = 0;
 };
+// `view` is the caller's open store (opening the journal again would
+// scan its open segment again).
+Result<NearestRestore> restore_nearest(StoreView& view, uint64_t target_seq,
+                                       const std::string& out_path,
+                                       const RestoreProgressFn& progress = nullptr);
 Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t target_seq,
                                        const std::string& out_path,
                                        const RestoreProgressFn& progress = nullptr);
@@ -49,7 +55,7 @@ Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t ta
 // node, not with the disk.  The image reads through to the node by an
 // absolute backing path, so it lives only as long as that node does.
 // kNotFound if no built node is at or before the point.
-Result<NearestRestore> restore_overlay(const std::string& store_dir, uint64_t target_seq,
+Result<NearestRestore> restore_overlay(StoreView& view, uint64_t target_seq,
                                        const std::string& out_path);
 
 }  // namespace kvmcdp
