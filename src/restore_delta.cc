@@ -4,7 +4,9 @@
 // after that node:
 //
 //  1. Pick the node: live, with a point <= target in the same recoverable
-//     range (across a gap the records between would not describe the disk).
+//     range (across a gap the records between would not describe the disk),
+//     and, unless asked to always use it, only if reading its chain costs
+//     less than reading the journal back to the base (node_is_cheaper).
 //  2. qemu-img convert its chain to a raw temp file: QEMU reads the qcow2s,
 //     kvmcdp never parses them.
 //  3. journal_delta(node, target]: the same newest-first walk as the full
@@ -16,6 +18,7 @@
 #include "restore_delta.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -94,6 +97,26 @@ const TreeNode* nearest_node(const Tree& t, const StoreView& view, uint64_t seq)
   return best;
 }
 
+// Whether starting from `node` reads less than the full restore would.
+// Both write the whole image; they differ in what they read first: the
+// full restore decompresses the journal back to the base (or the fold
+// point), the node path has QEMU read every allocated byte of the node's
+// chain instead of the frames up to the node.  The journal's compressed
+// size and the chain's allocated size are cheap proxies for both (the
+// index and st_blocks), and QEMU's convert is no faster per byte than the
+// journal, so the node wins only when the journal up to it is the bigger.
+bool node_is_cheaper(const Tree& t, const TreeNode& node, const StoreView& view) {
+  uint64_t journal = 0;
+  for (const auto& f : view.reader->frames())
+    if (f.last_seq > view.manifest.folded_seq && f.first_seq <= *node.point) journal += f.length;
+  uint64_t chain = 0;
+  for (const TreeNode* n = &node; n; n = n->parent.empty() ? nullptr : t.find(n->parent)) {
+    struct stat st;
+    if (::stat(t.path_of(*n).c_str(), &st) == 0) chain += uint64_t(st.st_blocks) * 512;
+  }
+  return journal > chain;
+}
+
 Status punch_zero(int fd, uint64_t off, uint64_t len, const std::string& path) {
   if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(off), off_t(len)) == 0)
     return Status::ok();
@@ -111,7 +134,7 @@ Status punch_zero(int fd, uint64_t off, uint64_t len, const std::string& path) {
 
 Result<NearestRestore> restore_nearest(StoreView& view, uint64_t target_seq,
                                        const std::string& out_path,
-                                       const RestoreProgressFn& progress) {
+                                       const RestoreProgressFn& progress, NodeUse use) {
   const std::string& store_dir = view.store_dir;
   NearestRestore result;
   auto full = [&]() -> Result<NearestRestore> {
@@ -127,7 +150,8 @@ Result<NearestRestore> restore_nearest(StoreView& view, uint64_t target_seq,
   if (!tree || tree->intent) return full();
   if (auto s = journal::check_recoverable(view.ranges, target_seq); !s) return s;
   const TreeNode* node = nearest_node(*tree, view, target_seq);
-  if (!node) return full();
+  if (!node || (use == NodeUse::kIfCheaper && !node_is_cheaper(*tree, *node, view)))
+    return full();
 
   // Step 2: the node's image, through QEMU.
   std::string tmp = out_path + ".kvmcdp-partial";
@@ -172,10 +196,10 @@ Result<NearestRestore> restore_nearest(StoreView& view, uint64_t target_seq,
 
 Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t target_seq,
                                        const std::string& out_path,
-                                       const RestoreProgressFn& progress) {
+                                       const RestoreProgressFn& progress, NodeUse use) {
   auto view = open_store_view(store_dir);
   if (!view) return view.status();
-  return restore_nearest(*view, target_seq, out_path, progress);
+  return restore_nearest(*view, target_seq, out_path, progress, use);
 }
 
 Result<NearestRestore> restore_overlay(StoreView& view, uint64_t target_seq,
