@@ -50,7 +50,7 @@ Result<DeltaStats> journal_delta(journal::JournalReader& r, uint64_t from_seq, u
   std::vector<size_t> order;
   for (size_t i = end; i-- > 0 && frames[i].last_seq > from_seq;) order.push_back(i);
   // Decompression runs a few frames ahead on a thread of its own, beside
-  // fn's writes (on a node restore the two take about as long).
+  // fn's writes (as in the full restore), instead of between them.
   journal::FramePrefetcher pf(r, std::move(order));
   while (!done.covers(disk_size)) {
     journal::FramePrefetcher::Frame* f = pf.next();
