@@ -29,10 +29,12 @@
 
 #include "fsutil.h"
 #include "point.h"
+#include "range_coalescer.h"
 #include "restore_delta.h"
 #include "snapshot_qemu.h"
 #include "subprocess.h"
 #include "tree_model.h"
+#include "writeback_kicker.h"
 
 namespace kvmcdp {
 namespace {
@@ -112,7 +114,7 @@ Result<DeltaStats> write_delta_into(StoreView& view, uint64_t from_seq, uint64_t
                                     const std::string& path) {
   // qemu-nbd serves the overlay to us over a socketpair (socket
   // activation, so no socket path and no port); each changed range is one
-  // NBD write or write-zeroes.
+  // NBD write or write-zeroes (ranges that touch joined into one).
   struct Request {
     int64_t cookie;
     std::vector<uint8_t> data;
@@ -141,6 +143,9 @@ Result<DeltaStats> write_delta_into(StoreView& view, uint64_t from_seq, uint64_t
   // cost more than the write.  libnbd keeps no copy, so each request owns
   // its bytes until it completes.
   constexpr size_t kInFlight = 64;
+  // Data requests up to 1 MiB (at most 64 MiB held in flight); qemu-nbd
+  // takes up to 32 MiB.
+  constexpr uint64_t kMaxRequest = 1 << 20;
   auto retire_to = [&](size_t n) -> Status {
     while (inflight.size() > n) {
       int done = nbd_aio_command_completed(nbd.h, inflight.front().cookie);
@@ -153,23 +158,31 @@ Result<DeltaStats> write_delta_into(StoreView& view, uint64_t from_seq, uint64_t
     }
     return Status::ok();
   };
-  auto delta = journal_delta(*view.reader, from_seq, to_seq, view.manifest.disk_size,
-                             [&](uint64_t off, uint64_t len, const uint8_t* data) -> Status {
-                               if (auto s = retire_to(kInFlight - 1); !s) return s;
-                               Request r;
-                               // A zero range becomes a qcow2 zero cluster,
-                               // not a hole that would show the parent.
-                               if (data) {
-                                 r.data.assign(data, data + len);
-                                 r.cookie = nbd_aio_pwrite(nbd.h, r.data.data(), len, off,
-                                                           NBD_NULL_COMPLETION, 0);
-                               } else {
-                                 r.cookie = nbd_aio_zero(nbd.h, len, off, NBD_NULL_COMPLETION, 0);
-                               }
-                               if (r.cookie == -1) return nbd_error("write");
-                               inflight.push_back(std::move(r));
-                               return Status::ok();
-                             });
+  // Adjacent ranges (a sequential burst of small writes) go as one request.
+  RangeCoalescer coalesce(kMaxRequest, [&](uint64_t off, uint64_t len,
+                                           std::vector<uint8_t> data) -> Status {
+    if (auto s = retire_to(kInFlight - 1); !s) return s;
+    Request r;
+    r.data = std::move(data);
+    // A zero range becomes a qcow2 zero cluster, not a hole that would
+    // show the parent.
+    r.cookie = r.data.empty() ? nbd_aio_zero(nbd.h, len, off, NBD_NULL_COMPLETION, 0)
+                              : nbd_aio_pwrite(nbd.h, r.data.data(), len, off,
+                                               NBD_NULL_COMPLETION, 0);
+    if (r.cookie == -1) return nbd_error("write");
+    inflight.push_back(std::move(r));
+    return Status::ok();
+  });
+  auto delta = [&]() -> Result<DeltaStats> {
+    WritebackKicker writeback(path, std::chrono::milliseconds(25));
+    auto d = journal_delta(*view.reader, from_seq, to_seq, view.manifest.disk_size,
+                           [&](uint64_t off, uint64_t len, const uint8_t* data) {
+                             return coalesce.add(off, len, data);
+                           });
+    if (d)
+      if (auto s = coalesce.flush(); !s) return s;
+    return d;
+  }();
   if (!delta) return delta.status();
   if (auto s = retire_to(0); !s) return s;
   if (nbd_flush(nbd.h, 0) == -1 || nbd_shutdown(nbd.h, 0) == -1) return nbd_error("flush");

@@ -34,7 +34,7 @@ Result<std::vector<BuiltNode>> build_points(const std::string& store_dir,
                                             std::vector<uint64_t> seqs, OpLog* log);
 
 // Writes what changed in (from_seq, to_seq] into the existing qcow2
-// overlay `path` through qemu-io (zero ranges as qcow2 zero clusters).
+// overlay `path` through qemu-nbd (zero ranges as qcow2 zero clusters).
 Result<DeltaStats> write_delta_into(StoreView& view, uint64_t from_seq, uint64_t to_seq,
                                     const std::string& path);
 

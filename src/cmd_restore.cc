@@ -23,6 +23,7 @@ struct RestoreOptions {
   std::string output;
   std::string format = "raw";
   bool overlay = false;
+  bool from_node = false;
   bool quiet = false;
 };
 
@@ -52,9 +53,11 @@ Status run_restore(const RestoreOptions& o) {
   //    nearest built node with only the journal after it.
   std::string raw_out = o.format == "raw" || o.overlay ? o.output : o.output + ".raw.tmp";
   //    From the nearest built node at or before the seq when the store has
-  //    one (kvmcdp build), else from the base (restore_delta.h).
-  auto nearest = o.overlay ? restore_overlay(o.store, *seq, o.output)
-                           : restore_nearest(o.store, *seq, raw_out, progress);
+  //    one (kvmcdp build) and it is cheaper, else from the base
+  //    (restore_delta.h).
+  auto nearest = o.overlay ? restore_overlay(*view, *seq, o.output)
+                           : restore_nearest(*view, *seq, raw_out, progress,
+                                             o.from_node ? NodeUse::kAlways : NodeUse::kIfCheaper);
   Result<RestoreStats> stats = nearest ? Result<RestoreStats>(nearest->stats)
                                        : Result<RestoreStats>(nearest.status());
   if (tty) std::fprintf(stderr, "\n");
@@ -108,6 +111,10 @@ CommandRunner setup_restore_command(CLI::App* app) {
                 "a qcow2 overlay on the nearest built node with only the journal after it "
                 "(fast; it reads through to the store's tree)")
       ->excludes(format);
+  app->add_flag("--from-node", o->from_node,
+                "start from the nearest built node even when reading the journal back to "
+                "the base looks cheaper (by default the node is used only then)")
+      ->excludes("--overlay");
   app->add_flag("--quiet", o->quiet, "no progress or summary on stderr");
   return [o]() {
     if (!o->point.at && !o->point.seq && !o->point.mark && !o->point.latest)

@@ -4,7 +4,9 @@
 // after that node:
 //
 //  1. Pick the node: live, with a point <= target in the same recoverable
-//     range (across a gap the records between would not describe the disk).
+//     range (across a gap the records between would not describe the disk),
+//     and, unless asked to always use it, only if reading its chain costs
+//     less than reading the journal back to the base (node_is_cheaper).
 //  2. qemu-img convert its chain to a raw temp file: QEMU reads the qcow2s,
 //     kvmcdp never parses them.
 //  3. journal_delta(node, target]: the same newest-first walk as the full
@@ -16,6 +18,7 @@
 #include "restore_delta.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,6 +29,7 @@
 
 #include "build_tree.h"
 #include "extent_map.h"
+#include "frame_prefetcher.h"
 #include "fsutil.h"
 #include "point.h"
 #include "snapshot_qemu.h"
@@ -40,16 +44,21 @@ Result<DeltaStats> journal_delta(journal::JournalReader& r, uint64_t from_seq, u
                                  uint64_t disk_size, const DeltaFn& fn) {
   DeltaStats st;
   ExtentMap done;
-  std::vector<uint8_t> raw;
-  std::vector<RecordView> recs;
   const auto& frames = r.frames();
   size_t end = frames.size();
   while (end > 0 && frames[end - 1].first_seq > to_seq) end--;
-  for (size_t i = end; i-- > 0 && !done.covers(disk_size);) {
-    if (frames[i].last_seq <= from_seq) break;
-    if (auto s = r.read_frame(i, &raw, &recs); !s) return s;
+  std::vector<size_t> order;
+  for (size_t i = end; i-- > 0 && frames[i].last_seq > from_seq;) order.push_back(i);
+  // Decompression runs a few frames ahead on a thread of its own, beside
+  // fn's writes (as in the full restore), instead of between them.
+  journal::FramePrefetcher pf(r, std::move(order));
+  while (!done.covers(disk_size)) {
+    journal::FramePrefetcher::Frame* f = pf.next();
+    if (!f) break;
+    if (!f->status) return f->status;
     st.frames_read++;
-    st.frame_bytes += frames[i].length;
+    st.frame_bytes += frames[f->index].length;
+    const std::vector<RecordView>& recs = f->records;
     for (size_t k = recs.size(); k-- > 0;) {
       const RecordView& v = recs[k];
       if (v.seq > to_seq || v.seq <= from_seq) continue;
@@ -66,6 +75,7 @@ Result<DeltaStats> journal_delta(journal::JournalReader& r, uint64_t from_seq, u
       });
       if (!err) return err;
     }
+    pf.release(f);
   }
   return st;
 }
@@ -87,6 +97,26 @@ const TreeNode* nearest_node(const Tree& t, const StoreView& view, uint64_t seq)
   return best;
 }
 
+// Whether starting from `node` reads less than the full restore would.
+// Both write the whole image; they differ in what they read first: the
+// full restore decompresses the journal back to the base (or the fold
+// point), the node path has QEMU read every allocated byte of the node's
+// chain instead of the frames up to the node.  The journal's compressed
+// size and the chain's allocated size are cheap proxies for both (the
+// index and st_blocks), and QEMU's convert is no faster per byte than the
+// journal, so the node wins only when the journal up to it is the bigger.
+bool node_is_cheaper(const Tree& t, const TreeNode& node, const StoreView& view) {
+  uint64_t journal = 0;
+  for (const auto& f : view.reader->frames())
+    if (f.last_seq > view.manifest.folded_seq && f.first_seq <= *node.point) journal += f.length;
+  uint64_t chain = 0;
+  for (const TreeNode* n = &node; n; n = n->parent.empty() ? nullptr : t.find(n->parent)) {
+    struct stat st;
+    if (::stat(t.path_of(*n).c_str(), &st) == 0) chain += uint64_t(st.st_blocks) * 512;
+  }
+  return journal > chain;
+}
+
 Status punch_zero(int fd, uint64_t off, uint64_t len, const std::string& path) {
   if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(off), off_t(len)) == 0)
     return Status::ok();
@@ -102,9 +132,10 @@ Status punch_zero(int fd, uint64_t off, uint64_t len, const std::string& path) {
 
 }  // namespace
 
-Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t target_seq,
+Result<NearestRestore> restore_nearest(StoreView& view, uint64_t target_seq,
                                        const std::string& out_path,
-                                       const RestoreProgressFn& progress) {
+                                       const RestoreProgressFn& progress, NodeUse use) {
+  const std::string& store_dir = view.store_dir;
   NearestRestore result;
   auto full = [&]() -> Result<NearestRestore> {
     auto st = restore(store_dir, target_seq, out_path, progress);
@@ -117,11 +148,10 @@ Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t ta
   // the journal alone.
   auto tree = load_tree(built_tree_dir(store_dir));
   if (!tree || tree->intent) return full();
-  auto view = open_store_view(store_dir);
-  if (!view) return view.status();
-  if (auto s = journal::check_recoverable(view->ranges, target_seq); !s) return s;
-  const TreeNode* node = nearest_node(*tree, *view, target_seq);
-  if (!node) return full();
+  if (auto s = journal::check_recoverable(view.ranges, target_seq); !s) return s;
+  const TreeNode* node = nearest_node(*tree, view, target_seq);
+  if (!node || (use == NodeUse::kIfCheaper && !node_is_cheaper(*tree, *node, view)))
+    return full();
 
   // Step 2: the node's image, through QEMU.
   std::string tmp = out_path + ".kvmcdp-partial";
@@ -137,8 +167,8 @@ Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t ta
   if (!out.valid()) return fail({ErrorKind::kFailure, fsutil::errno_message("open", tmp)});
 
   // Step 3: only the records after the node.
-  uint64_t size = view->manifest.disk_size;
-  auto delta = journal_delta(*view->reader, *node->point, target_seq, size,
+  uint64_t size = view.manifest.disk_size;
+  auto delta = journal_delta(*view.reader, *node->point, target_seq, size,
                              [&](uint64_t off, uint64_t len, const uint8_t* data) {
                                if (!data) return punch_zero(out.get(), off, len, tmp);
                                return fsutil::pwrite_all(out.get(), data, len, off, tmp);
@@ -164,8 +194,17 @@ Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t ta
   return result;
 }
 
-Result<NearestRestore> restore_overlay(const std::string& store_dir, uint64_t target_seq,
+Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t target_seq,
+                                       const std::string& out_path,
+                                       const RestoreProgressFn& progress, NodeUse use) {
+  auto view = open_store_view(store_dir);
+  if (!view) return view.status();
+  return restore_nearest(*view, target_seq, out_path, progress, use);
+}
+
+Result<NearestRestore> restore_overlay(StoreView& view, uint64_t target_seq,
                                        const std::string& out_path) {
+  const std::string& store_dir = view.store_dir;
   // Step 1: the node to stand on.
   auto tree = load_tree(built_tree_dir(store_dir));
   if (!tree)
@@ -175,10 +214,8 @@ Result<NearestRestore> restore_overlay(const std::string& store_dir, uint64_t ta
     return Status(ErrorKind::kBusy, "the store's tree has an interrupted change: run "
                                     "kvmcdp snapshot repair --tree " +
                                         built_tree_dir(store_dir));
-  auto view = open_store_view(store_dir);
-  if (!view) return view.status();
-  if (auto s = journal::check_recoverable(view->ranges, target_seq); !s) return s;
-  const TreeNode* node = nearest_node(*tree, *view, target_seq);
+  if (auto s = journal::check_recoverable(view.ranges, target_seq); !s) return s;
+  const TreeNode* node = nearest_node(*tree, view, target_seq);
   if (!node)
     return Status(ErrorKind::kNotFound,
                   fmt::format("no built node at or before seq {}: run kvmcdp build --seq {} "
@@ -193,11 +230,11 @@ Result<NearestRestore> restore_overlay(const std::string& store_dir, uint64_t ta
     return s;
   };
   std::string backing = std::filesystem::absolute(tree->path_of(*node)).lexically_normal();
-  if (auto s = create_overlay(tmp, backing, node->format, view->manifest.disk_size,
+  if (auto s = create_overlay(tmp, backing, node->format, view.manifest.disk_size,
                              kSmallWriteOverlay);
       !s)
     return fail(s);
-  auto delta = write_delta_into(*view, *node->point, target_seq, tmp);
+  auto delta = write_delta_into(view, *node->point, target_seq, tmp);
   if (!delta) return fail(delta.status());
 
   // Step 3: durable, then in place.
@@ -211,7 +248,7 @@ Result<NearestRestore> restore_overlay(const std::string& store_dir, uint64_t ta
   NearestRestore result;
   result.from_node = node->name;
   result.from_seq = *node->point;
-  result.stats.disk_size = view->manifest.disk_size;
+  result.stats.disk_size = view.manifest.disk_size;
   result.stats.frames_read = delta->frames_read;
   result.stats.frame_bytes = delta->frame_bytes;
   result.stats.journal_bytes = delta->data_bytes;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "journal_reader.h"
+#include "point.h"
 #include "restore_engine.h"
 #include "status.h"
 
@@ -32,24 +33,36 @@ Result<DeltaStats> journal_delta(journal::JournalReader& r, uint64_t from_seq, u
 
 // The restore decision: if the store has a built tree (DIR/tree) with a
 // live node whose point is <= target_seq and in the same recoverable range,
-// the nearest such node's chain is converted to raw with qemu-img and only
-// the journal after it is applied; otherwise the full restore().  `from`
-// is set to the node used ("" for base + journal).
+// and (with kIfCheaper) its chain's allocated bytes are fewer than the
+// journal's compressed bytes up to it, the nearest such node's chain is
+// converted to raw with qemu-img and only the journal after it is applied;
+// otherwise the full restore().  A full restore writes the same image and
+// reads the base with copy_file_range, so the node only pays off when the
+// journal before it is big (a long history on a small disk).  `from` is
+// set to the node used ("" for base + journal).
+enum class NodeUse { kIfCheaper, kAlways };
 struct NearestRestore {
   RestoreStats stats;
   std::string from_node;
   uint64_t from_seq = 0;
 };
+// `view` is the caller's open store (opening the journal again would
+// scan its open segment again).
+Result<NearestRestore> restore_nearest(StoreView& view, uint64_t target_seq,
+                                       const std::string& out_path,
+                                       const RestoreProgressFn& progress = nullptr,
+                                       NodeUse use = NodeUse::kIfCheaper);
 Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t target_seq,
                                        const std::string& out_path,
-                                       const RestoreProgressFn& progress = nullptr);
+                                       const RestoreProgressFn& progress = nullptr,
+                                       NodeUse use = NodeUse::kIfCheaper);
 
 // The point as a qcow2 overlay on the nearest built node, holding only
 // the journal after that node: its cost grows with the changes since the
 // node, not with the disk.  The image reads through to the node by an
 // absolute backing path, so it lives only as long as that node does.
 // kNotFound if no built node is at or before the point.
-Result<NearestRestore> restore_overlay(const std::string& store_dir, uint64_t target_seq,
+Result<NearestRestore> restore_overlay(StoreView& view, uint64_t target_seq,
                                        const std::string& out_path);
 
 }  // namespace kvmcdp
