@@ -172,6 +172,7 @@ void receive_loop(Session* s, std::unique_ptr<StreamReceiver> rx, int fd) {
   for (;;) {
     { std::lock_guard l(s->mu); s->connected = true; }
     rx->set_gate(s->gate);
+    rx->set_every_write_waits(s->opts.mode == "sync");
     rx->set_live(&s->durable_seq, &s->counters, &s->mu);
     auto end = rx->run(s->stop);
     {

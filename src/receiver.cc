@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <chrono>
@@ -55,13 +56,21 @@ Status StreamReceiver::commit_and_ack() {
   auto durable = writer_->commit();
   if (!durable) return durable.status();
   uncommitted_ = false;
+  waited_for_ = false;
   uncommitted_bytes_ = 0;
   return on_durable(*durable);
+}
+
+int StreamReceiver::ms_until_batch_due() const {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      first_uncommitted_ + kBatchAge - std::chrono::steady_clock::now());
+  return std::max<int>(1, int(left.count()) + 1);
 }
 
 Status StreamReceiver::start_commit() {
   if (Status s = writer_->commit_async(); !s) return s;
   syncing_ = true;
+  waited_for_ = false;
   uncommitted_ = false;
   uncommitted_bytes_ = 0;
   return Status::ok();
@@ -118,6 +127,8 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
       if (Status s = writer_->append(journal::view_of(h, payload)); !s) return s;
       uncommitted_ = true;
       uncommitted_bytes_ += h.payload_len;
+      if (h.type == static_cast<uint16_t>(MsgType::kFlush) || (h.flags & wire::kFlagFua))
+        waited_for_ = true;
     }
     // Ask for a commit when the socket has nothing more right now (one
     // fsync covers everything that arrived meanwhile), or when a batch is
@@ -129,7 +140,8 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
                    {gate_ ? gate_->receiver_fd() : -1, POLLIN, 0},
                    {writer_->commit_event_fd(), POLLIN, 0}};
     bool may_start = uncommitted_ && !syncing_;
-    int ready = poll(p, 3, may_start ? 0 : 100);
+    bool prompt = every_write_waits_ || waited_for_;
+    int ready = poll(p, 3, !may_start ? 100 : prompt ? 0 : ms_until_batch_due());
     if (ready < 0 && errno != EINTR)
       return Status(ErrorKind::kFailure, fmt::format("poll: {}", std::strerror(errno)));
     if (ready > 0 && (p[2].revents & POLLIN)) {
@@ -144,7 +156,7 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
     bool batch_due = uncommitted_ && (uncommitted_bytes_ >= kBatchBytes ||
                                       std::chrono::steady_clock::now() - first_uncommitted_ >=
                                           kBatchAge);
-    if (uncommitted_ && !syncing_ && (!readable || batch_due)) {
+    if (uncommitted_ && !syncing_ && ((!readable && prompt) || batch_due)) {
       if (Status s = start_commit(); !s) return s;
     }
     if (!readable) continue;

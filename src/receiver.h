@@ -3,7 +3,9 @@
 // once a group commit has made them durable.
 //
 // Batching follows the socket: when it has nothing more to read, what
-// arrived is committed with one fdatasync and acked with one message.  The
+// arrived is committed with one fdatasync and acked with one message (in
+// async mode only if the guest waits for some of it: see
+// set_every_write_waits).  The
 // fdatasync runs on the journal writer's sync thread while this one reads
 // on, and the records that arrive meanwhile go into the next commit: under
 // load batches grow and the socket never waits for the disk; when idle
@@ -63,6 +65,13 @@ class StreamReceiver {
   // With a gate, acks wait for what it says (a remote server); without,
   // they follow the local journal.
   void set_gate(AckGate* gate) { gate_ = gate; }
+  // In sync mode every write waits for its ack, so whatever arrived is
+  // committed as soon as the socket is idle.  In async mode only a flush
+  // (or a FUA write) waits: the rest is committed when a flush or FUA
+  // write arrives or the batch is kBatchBytes or kBatchAge old (the
+  // filter's queue must still drain), so a stream of small writes is not
+  // an fdatasync every few records.
+  void set_every_write_waits(bool yes) { every_write_waits_ = yes; }
   // Publishes the counters after every commit, for other threads.
   void set_live(std::atomic<uint64_t>* durable, ReceiverCounters* counters, std::mutex* mu) {
     live_durable_ = durable;
@@ -73,6 +82,7 @@ class StreamReceiver {
  private:
   Status commit_and_ack();  // waits for the disk
   Status start_commit();    // commit_async; finish_commit when it ends
+  int ms_until_batch_due() const;
   Status finish_commit();
   Status on_durable(uint64_t durable);
   Status send_ack();
@@ -87,6 +97,8 @@ class StreamReceiver {
   ReceiverCounters counters_;
   bool uncommitted_ = false;  // appended, not yet asked to commit
   bool syncing_ = false;      // a commit_async has not ended yet
+  bool every_write_waits_ = true;
+  bool waited_for_ = false;   // an uncommitted record is waited for
   uint64_t uncommitted_bytes_ = 0;
   std::chrono::steady_clock::time_point first_uncommitted_;
   static constexpr uint64_t kBatchBytes = 8u << 20;
