@@ -295,6 +295,7 @@ Status run_protect(const ProtectOptions& o) {
   journal::WriterOptions wo;
   wo.stream_id = m.stream_id;
   wo.zstd_level = o.level;
+  wo.compress_nice = 10;
   wo.segment_max_bytes = o.segment_mib << 20;
   wo.take_lock = false;
   std::unique_ptr<journal::JournalWriter> writer;

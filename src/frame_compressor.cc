@@ -1,5 +1,8 @@
 #include "frame_compressor.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -96,9 +99,10 @@ Status compress(ZSTD_CCtx* cctx, const ByteBuf& raw, bool backlog, FrameHeader* 
 }  // namespace
 
 FrameCompressor::FrameCompressor(int level, int zstd_workers, size_t threads, size_t max_in_flight,
-                                 Sink sink)
+                                 Sink sink, int nice)
     : level_(level),
       zstd_workers_(zstd_workers),
+      nice_(nice),
       max_in_flight_(max_in_flight ? max_in_flight : 1),
       sink_(std::move(sink)) {
   for (size_t i = 0; i < (threads ? threads : 1); i++) threads_.emplace_back([this] { run(); });
@@ -149,6 +153,11 @@ Status FrameCompressor::wait_sunk(uint64_t n) {
 }
 
 void FrameCompressor::run() {
+  // Compression is background work next to the guest's own I/O threads,
+  // which share the host's cores: at a lower priority it yields to them
+  // instead of stretching their latency.  Falling behind only queues
+  // frames, and queued frames that compress poorly are then stored.
+  if (nice_ > 0) (void)setpriority(PRIO_PROCESS, pid_t(syscall(SYS_gettid)), nice_);
   ZSTD_CCtx* cctx = ZSTD_createCCtx();
   ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level_);
   if (zstd_workers_ > 0)  // ignored if libzstd lacks threads

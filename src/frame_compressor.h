@@ -42,8 +42,10 @@ class FrameCompressor {
   using Sink = std::function<Status(const FrameHeader&, const struct iovec* iov, size_t iovcnt)>;
   // `max_in_flight`: frames submitted but not yet sunk; submit() waits
   // beyond it, which bounds memory when the caller outruns zstd or the disk.
-  // `threads`: compression threads (at least 1).
-  FrameCompressor(int level, int zstd_workers, size_t threads, size_t max_in_flight, Sink sink);
+  // `threads`: compression threads (at least 1), run at `nice` (0: the
+  // caller's priority; protect lowers it, see run()).
+  FrameCompressor(int level, int zstd_workers, size_t threads, size_t max_in_flight, Sink sink,
+                  int nice = 0);
   ~FrameCompressor();  // discards what was not drained
   FrameCompressor(const FrameCompressor&) = delete;
   FrameCompressor& operator=(const FrameCompressor&) = delete;
@@ -68,7 +70,7 @@ class FrameCompressor {
  private:
   void run();
 
-  const int level_, zstd_workers_;
+  const int level_, zstd_workers_, nice_;
   const size_t max_in_flight_;
   const Sink sink_;
   std::mutex mu_;

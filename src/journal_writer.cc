@@ -73,7 +73,8 @@ Result<std::unique_ptr<JournalWriter>> JournalWriter::open(
       opts.zstd_level, opts.zstd_workers, opts.compress_threads, opts.frames_in_flight,
       [self](const FrameHeader& h, const iovec* iov, size_t iovcnt) {
         return self->write_frame(h, iov, iovcnt);
-      });
+      },
+      opts.compress_nice);
   return w;
 }
 

@@ -43,6 +43,8 @@ struct WriterOptions {
   uint32_t frames_in_flight = 4;
   // Threads that compress frames side by side (frames stay in order).
   uint32_t compress_threads = 2;
+  // Nice value of those threads: protect runs them below the guest's I/O.
+  int compress_nice = 0;
   uint32_t frame_raw_bytes = 1u << 20;  // records per frame, uncompressed
   bool take_lock = true;  // false if the caller already holds StoreLock
 };

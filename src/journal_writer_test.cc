@@ -8,6 +8,9 @@
 
 #include <csignal>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
 
 #include "journal_reader.h"
 #include "journal_test_util.h"
@@ -358,6 +361,36 @@ TEST_CASE("incompressible records go into stored frames and read back exactly") 
   auto v = verify_journal(d.path);
   REQUIRE(v);
   CHECK(v->ok());
+}
+
+TEST_CASE("compression threads run at the nice value asked for") {
+  // /proc/self/task/*/stat, field 19: each thread's nice value.
+  auto threads_at = [](int nice) {
+    int n = 0;
+    for (const auto& t : std::filesystem::directory_iterator("/proc/self/task")) {
+      std::ifstream f(t.path() / "stat");
+      std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      std::istringstream rest(stat.substr(stat.rfind(')') + 2));
+      std::string field;
+      for (int i = 3; i <= 19 && rest >> field; i++) {
+      }
+      if (field == std::to_string(nice)) n++;
+    }
+    return n;
+  };
+  TempDir d;
+  WriterOptions o;
+  o.compress_threads = 3;
+  o.compress_nice = 7;
+  int before = threads_at(7);
+  auto w = JournalWriter::open(d.path, o);
+  REQUIRE(w);
+  REQUIRE((*w)->append(write_rec(1, 0, pattern(100, 1))));
+  REQUIRE((*w)->commit());
+  // Each thread sets its own priority when it starts: give them time.
+  for (int i = 0; i < 1000 && threads_at(7) - before < 3; i++) usleep(10000);
+  CHECK(threads_at(7) - before == 3);
+  CHECK(threads_at(0) >= 1);  // this one is untouched
 }
 
 }  // namespace kvmcdp::journal
