@@ -31,11 +31,12 @@ struct Checkpoint {
 };
 
 // Writes (hot spots rewritten often, so a full replay reads much more than
-// the tail after a node), write-zeroes with and without unmap, discards.
-void random_round(QemuProcess& vm, std::mt19937_64& rng) {
+// the tail after a node), write-zeroes with and without unmap, discards;
+// offsets and lengths are multiples of `align`.
+void random_round(QemuProcess& vm, std::mt19937_64& rng, uint64_t align) {
   for (int i = 0; i < 10; ++i) {
-    uint64_t len = (1 + rng() % 256) * 512;
-    uint64_t off = (rng() % ((kDiskSize - len) / 512)) * 512;
+    uint64_t len = (1 + rng() % (131072 / align)) * align;
+    uint64_t off = (rng() % ((kDiskSize - len) / align)) * align;
     switch (rng() % 8) {
       case 0: qemu_io(vm, fmt::format("write -z {} {}", off, len)); break;
       case 1: qemu_io(vm, fmt::format("write -z -u {} {}", off, len)); break;
@@ -54,6 +55,7 @@ struct ProtectedVm {
   std::unique_ptr<ProtectProcess> protect;
   std::mt19937_64 rng{5};
   uint64_t random_mib = 0;
+  uint64_t align = 512;
   std::string random_file;
 
   ProtectedVm(TempDir& dir, uint64_t mib) : disk(dir.file("disk.raw")), store(dir.file("store")),
@@ -78,7 +80,7 @@ struct ProtectedVm {
       uint64_t off = (rng() % ((kDiskSize - len) >> 16)) << 16;
       qemu_io(*vm, fmt::format("write -s {} {} {}", random_file, off, len));
     }
-    random_round(*vm, rng);
+    random_round(*vm, rng, align);
     wait_acked(*vm);
     return {filter_seq(*vm), md5_of_file(disk), iso_now()};
   }
@@ -89,8 +91,10 @@ struct Protected {
   std::string store;
   std::vector<Checkpoint> points;
 };
-Protected make_store(TempDir& dir, int rounds, int pause_ms = 0, uint64_t random_mib = 0) {
+Protected make_store(TempDir& dir, int rounds, int pause_ms = 0, uint64_t random_mib = 0,
+                     uint64_t align = 512) {
   ProtectedVm pv(dir, random_mib);
+  pv.align = align;
   Protected p{pv.store, {}};
   for (int round = 0; round < rounds; ++round) {
     p.points.push_back(pv.round());
@@ -258,6 +262,51 @@ TEST_CASE("build: a restore from a built node equals the full replay and reads l
     CHECK(oi.output.find("/tree/" + node + ".qcow2") != std::string::npos);
     if (i == 1 || i == 3) CHECK(r.output.find(": 0 bytes from the journal") != std::string::npos);
   }
+}
+
+TEST_CASE("restore --overlay of whole 4 KiB clusters: a packed qcow2 written directly, exact") {
+  // Guests write whole 4 KiB blocks: then kvmcdp writes the overlay itself
+  // (4 KiB clusters, data packed, zero clusters for write-zeroes and
+  // discards) instead of going through qemu-nbd.  QEMU must read it as the
+  // disk at that point, and qemu-img check must find nothing.
+  TempDir dir;
+  Protected p = make_store(dir, 5, 0, 0, 4096);
+  const auto& pts = p.points;
+  auto b = run_command({KVMCDP_BINARY, "build", "--store", p.store, "--seq",
+                        std::to_string(pts[1].seq)});
+  REQUIRE_MESSAGE(b.status == 0, b.output);
+  for (size_t i = 1; i < pts.size(); ++i) {
+    std::string out = dir.file(fmt::format("a-{}.qcow2", pts[i].seq));
+    auto r = run_command({KVMCDP_BINARY, "restore", "--overlay", "--store", p.store, "--seq",
+                          std::to_string(pts[i].seq), "-o", out});
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+    CHECK(node_md5(dir, out) == pts[i].md5);
+    auto chk = run_command({qemu_bin("qemu-img"), "check", out});
+    CHECK_MESSAGE(chk.status == 0, chk.output);
+    CHECK_MESSAGE(chk.output.find("No errors were found") != std::string::npos, chk.output);
+    auto oi = run_command({qemu_bin("qemu-img"), "info", "--output=json", out});
+    CHECK_MESSAGE(oi.output.find("\"cluster-size\": 4096") != std::string::npos, oi.output);
+    CHECK(oi.output.find(fmt::format("/tree/seq-{}.qcow2", pts[1].seq)) != std::string::npos);
+    // QEMU can go on writing into it.
+    auto w = run_command({qemu_bin("qemu-io"), "-c", "write -P 7 65536 8192", out});
+    CHECK_MESSAGE(w.status == 0, w.output);
+    auto chk2 = run_command({qemu_bin("qemu-img"), "check", out});
+    CHECK_MESSAGE(chk2.status == 0, chk2.output);
+  }
+  // The 512-byte aligned store of the test above takes the qemu-nbd path
+  // (its overlays have 128 KiB clusters); a node's own point, with no
+  // tail, is written directly.
+  TempDir dir2;
+  Protected q = make_store(dir2, 3);
+  REQUIRE(run_command({KVMCDP_BINARY, "build", "--store", q.store, "--seq",
+                       std::to_string(q.points[0].seq)}).status == 0);
+  std::string out = dir2.file("u.qcow2");
+  auto r = run_command({KVMCDP_BINARY, "restore", "--overlay", "--store", q.store, "--seq",
+                        std::to_string(q.points[2].seq), "-o", out});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  CHECK(node_md5(dir2, out) == q.points[2].md5);
+  auto oi = run_command({qemu_bin("qemu-img"), "info", "--output=json", out});
+  CHECK_MESSAGE(oi.output.find("\"cluster-size\": 131072") != std::string::npos, oi.output);
 }
 
 TEST_CASE("prune: a policy keeps exactly the expected nodes, their images unchanged") {
