@@ -39,6 +39,24 @@ std::vector<uint8_t> noise(size_t n, uint64_t seed) {
   return v;
 }
 
+// While it lives, a file may not grow past 256 KiB (RLIMIT_FSIZE: the
+// write fails with EFBIG; SIGXFSZ is ignored): a disk that fills up.
+struct SmallFileLimit {
+  rlimit old{};
+  void (*old_handler)(int) = SIG_DFL;
+  SmallFileLimit() {
+    REQUIRE(getrlimit(RLIMIT_FSIZE, &old) == 0);
+    old_handler = std::signal(SIGXFSZ, SIG_IGN);
+    rlimit small = old;
+    small.rlim_cur = 256 << 10;
+    REQUIRE(setrlimit(RLIMIT_FSIZE, &small) == 0);
+  }
+  ~SmallFileLimit() {
+    setrlimit(RLIMIT_FSIZE, &old);
+    std::signal(SIGXFSZ, old_handler);
+  }
+};
+
 // Every record the journal in `dir` holds, checked against pattern().
 uint64_t count_pattern_records(const std::string& dir) {
   auto r = JournalReader::open(dir);
@@ -207,17 +225,12 @@ TEST_CASE("a failed write with frames in flight: commit and every later call fai
     for (uint64_t s = 1; s <= 2; s++) REQUIRE((*w)->append(write_rec(s, 0, noise(4096, s))));
     durable = *(*w)->commit();
     REQUIRE(durable == 2);
-    rlimit old;
-    REQUIRE(getrlimit(RLIMIT_FSIZE, &old) == 0);
-    auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
-    rlimit small = old;
-    small.rlim_cur = 256 << 10;
-    REQUIRE(setrlimit(RLIMIT_FSIZE, &small) == 0);
-    for (uint64_t s = 3; s <= 34; s++)
-      REQUIRE((*w)->append(write_rec(s, 0, noise(64 << 10, s))));
-    auto c = (*w)->commit();
-    REQUIRE(setrlimit(RLIMIT_FSIZE, &old) == 0);
-    std::signal(SIGXFSZ, old_handler);
+    auto c = [&] {
+      SmallFileLimit limit;
+      for (uint64_t s = 3; s <= 34; s++)
+        REQUIRE((*w)->append(write_rec(s, 0, noise(64 << 10, s))));
+      return (*w)->commit();
+    }();
     REQUIRE(!c);
     CHECK(c.status().kind() == ErrorKind::kFailure);
     CHECK((*w)->last_durable_seq() == durable);
@@ -312,17 +325,12 @@ TEST_CASE("commit_async: a failed write is the event's error, and stops the writ
   auto first = wait_commit_event(**w);
   REQUIRE(first);
   CHECK(*first == 1);
-  rlimit old;
-  REQUIRE(getrlimit(RLIMIT_FSIZE, &old) == 0);
-  auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
-  rlimit small = old;
-  small.rlim_cur = 256 << 10;
-  REQUIRE(setrlimit(RLIMIT_FSIZE, &small) == 0);
-  for (uint64_t s = 2; s <= 20; s++) REQUIRE((*w)->append(write_rec(s, 0, noise(64 << 10, s))));
-  REQUIRE((*w)->commit_async());
-  auto failed = wait_commit_event(**w);
-  REQUIRE(setrlimit(RLIMIT_FSIZE, &old) == 0);
-  std::signal(SIGXFSZ, old_handler);
+  auto failed = [&] {
+    SmallFileLimit limit;
+    for (uint64_t s = 2; s <= 20; s++) REQUIRE((*w)->append(write_rec(s, 0, noise(64 << 10, s))));
+    REQUIRE((*w)->commit_async());
+    return wait_commit_event(**w);
+  }();
   REQUIRE(!failed);
   CHECK(failed.status().kind() == ErrorKind::kFailure);
   CHECK((*w)->last_durable_seq() < 20);

@@ -65,10 +65,29 @@ Result<std::optional<DeltaStats>> write_qcow2_overlay(journal::JournalReader& re
   fsutil::Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (!fd.valid()) return Status(ErrorKind::kFailure, fsutil::errno_message("create", path));
 
-  // Step 1: the data, packed from cluster 1 on, as the journal gives it.
-  // Ranges never overlap, so each guest cluster is set once.
-  std::map<uint64_t, uint64_t> l2_of;          // guest cluster -> L2 entry
-  uint64_t next = 1;                           // next free host cluster
+  // Step 1: the data, packed from cluster 1 on, as the journal gives it,
+  // gathered into 1 MiB writes.  Ranges never overlap, so each guest
+  // cluster is set once; its L2 entry is noted as we go (a table per
+  // 2 MiB region touched, written out in step 2).
+  std::map<uint64_t, std::vector<uint64_t>> l2_tables;  // L1 index -> entries
+  auto set_l2 = [&](uint64_t cluster, uint64_t entry) {
+    auto& t = l2_tables[cluster / kL2Entries];
+    if (t.empty()) t.assign(kL2Entries, 0);
+    t[cluster % kL2Entries] = entry;
+  };
+  constexpr uint64_t kStage = 1 << 20;
+  std::vector<uint8_t> stage;
+  stage.reserve(kStage);
+  uint64_t next = 1;    // next free host cluster
+  uint64_t staged = 1;  // host cluster where `stage` goes
+  auto flush_stage = [&]() -> Status {
+    if (auto s = fsutil::pwrite_all(fd.get(), stage.data(), stage.size(), staged * kCluster, path);
+        !s)
+      return s;
+    staged = next;
+    stage.clear();
+    return Status::ok();
+  };
   bool aligned = true;
   auto delta = journal_delta(
       reader, from_seq, to_seq, disk_size,
@@ -78,30 +97,34 @@ Result<std::optional<DeltaStats>> write_qcow2_overlay(journal::JournalReader& re
           return Status(ErrorKind::kUsage, "unaligned");
         }
         uint64_t first = off / kCluster, n = len / kCluster;
-        if (!data) {
-          for (uint64_t c = 0; c < n; c++) l2_of[first + c] = kZero;
-          return Status::ok();
-        }
-        if (auto s = fsutil::pwrite_all(fd.get(), data, len, next * kCluster, path); !s) return s;
-        for (uint64_t c = 0; c < n; c++) l2_of[first + c] = (next + c) * kCluster | kCopied;
+        for (uint64_t c = 0; c < n; c++) set_l2(first + c, data ? (next + c) * kCluster | kCopied : kZero);
+        if (!data) return Status::ok();
+        if (stage.size() + len > kStage)
+          if (auto s = flush_stage(); !s) return s;
         next += n;
+        if (len >= kStage) {  // big enough to go as it is
+          auto s = fsutil::pwrite_all(fd.get(), data, len, staged * kCluster, path);
+          staged = next;
+          return s;
+        }
+        stage.insert(stage.end(), data, data + len);
         return Status::ok();
       });
   if (!aligned) return std::optional<DeltaStats>();
   if (!delta) return delta.status();
+  if (auto s = flush_stage(); !s) return s;
 
   // Step 2: the metadata after the data: L2 tables, L1, refcounts.
   uint64_t l1_entries = (clusters_for(disk_size) + kL2Entries - 1) / kL2Entries;
-  std::map<uint64_t, std::vector<uint8_t>> l2_tables;  // L1 index -> table
-  for (const auto& [cluster, entry] : l2_of) {
-    auto& t = l2_tables[cluster / kL2Entries];
-    if (t.empty()) t.assign(kCluster, 0);
-    put_be(t, (cluster % kL2Entries) * 8, entry, 8);
-  }
   uint64_t l2_start = next;
   std::vector<uint8_t> l1(clusters_for(l1_entries * 8) * kCluster, 0);
+  std::vector<uint8_t> l2_bytes(l2_tables.size() * kCluster, 0);
   uint64_t at = l2_start;
-  for (const auto& [index, table] : l2_tables) put_be(l1, index * 8, at++ * kCluster | kCopied, 8);
+  for (const auto& [index, entries] : l2_tables) {
+    for (uint64_t e = 0; e < kL2Entries; e++)
+      put_be(l2_bytes, (at - l2_start) * kCluster + e * 8, entries[e], 8);
+    put_be(l1, index * 8, at++ * kCluster | kCopied, 8);
+  }
   uint64_t l1_start = at;
   uint64_t after_l1 = l1_start + l1.size() / kCluster;
   // The refcount table and blocks count themselves: grow until they cover
@@ -122,9 +145,6 @@ Result<std::optional<DeltaStats>> write_qcow2_overlay(journal::JournalReader& re
   for (uint64_t c = 0; c < total; c++) put_be(rb, c * 2, 1, 2);
 
   // Step 3: write it all after the data, the header last, then durable.
-  std::vector<uint8_t> l2_bytes;
-  l2_bytes.reserve(l2_tables.size() * kCluster);
-  for (const auto& [index, table] : l2_tables) l2_bytes.insert(l2_bytes.end(), table.begin(), table.end());
   auto header = header_cluster(disk_size, l1_entries, l1_start * kCluster, rt_start * kCluster,
                                rt_clusters, backing, backing_format);
   if (!header) return header.status();
