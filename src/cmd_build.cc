@@ -51,8 +51,8 @@ Result<std::vector<uint64_t>> every_points(StoreView& view, uint64_t step_ns) {
   return seqs;
 }
 
-Status run_build(const BuildOptions& o) {
-  // 1. Which points: every one resolved and checked before anything is built.
+// Every point asked for, resolved and checked before anything is built.
+Result<std::vector<uint64_t>> resolve_build_points(const BuildOptions& o) {
   auto view = open_store_view(o.store);
   if (!view) return view.status();
   std::vector<uint64_t> seqs;
@@ -77,6 +77,14 @@ Status run_build(const BuildOptions& o) {
     if (!s) return s.status();
     seqs.insert(seqs.end(), s->begin(), s->end());
   }
+  return seqs;
+}
+
+Status run_build(const BuildOptions& o) {
+  // 1. Which points (the store is read and let go: finishing a fold below
+  //    waits for its readers).
+  auto seqs = resolve_build_points(o);
+  if (!seqs) return seqs.status();
 
   // 2. One builder at a time: the tree lock.
   std::string dir = built_tree_dir(o.store);
@@ -88,7 +96,7 @@ Status run_build(const BuildOptions& o) {
   //    fold a killed prune left).
   OpLog log;
   if (auto s = repair_fold(o.store, &log); !s) return s;
-  auto built = build_points(o.store, seqs, &log);
+  auto built = build_points(o.store, *seqs, &log);
   for (const auto& line : log) std::printf("%s\n", line.c_str());
   if (!built) return built.status();
   return Status::ok();

@@ -10,11 +10,15 @@
 #include "cli.h"
 #include "journal_reader.h"
 #include "point.h"
+#include "store_readers.h"
 
 namespace kvmcdp {
 namespace {
 
 Status run_verify(const std::string& store) {
+  // Not while a fold deletes segments: they would look missing.
+  auto readers = StoreReaders::shared(store);
+  if (!readers) return readers.status();
   auto report = journal::verify_journal(store);
   if (!report) return report.status();
   std::printf("segments: %llu, frames: %llu, records: %llu, seq %llu..%llu\n",
@@ -37,6 +41,8 @@ Status run_verify(const std::string& store) {
 }
 
 Status run_dump(const std::string& store, uint64_t from, uint64_t limit, bool as_json) {
+  auto readers = StoreReaders::shared(store);
+  if (!readers) return readers.status();
   auto reader = journal::JournalReader::open(store);
   if (!reader) return reader.status();
   uint64_t shown = 0;

@@ -15,6 +15,8 @@
 // already see folded: repair deletes what step 4-5 did not get to.
 #include "journal_fold.h"
 
+#include "store_readers.h"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -29,6 +31,7 @@
 #include "restore_delta.h"
 #include "segment_list.h"
 #include "snapshot_qemu.h"
+#include "store_readers.h"
 
 namespace kvmcdp {
 namespace {
@@ -57,6 +60,12 @@ Status unlink_if_present(const std::string& path) {
 
 // Steps 4-6, shared with repair: the manifest already names the new base.
 Status finish_fold(const std::string& store, const Manifest& m, const FoldPlan& p, OpLog* log) {
+  // Restores that opened the store before the switch may still read
+  // these files: wait for them (store_readers.h).
+  bool waited = false;
+  auto readers = StoreReaders::exclusive(store, &waited);
+  if (!readers) return readers.status();
+  if (waited) log->push_back("waited for the store's readers (restore, build) to finish");
   bool first = true;
   for (uint64_t n : p.segments) {
     if (auto s = unlink_if_present(journal::segment_path(store, n)); !s) return s;

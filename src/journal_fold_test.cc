@@ -8,6 +8,8 @@
 
 #include <filesystem>
 #include <random>
+#include <chrono>
+#include <thread>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -18,6 +20,7 @@
 #include "journal_test_util.h"
 #include "journal_writer.h"
 #include "manifest.h"
+#include "point.h"
 #include "protect_state.h"
 #include "restore_engine.h"
 #include "segment_list.h"
@@ -137,6 +140,39 @@ TEST_CASE("fold: whole sealed segments before the point go, restores after it st
   check_restores(st, 280);
   // At or before the base: nothing to do.
   CHECK(plan_fold(st.d.path, 280, time_of(280))->empty());
+}
+
+TEST_CASE("fold: waits for readers that opened the store before it, then deletes") {
+  // A restore that opened the store before the fold's commit reads the old
+  // base and the folded segments: they must stay until it is done.
+  Store st;
+  make_store(st);
+  auto plan = plan_fold(st.d.path, 150, time_of(150));
+  REQUIRE(plan);
+  REQUIRE(!plan->empty());
+  auto view = open_store_view(st.d.path);
+  REQUIRE(view);
+  OpLog log;
+  Status folded = Status(ErrorKind::kFailure, "not run");
+  std::thread fold([&] { folded = fold_journal(st.d.path, *plan, &log); });
+  // The commit (manifest switch) does not wait; the deletions do.
+  for (int i = 0; i < 3000 && read_manifest(st.d.path)->base_image != "base-150.raw"; i++)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  REQUIRE(read_manifest(st.d.path)->base_image == "base-150.raw");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  for (uint64_t n : plan->segments) CHECK(fs::exists(segment_path(st.d.path, n)));
+  CHECK(fs::exists(st.d.path + "/base.raw"));
+  // The reader that was open before still reads every record from seq 1.
+  uint64_t seen = 0;
+  REQUIRE(view->reader->for_each_record(1, [&](const RecordView&) { return ++seen, true; }));
+  CHECK(seen == 300);
+  view = Status(ErrorKind::kFailure, "closed");  // lets go of the store
+  fold.join();
+  REQUIRE_MESSAGE(folded, folded.message());
+  CHECK(log.front() == "waited for the store's readers (restore, build) to finish");
+  for (uint64_t n : plan->segments) CHECK(!fs::exists(segment_path(st.d.path, n)));
+  CHECK(!fs::exists(st.d.path + "/base.raw"));
+  check_restores(st, 150);
 }
 
 TEST_CASE("fold: the last segment is never folded, even when the point is its last record") {

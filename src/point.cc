@@ -17,11 +17,14 @@ std::string format_time_ns(uint64_t ns) {
 }
 
 Result<StoreView> open_store_view(const std::string& store_dir) {
+  auto readers = StoreReaders::shared(store_dir);
+  if (!readers) return readers.status();
   auto m = read_manifest(store_dir);
   if (!m) return m.status();
   auto reader = journal::JournalReader::open(store_dir);
   if (!reader) return reader.status();
   StoreView view;
+  view.readers.emplace(std::move(*readers));
   view.manifest = *m;
   view.store_dir = store_dir;
   view.reader = std::move(*reader);

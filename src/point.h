@@ -11,6 +11,7 @@
 #include "journal_ranges.h"
 #include "manifest.h"
 #include "status.h"
+#include "store_readers.h"
 
 namespace kvmcdp {
 
@@ -22,6 +23,7 @@ struct PointSpec {
 };
 
 struct StoreView {
+  std::optional<StoreReaders> readers;  // held while the view lives (store_readers.h)
   std::string store_dir;
   Manifest manifest;
   std::unique_ptr<journal::JournalReader> reader;
