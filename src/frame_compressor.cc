@@ -13,11 +13,12 @@
 namespace kvmcdp::journal {
 namespace {
 
-// A frame of `raw` as a zstd frame of raw (stored) blocks: any zstd
-// decoder reads it, and it costs no copy: `head` gets the fixed bytes
-// (RFC 8878: magic, a single-segment descriptor with a 4-byte content size,
-// then a 3-byte header before each block of at most 128 KiB) and `iov`
-// points into `raw` between them.  Returns the payload's size.
+// A payload of `raw` as a zstd frame of raw (stored) blocks: any zstd
+// decoder reads it, and it costs no copy: `head`, after room for the frame
+// header, gets the fixed bytes (RFC 8878: magic, a single-segment
+// descriptor with a 4-byte content size, then a 3-byte header before each
+// block of at most 128 KiB) and `iov` lists the payload's pieces, pointing
+// into `raw` between them.  Returns the payload's size.
 size_t store_frame(const ByteBuf& raw, ByteBuf* head, std::vector<iovec>* iov) {
   size_t n = raw.size();
   size_t blocks = n ? (n + ZSTD_BLOCKSIZE_MAX - 1) / ZSTD_BLOCKSIZE_MAX : 1;
@@ -30,7 +31,7 @@ size_t store_frame(const ByteBuf& raw, ByteBuf* head, std::vector<iovec>* iov) {
   *p++ = 0xA0;  // content size in 4 bytes, single segment, no checksum
   put32(uint32_t(n));
   iov->clear();
-  const uint8_t* piece = head->data();
+  const uint8_t* piece = head->data() + kFrameHeaderSize;
   size_t done = 0;
   do {
     size_t block = std::min<size_t>(n - done, ZSTD_BLOCKSIZE_MAX);
@@ -82,10 +83,9 @@ Status compress(ZSTD_CCtx* cctx, const ByteBuf& raw, bool backlog, FrameHeader* 
     *iov = {{out->data(), out->size()}};
   } else {
     n = store_frame(raw, out, iov);
-    (*iov)[0].iov_base = out->data() + kFrameHeaderSize;  // the CRC skips the frame header
-    (*iov)[0].iov_len -= kFrameHeaderSize;
     crc = 0;
     for (const iovec& v : *iov) crc = crc32c_extend(crc, v.iov_base, v.iov_len);
+    // The frame header goes in front of the first piece, in the same buffer.
     (*iov)[0].iov_base = out->data();
     (*iov)[0].iov_len += kFrameHeaderSize;
   }
