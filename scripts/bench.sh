@@ -68,13 +68,17 @@
 # as the full restore: to raw (the node's chain converted, then the tail)
 # and with --overlay (a qcow2 on the node holding only the tail).
 #
-# Snapshot pause (figure 8).  A qemu-storage-daemon exports a qcow2 disk
-# over NBD; while fio writes to it (4 KiB random, QD 16), `kvmcdp snapshot
-# create --qmp` takes 50 snapshots one after the other (20 with --quick)
-# and each prints how long guest I/O was paused: the round trip of the QMP
-# transaction (drain, flush of the old top, switch, reopen read-only),
-# an upper bound of the pause; the figure is the p99 (nearest rank) of
-# those.  What the guest saw (scripts/bench/snapgap.py): fio logs every
+# Snapshot pause (figure 8).  A qemu-system-x86_64 without a guest
+# (-M none) exports a qcow2 disk over NBD; while fio writes to it (4 KiB
+# random, QD 16), `kvmcdp snapshot create --qmp` takes 50 snapshots one
+# after the other (20 with --quick).  The pause is bounded from above
+# twice: (a) QEMU's trace events qmp_enter_transaction and
+# qmp_exit_transaction (timestamped, scripts/bench/qmptrace.py) bracket the
+# transaction's handler, inside which the drained section (drain, flush of
+# the old top, switch, reopen read-only) lies: the target's figure, p99
+# (nearest rank); (b) the round trip of the QMP command as kvmcdp times it
+# and prints it, which adds the main loop's delay in reading the command
+# and the reply's way back, while the guest's I/O still runs: reported.  What the guest saw (scripts/bench/snapgap.py): fio logs every
 # write's completion latency; per create, the worst latency of the writes
 # completing during the whole `snapshot create` run, against the same in
 # an equally long quiet window just before it (0.2 s gaps between creates).
@@ -366,16 +370,20 @@ snapshot_pause() {
   mkdir -p "$d"
   log "snapshot pause: $snap_count snapshots under 4 KiB random writes"
   "$QBIN/qemu-img" create -q -f qcow2 "$d/base.qcow2" "$fio_disk"
-  "$QBIN/qemu-storage-daemon" \
-    --blockdev "driver=file,filename=$d/base.qcow2,node-name=f0,cache.direct=on,aio=native" \
-    --blockdev driver=qcow2,file=f0,node-name=disk \
-    --nbd-server "addr.type=unix,addr.path=$d/nbd.sock" \
-    --export nbd,id=e0,node-name=disk,name=d,writable=on \
-    --chardev "socket,id=m0,path=$d/qmp.sock,server=on,wait=off" --monitor chardev=m0 \
-    >"$d/qsd.log" 2>&1 &
-  local qsd=$!
-  pids+=("$qsd")
-  wait_for 20 test -S "$d/qmp.sock" || die "qemu-storage-daemon did not start: $(cat "$d/qsd.log")"
+  # A VM's QEMU without a guest (fio plays it over NBD), so that QEMU's own
+  # trace of the transaction command, with microsecond timestamps
+  # (-msg timestamp=on; qemu-storage-daemon cannot stamp its log), shows
+  # how long the command ran inside QEMU.
+  "$QBIN/qemu-system-x86_64" -M none -nodefaults -display none -msg timestamp=on \
+    -trace qmp_enter_transaction -trace qmp_exit_transaction -D "$d/trace.log" \
+    -blockdev "driver=file,filename=$d/base.qcow2,node-name=f0,cache.direct=on,aio=native" \
+    -blockdev driver=qcow2,file=f0,node-name=disk \
+    -qmp "unix:$d/qmp.sock,server=on,wait=off" >"$d/qemu.log" 2>&1 &
+  local qemu=$!
+  pids+=("$qemu")
+  wait_for 20 test -S "$d/qmp.sock" || die "qemu-system-x86_64 did not start: $(cat "$d/qemu.log")"
+  qmp "$d/qmp.sock" "{\"execute\":\"nbd-server-start\",\"arguments\":{\"addr\":{\"type\":\"unix\",\"data\":{\"path\":\"$d/nbd.sock\"}}}}"
+  qmp "$d/qmp.sock" '{"execute":"block-export-add","arguments":{"type":"nbd","id":"e0","name":"d","node-name":"disk","writable":true}}'
   # The load runs until it is stopped, whatever the snapshots take.
   fio --name=snapload --ioengine=nbd --uri="nbd+unix:///d?socket=$d/nbd.sock" \
     --size="$fio_disk" --time_based --runtime=3600 --rw=randwrite --bs=4k --iodepth=16 \
@@ -401,9 +409,12 @@ snapshot_pause() {
   done
   kill -TERM "$load"; wait "$load" || true
   python3 "$H/snapgap.py" "$d/snapload_clat.1.log" "$d/windows" "$R/snapshot-guest.json"
-  kill -TERM "$qsd"; wait "$qsd" || true
+  kill -TERM "$qemu"; wait "$qemu" || true
+  python3 "$H/qmptrace.py" "$d/trace.log" transaction >"$R/snapshot-qemu-pauses"
   [ "$(wc -l <"$R/snapshot-pauses")" = "$snap_count" ] ||
     die "snapshot create did not report $snap_count pauses"
+  [ "$(wc -l <"$R/snapshot-qemu-pauses")" = "$snap_count" ] ||
+    die "QEMU's trace does not hold $snap_count transactions"
   rm -rf "$d"
 }
 
