@@ -1,7 +1,8 @@
-// CRC-32C with a hardware path.  The journal checksums every compressed
-// byte it writes, so the checksum must run far faster than zstd -1: the
-// SSE4.2 instruction does ~8 bytes per cycle-ish on one core, the table
-// path is the portable fallback (and the reference the test compares to).
+// CRC-32C with a hardware path.  The journal checksums every byte it
+// writes and every byte a restore reads, so the checksum must run far
+// faster than zstd -1 and the disk: the SSE4.2 instruction on three
+// independent streams, joined at the end of each 6 KiB; the table path is
+// the portable fallback (and the reference the test compares to).
 #include "crc32c.h"
 
 #include <array>
@@ -46,6 +47,8 @@ uint32_t crc_table(uint32_t crc, const uint8_t* p, size_t n) {
 }
 
 #if defined(__x86_64__)
+// One stream: each crc32 instruction waits for the previous one's result
+// (3 cycles of latency), so this runs at a third of what the unit can do.
 __attribute__((target("sse4.2"))) uint32_t crc_sse42(uint32_t crc,
                                                        const uint8_t* p,
                                                        size_t n) {
@@ -62,6 +65,55 @@ __attribute__((target("sse4.2"))) uint32_t crc_sse42(uint32_t crc,
   return c32;
 }
 const bool kHaveSse42 = __builtin_cpu_supports("sse4.2");
+
+// Three streams side by side.  The register after a block B from state s
+// is shift(s) ^ crc(0, B), where shift (feeding |B| zero bytes) is linear
+// in s: so three consecutive blocks are checksummed independently, from
+// 0 for the second and third, and joined with two shifts, which a table
+// per register byte does in four lookups.
+constexpr size_t kBlock = 2048;
+
+struct ZeroShift {
+  uint32_t t[4][256];
+  uint32_t operator()(uint32_t c) const {
+    return t[0][c & 0xff] ^ t[1][(c >> 8) & 0xff] ^ t[2][(c >> 16) & 0xff] ^ t[3][c >> 24];
+  }
+};
+
+ZeroShift make_zero_shift() {
+  static const uint8_t zeros[kBlock] = {};
+  uint32_t bit[32];
+  for (int i = 0; i < 32; i++) bit[i] = crc_sse42(1u << i, zeros, kBlock);
+  ZeroShift s{};
+  for (int k = 0; k < 4; k++)
+    for (uint32_t b = 0; b < 256; b++)
+      for (int j = 0; j < 8; j++)
+        if (b & (1u << j)) s.t[k][b] ^= bit[8 * k + j];
+  return s;
+}
+
+__attribute__((target("sse4.2"))) uint32_t crc_sse42_3way(uint32_t crc,
+                                                            const uint8_t* p,
+                                                            size_t n) {
+  static const ZeroShift shift = make_zero_shift();
+  while (n >= 3 * kBlock) {
+    uint64_t c0 = crc, c1 = 0, c2 = 0;
+    for (size_t i = 0; i < kBlock; i += 8) {
+      uint64_t w0, w1, w2;
+      std::memcpy(&w0, p + i, 8);
+      std::memcpy(&w1, p + kBlock + i, 8);
+      std::memcpy(&w2, p + 2 * kBlock + i, 8);
+      c0 = _mm_crc32_u64(c0, w0);
+      c1 = _mm_crc32_u64(c1, w1);
+      c2 = _mm_crc32_u64(c2, w2);
+    }
+    uint32_t joined = shift(static_cast<uint32_t>(c0)) ^ static_cast<uint32_t>(c1);
+    crc = shift(joined) ^ static_cast<uint32_t>(c2);
+    p += 3 * kBlock;
+    n -= 3 * kBlock;
+  }
+  return crc_sse42(crc, p, n);
+}
 #endif
 
 }  // namespace
@@ -70,7 +122,7 @@ uint32_t crc32c_extend(uint32_t crc, const void* data, size_t n) {
   auto p = static_cast<const uint8_t*>(data);
   crc = ~crc;
 #if defined(__x86_64__)
-  if (kHaveSse42) return ~crc_sse42(crc, p, n);
+  if (kHaveSse42) return ~crc_sse42_3way(crc, p, n);
 #endif
   return ~crc_table(crc, p, n);
 }

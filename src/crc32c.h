@@ -14,4 +14,8 @@ inline uint32_t crc32c(const void* data, size_t n) {
   return crc32c_extend(0, data, n);
 }
 
+// The slicing-table path whatever the CPU: the reference the tests compare
+// the hardware path with.
+uint32_t crc32c_portable_for_test(const void* data, size_t n);
+
 }  // namespace kvmcdp

@@ -57,14 +57,6 @@ TEST_CASE("segment names: fixed width, exact inverse") {
   CHECK(*parse_index_file_name("000000000042.idx") == 42);
 }
 
-TEST_CASE("crc32c: known value, hardware and table agree") {
-  CHECK(crc32c("123456789", 9) == 0xe3069283);
-  std::vector<uint8_t> b(1000);
-  for (size_t i = 0; i < b.size(); i++) b[i] = uint8_t(i * 31);
-  CHECK(crc32c_extend(crc32c(b.data(), 333), b.data() + 333, 667) ==
-        crc32c(b.data(), 1000));
-}
-
 TEST_CASE("flip each byte: verify names segment and offset, reader stops before") {
   TempDir src;
   auto frames = make_small(src.path);
