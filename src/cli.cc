@@ -19,7 +19,7 @@ const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
       {"protect", "Capture a running VM's disk into a store until stopped",
        setup_protect_command},
-      {"status", "Show whether a store is protected, its lag, size and range",
+      {"status", "Show whether a store is protected (or, on a server, fed), its lag, size and range",
        setup_status_command},
       {"points", "List a store's recoverable ranges, marks and gaps", setup_points_command},
       {"mark", "Put a named point into a protected drive's stream", setup_mark_command},

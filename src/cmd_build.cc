@@ -17,6 +17,7 @@
 #include "point.h"
 #include "prune_policy.h"
 #include "tree_lock.h"
+#include "wall_clock.h"
 
 namespace kvmcdp {
 namespace {
@@ -28,12 +29,6 @@ struct BuildOptions {
   std::string every;
   bool wait = false;
 };
-
-uint64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // --every D: one point per D from the base copy to the newest record, each
 // the last record at or before that time, in a recoverable range.

@@ -13,17 +13,13 @@
 #include "cli.h"
 #include "point.h"
 #include "protect_state.h"
+#include "serve_state.h"
+#include "wall_clock.h"
 
 namespace kvmcdp {
 namespace {
 
 using nlohmann::json;
-
-uint64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 json ranges_json(const StoreView& v) {
   json out = json::array();
@@ -110,11 +106,14 @@ Status run_status(const std::string& store, bool as_json) {
   if (!view) return view.status();
   auto state = read_protect_state(store);
   bool running = state && protect_running(*state);
+  // On a backup server the store is written by `kvmcdp serve`.
+  auto served = read_serve_state(store);
+  bool receiving = served && serve_receiving(*served);
   uint64_t records = 0;
   for (const auto& f : view->reader->frames()) records += f.count;
   uint64_t compressed = dir_bytes(store, view->reader->segments());
   json j = {{"store", store},
-            {"protected", running},
+            {"protected", running || receiving},
             {"segments", view->reader->segments().size()},
             {"records", records},
             {"compressed_bytes", compressed},
@@ -152,17 +151,34 @@ Status run_status(const std::string& store, bool as_json) {
                      {"error", state->remote_error}};
     }
   }
+  if (served)
+    j["server"] = {{"receiving", receiving},
+                   {"client", served->peer},
+                   {"pid", served->pid},
+                   {"since", format_time_ns(served->since_ns)},
+                   {"updated", format_time_ns(served->updated_ns)},
+                   {"durable_seq", served->durable_seq},
+                   {"bytes", served->bytes},
+                   {"ended", receiving ? "" : served->ended.empty() ? "kvmcdp serve is gone"
+                                                                    : served->ended}};
   if (view->reader->damage()) j["damage"] = view->reader->damage()->to_string();
   if (as_json) {
     std::printf("%s\n", j.dump(2).c_str());
     return Status::ok();
   }
   std::printf("store:       %s\n", store.c_str());
-  std::printf("protected:   %s\n",
-              running ? fmt::format("yes (pid {}, drive {}, {})", state->pid, state->drive,
-                                    state->connected ? "connected" : "reconnecting")
-                            .c_str()
-                      : "no");
+  std::string prot = "no";
+  if (running)
+    prot = fmt::format("yes (pid {}, drive {}, {})", state->pid, state->drive,
+                       state->connected ? "connected" : "reconnecting");
+  else if (receiving)
+    prot = fmt::format("yes, shipped here by {} (kvmcdp serve pid {}, since {})", served->peer,
+                       served->pid, format_time_ns(served->since_ns));
+  std::printf("protected:   %s\n", prot.c_str());
+  if (served && !receiving)
+    std::printf("last client: %s, until %s: %s\n", served->peer.c_str(),
+                format_time_ns(served->updated_ns).c_str(),
+                j["server"]["ended"].get<std::string>().c_str());
   if (state)
     std::printf("lag:         %llu records, %.1f s\n",
                 static_cast<unsigned long long>(j["lag"]["records"].get<uint64_t>()),

@@ -36,6 +36,7 @@
 #include "shipper.h"
 #include "stop_signals.h"
 #include "store_lock.h"
+#include "wall_clock.h"
 
 namespace kvmcdp {
 namespace {
@@ -59,12 +60,6 @@ struct ProtectOptions {
   std::string remote_path = "kvmcdp";
   uint32_t remote_wait_s = 30;
 };
-
-uint64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 std::string format_time(uint64_t ns) {
   time_t s = static_cast<time_t>(ns / 1000000000);

@@ -13,6 +13,7 @@
 #include "restore_delta.h"
 #include "restore_engine.h"
 #include "subprocess.h"
+#include "wall_clock.h"
 
 namespace kvmcdp {
 namespace {
@@ -26,12 +27,6 @@ struct RestoreOptions {
   bool from_node = false;
   bool quiet = false;
 };
-
-uint64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 Status run_restore(const RestoreOptions& o) {
   // 1. Which seq the user means, refused unless recoverable.

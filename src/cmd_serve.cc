@@ -171,6 +171,13 @@ Status run_listen(const ServeOptions& o) {
 Status run_stdio(const ServeOptions& o) {
   ServeConfig cfg;
   cfg.peer = "stdio";
+  // Run by sshd: SSH_CLIENT is "ADDRESS PORT SERVER_PORT".
+  if (const char* ssh = getenv("SSH_CLIENT")) {
+    std::string c = ssh;
+    size_t a = c.find(' '), b = a == std::string::npos ? a : c.find(' ', a + 1);
+    if (a != std::string::npos)
+      cfg.peer = "ssh " + c.substr(0, a) + ":" + c.substr(a + 1, b == std::string::npos ? b : b - a - 1);
+  }
   std::string store = o.stdio_store;
   if (!o.store_root.empty()) {
     // Confined to the root, as an authorized_keys command= line can force.

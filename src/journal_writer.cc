@@ -20,15 +20,10 @@
 #include "crc32c.h"
 #include "fsutil.h"
 #include "segment_list.h"
+#include "wall_clock.h"
 
 namespace kvmcdp::journal {
 namespace {
-
-uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
-}
 
 Status write_index(const std::string& store, uint64_t n, uint64_t size,
                    const std::vector<FrameInfo>& frames) {

@@ -20,7 +20,9 @@
 #include "manifest.h"
 #include "remote_auth.h"
 #include "remote_url.h"
+#include "serve_state.h"
 #include "store_lock.h"
+#include "wall_clock.h"
 
 namespace kvmcdp {
 
@@ -48,7 +50,24 @@ struct Session {
   fsutil::Fd base_fd;
   uint64_t unsynced = 0;
   uint64_t acked = 0;
+  ServeState state;       // <store>/serve.json, for `kvmcdp status` here
+  uint64_t published_ns = 0;
 };
+
+// Tells `kvmcdp status` on this machine who ships into the store and how
+// far it is durable: at most once a second while data flows, at once when
+// the connection starts or ends.  Only advisory, so a failure to write it
+// does not end the connection.
+void publish(Session& s, bool now) {
+  uint64_t t = now_ns();
+  if (!now && t - s.published_ns < 1000000000ull) return;
+  s.state.updated_ns = t;
+  s.state.durable_seq = s.mirror->durable_seq();
+  s.state.durable_time_ns = s.mirror->durable_ns();
+  if (Status st = write_serve_state(s.store, s.state); !st)
+    std::fprintf(stderr, "kvmcdp: warning: %s\n", st.message().c_str());
+  s.published_ns = t;
+}
 
 Status refuse(Session& s, Status why) {
   s.conn.send(MsgType::kError, 0, 0, why.message());
@@ -136,6 +155,8 @@ Status handshake(Session& s) {
                                                   : ""},
                     {"base_complete", s.have_manifest && s.manifest.base_complete}}}};
   s.acked = pos.last_seq;
+  s.state = ServeState{getpid(), s.cfg.peer, true, now_ns()};
+  publish(s, true);
   return s.conn.send(MsgType::kWelcome, 0, 0, welcome.dump());
 }
 
@@ -208,6 +229,7 @@ Status sync_and_ack(Session& s) {
   s.unsynced = 0;
   if (s.mirror->durable_seq() == s.acked) return Status::ok();
   s.acked = s.mirror->durable_seq();
+  publish(s, false);
   return s.conn.send(MsgType::kAck, s.acked, s.mirror->durable_ns());
 }
 
@@ -215,6 +237,7 @@ Status handle(Session& s, const Message& m) {
   switch (static_cast<MsgType>(m.h.type)) {
     case MsgType::kSegmentData:
       s.unsynced += m.h.payload_len;
+      s.state.bytes += m.h.payload_len;
       return s.mirror->append(m.h.a, m.h.b, m.payload, m.h.payload_len);
     case MsgType::kSegmentSeal:
       return s.mirror->seal(m.h.a, m.h.b, m.payload, m.h.payload_len);
@@ -228,11 +251,10 @@ Status handle(Session& s, const Message& m) {
   }
 }
 
-}  // namespace
-
-Status serve_connection(Conn& conn, const ServeConfig& cfg) {
-  Session s{conn, cfg};
-  if (Status st = handshake(s); !st) return st;
+// After the handshake: the manifest, then segments and the base copy
+// until the client goes.
+Status receive_stream(Session& s) {
+  Conn& conn = s.conn;
   if (Status st = take_manifest(s); !st) return st;
   for (;;) {
     Message m;
@@ -252,6 +274,19 @@ Status serve_connection(Conn& conn, const ServeConfig& cfg) {
     // Nothing more right now, or a big batch: one fdatasync for all of it.
     if (Status st = sync_and_ack(s); !st) return refuse(s, st);
   }
+}
+
+}  // namespace
+
+Status serve_connection(Conn& conn, const ServeConfig& cfg) {
+  Session s{conn, cfg};
+  if (Status st = handshake(s); !st) return st;
+  Status why = receive_stream(s);
+  // The store is still locked: the last word on this connection is ours.
+  s.state.connected = false;
+  s.state.ended = why ? "the client disconnected" : why.message();
+  publish(s, true);
+  return why;
 }
 
 }  // namespace kvmcdp

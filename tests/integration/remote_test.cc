@@ -175,7 +175,17 @@ TEST_CASE("remote: tcp with a local store: the server's store restores every poi
     json server_side = status_json(root + "/vm1");
     REQUIRE(server_side.is_object());
     CHECK(server_side["last_seq"].get<uint64_t>() >= points.back().seq);
+    // Seen from the server: the store is protected, fed by this client.
+    CHECK(server_side["protected"].get<bool>());
+    REQUIRE(server_side.contains("server"));
+    CHECK(server_side["server"]["receiving"].get<bool>());
+    CHECK(server_side["server"]["client"].get<std::string>().rfind("127.0.0.1:", 0) == 0);
+    CHECK(server_side["server"]["pid"].get<int>() == server->proc->pid());
   }
+  auto text = run_command({KVMCDP_BINARY, "status", "--store", root + "/vm1"});
+  CHECK_MESSAGE(text.output.find("protected:   yes, shipped here by 127.0.0.1:") !=
+                    std::string::npos,
+                text.output);
   REQUIRE_MESSAGE(wait_remote(store, points.back().seq, std::chrono::seconds(60)),
                   protect.output());
   json st = status_json(store);
@@ -185,6 +195,21 @@ TEST_CASE("remote: tcp with a local store: the server's store restores every poi
 
   // The server's store is an ordinary store: verify and restore there.
   std::string remote_store = root + "/vm1";
+  // Once the client is gone the server says so, with how far it got.
+  json after;
+  for (int i = 0; i < 100; ++i) {
+    after = status_json(remote_store);
+    if (after.is_object() && !after["protected"].get<bool>()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  REQUIRE(after.is_object());
+  CHECK_FALSE(after["protected"].get<bool>());
+  CHECK_FALSE(after["server"]["receiving"].get<bool>());
+  CHECK(after["server"]["ended"] == "the client disconnected");
+  CHECK(after["server"]["durable_seq"].get<uint64_t>() == after["last_seq"].get<uint64_t>());
+  CHECK(after["server"]["bytes"].get<uint64_t>() > 0);
+  text = run_command({KVMCDP_BINARY, "status", "--store", remote_store});
+  CHECK_MESSAGE(text.output.find("last client: 127.0.0.1:") != std::string::npos, text.output);
   auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", remote_store});
   CHECK_MESSAGE(verify.status == 0, verify.output);
   check_restores(dir, remote_store, points);
@@ -229,6 +254,11 @@ TEST_CASE("remote: spool only, the server down for 10 s while the VM writes: not
 
   server->proc->kill9();
   auto down = std::chrono::steady_clock::now();
+  // Its serve.json still says "connected", but its pid is gone.
+  json dead = status_json(root + "/vm1");
+  REQUIRE(dead.is_object());
+  CHECK_FALSE(dead["protected"].get<bool>());
+  CHECK(dead["server"]["ended"] == "kvmcdp serve is gone");
   while (std::chrono::steady_clock::now() - down < std::chrono::seconds(10)) {
     random_writes(*vm, rng, 6);
     qemu_io(*vm, "flush");  // flushes complete: the spool acks them
@@ -294,7 +324,9 @@ TEST_CASE("remote: a spool past its limit hands over to the filter's bitmap; gap
   // dirty bitmap: what is written now is only covered by the resync.
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));
   random_writes(*vm, rng, 5);
-  Checkpoint during{filter_seq(*vm), md5_of_file(disk)};
+  // In the bitmap the writes get no sequence numbers: the moment names
+  // this point.
+  std::string during = iso_now();
 
   server = std::make_unique<Server>(dir, root, port, "serve2.log");
   REQUIRE_MESSAGE(protect.wait_output("reconnecting the filter", std::chrono::seconds(90)),
@@ -320,9 +352,9 @@ TEST_CASE("remote: a spool past its limit hands over to the filter's bitmap; gap
   check_restores(dir, remote_store, before);
   check_restores(dir, remote_store, {after});
   // Inside the gap the journal cannot vouch for the disk: refused.
-  auto r = run_command({KVMCDP_BINARY, "restore", "--store", remote_store, "--seq",
-                        std::to_string(during.seq), "-o", dir.file("gap.raw")});
-  CHECK_MESSAGE(r.status == 6, r.output);
+  auto r = run_command({KVMCDP_BINARY, "restore", "--store", remote_store, "--at", during, "-o",
+                        dir.file("gap.raw")});
+  CHECK_MESSAGE(r.status == 6, r.output, pts.output);
 }
 
 TEST_CASE("remote: wrong secrets and escaping names are refused; the server survives garbage") {
@@ -428,6 +460,12 @@ TEST_CASE("remote: ssh:// through a real sshd on loopback") {
   }
   REQUIRE_MESSAGE(wait_remote(spool, points.back().seq, std::chrono::seconds(60)),
                   protect.output(), sshd.output());
+  // The server side names the client by sshd's SSH_CLIENT.
+  json served = status_json(remote_store);
+  REQUIRE(served.is_object());
+  CHECK(served["server"]["receiving"].get<bool>());
+  CHECK_MESSAGE(served["server"]["client"].get<std::string>().rfind("ssh 127.0.0.1:", 0) == 0,
+                served.dump());
   REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
   unsetenv("KVMCDP_RSH");
   auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", remote_store});
