@@ -1,15 +1,18 @@
-// Building snapshot nodes from the journal.  Each step goes through QEMU's
-// own tools, so no qcow2 is ever written by hand:
+// Building snapshot nodes from the journal.  The root goes through QEMU's
+// own tools; a node is written by src/qcow2_overlay.h when every change
+// since its parent is whole 4 KiB clusters, else through QEMU too:
 //
 //  1. The root, once: restore() of the base-complete seq to a raw temp
 //     file, `qemu-img convert -O qcow2` into DIR/tree/base.qcow2.
 //  2. For a point S: the parent is the live node with the largest point
 //     <= S in the same recoverable range.  `qemu-img create -f qcow2 -b
 //     <parent, relative> -F qcow2` makes an empty overlay (temp name).
-//  3. journal_delta(parent, S] gives each changed byte's newest version,
-//     written into the overlay through qemu-nbd (QEMU's block layer): data
-//     as NBD writes, zero ranges as write-zeroes (a qcow2 zero cluster,
-//     not a hole that would show the parent).
+//  3. journal_delta(parent, S] gives each changed byte's newest version.
+//     Whole 4 KiB clusters: write_qcow2_overlay packs them into a new
+//     qcow2 on the parent (4 KiB clusters) and step 2 is skipped.  Else
+//     they are written into the overlay through qemu-nbd (QEMU's block
+//     layer): data as NBD writes, zero ranges as write-zeroes (a qcow2
+//     zero cluster, not a hole that would show the parent).
 //  4. Rename the overlay into place, then add the node to tree.json in one
 //     atomic write.  A kill before that leaves at most an orphan file,
 //     which the next build of the same point overwrites.
@@ -29,6 +32,7 @@
 
 #include "fsutil.h"
 #include "point.h"
+#include "qcow2_overlay.h"
 #include "range_coalescer.h"
 #include "restore_delta.h"
 #include "snapshot_qemu.h"
@@ -199,14 +203,26 @@ Result<BuiltNode> build_one(Tree& t, StoreView& view, const TreeNode& parent, ui
   b.seq = seq;
   b.parent = parent.name;
   const uint64_t size = view.manifest.disk_size;
-  if (auto s = create_overlay(path, relative_backing(path, t.path_of(parent)), "qcow2", size,
-                             kSmallWriteOverlay);
-      !s)
-    return s;
-  auto delta = write_delta_into(view, *parent.point, seq, path);
-  if (!delta) return delta.status();
-  b.data_bytes = delta->data_bytes;
-  b.zero_bytes = delta->zero_bytes;
+  // Relative, so that the tree can move with the store.
+  std::string backing = relative_backing(path, t.path_of(parent));
+  // Whole 4 KiB clusters (what guests write): written by us in one pass
+  // (a node 1% of a 4 GiB disk after its parent: ~0.3 s against ~6-9 s
+  // through qemu-nbd); anything else through QEMU, which fills partial
+  // clusters from the parent.
+  auto direct = write_qcow2_overlay(*view.reader, *parent.point, seq, size, backing, "qcow2", path);
+  if (!direct) return direct.status();
+  DeltaStats delta;
+  if (*direct) {
+    delta = **direct;
+    b.direct = true;
+  } else {
+    if (auto s = create_overlay(path, backing, "qcow2", size, kSmallWriteOverlay); !s) return s;
+    auto via_qemu = write_delta_into(view, *parent.point, seq, path);
+    if (!via_qemu) return via_qemu.status();
+    delta = *via_qemu;
+  }
+  b.data_bytes = delta.data_bytes;
+  b.zero_bytes = delta.zero_bytes;
   return b;
 }
 
@@ -276,9 +292,11 @@ Result<std::vector<BuiltNode>> build_points(const std::string& store_dir,
     if (newest) t.active = name;
     if (auto s = save_tree(t); !s) return s;
     crash_point("build", 3);
-    log->push_back(fmt::format("built {} (seq {}, {}) on {}: {} bytes written, {} zeroed", name,
-                               seq, format_time_ns(*time_ns), b->parent, b->data_bytes,
-                               b->zero_bytes));
+    log->push_back(fmt::format("built {} (seq {}, {}) on {}: {} bytes written, {} zeroed ({})",
+                               name, seq, format_time_ns(*time_ns), b->parent, b->data_bytes,
+                               b->zero_bytes,
+                               b->direct ? "4 KiB clusters, written directly"
+                                         : "128 KiB clusters, through qemu-nbd"));
     built.push_back(*b);
   }
   return built;

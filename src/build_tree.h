@@ -24,6 +24,7 @@ struct BuiltNode {
   std::string parent;
   uint64_t data_bytes = 0, zero_bytes = 0;  // written into the overlay
   bool existed = false;                     // already built: nothing done
+  bool direct = false;  // written by us (4 KiB clusters), not through qemu-nbd
 };
 
 // Builds one node per seq (each recoverable), creating the tree and its

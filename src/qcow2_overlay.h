@@ -27,8 +27,9 @@ namespace kvmcdp {
 
 inline constexpr uint64_t kQcow2OverlayCluster = 4096;
 
-// Writes `path` (created, or truncated) as an overlay of `backing`
-// (absolute; its format `backing_format`) holding the journal's changes in
+// Writes `path` (created, or truncated) as an overlay of `backing` (as
+// the header names it: absolute, or relative to `path`'s directory; its
+// format `backing_format`) holding the journal's changes in
 // (from_seq, to_seq], and makes it durable.  nullopt, with nothing useful
 // left in `path`, when a range is not whole clusters: the caller then
 // takes the general path.

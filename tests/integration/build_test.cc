@@ -273,8 +273,25 @@ TEST_CASE("restore --overlay of whole 4 KiB clusters: a packed qcow2 written dir
   Protected p = make_store(dir, 5, 0, 0, 4096);
   const auto& pts = p.points;
   auto b = run_command({KVMCDP_BINARY, "build", "--store", p.store, "--seq",
-                        std::to_string(pts[1].seq)});
+                        std::to_string(pts[1].seq), "--seq", std::to_string(pts[3].seq)});
   REQUIRE_MESSAGE(b.status == 0, b.output);
+  // build takes the same path for its nodes: packed, 4 KiB clusters, on
+  // their parent by a relative name, exact.
+  CHECK_MESSAGE(b.output.find("written directly") != std::string::npos, b.output);
+  CHECK(b.output.find("through qemu-nbd") == std::string::npos);
+  for (size_t i : {1, 3}) {
+    std::string node = fmt::format("{}/tree/seq-{}.qcow2", p.store, pts[i].seq);
+    CHECK(node_md5(dir, node) == pts[i].md5);
+    auto chk = run_command({qemu_bin("qemu-img"), "check", node});
+    CHECK_MESSAGE(chk.output.find("No errors were found") != std::string::npos, chk.output);
+    auto ni = run_command({qemu_bin("qemu-img"), "info", "--output=json", node});
+    CHECK_MESSAGE(ni.output.find("\"cluster-size\": 4096") != std::string::npos, ni.output);
+    std::string parent = i == 1 ? "base.qcow2" : fmt::format("seq-{}.qcow2", pts[1].seq);
+    CHECK_MESSAGE(ni.output.find("\"backing-filename\": \"" + parent + "\"") != std::string::npos,
+                  ni.output);
+  }
+  auto tree_check = run_command({KVMCDP_BINARY, "snapshot", "check", "--tree", p.store + "/tree"});
+  CHECK_MESSAGE(tree_check.status == 0, tree_check.output);
   for (size_t i = 1; i < pts.size(); ++i) {
     std::string out = dir.file(fmt::format("a-{}.qcow2", pts[i].seq));
     auto r = run_command({KVMCDP_BINARY, "restore", "--overlay", "--store", p.store, "--seq",
@@ -286,7 +303,8 @@ TEST_CASE("restore --overlay of whole 4 KiB clusters: a packed qcow2 written dir
     CHECK_MESSAGE(chk.output.find("No errors were found") != std::string::npos, chk.output);
     auto oi = run_command({qemu_bin("qemu-img"), "info", "--output=json", out});
     CHECK_MESSAGE(oi.output.find("\"cluster-size\": 4096") != std::string::npos, oi.output);
-    CHECK(oi.output.find(fmt::format("/tree/seq-{}.qcow2", pts[1].seq)) != std::string::npos);
+    uint64_t node_seq = i >= 3 ? pts[3].seq : pts[1].seq;
+    CHECK(oi.output.find(fmt::format("/tree/seq-{}.qcow2", node_seq)) != std::string::npos);
     // QEMU can go on writing into it.
     auto w = run_command({qemu_bin("qemu-io"), "-c", "write -P 7 65536 8192", out});
     CHECK_MESSAGE(w.status == 0, w.output);
@@ -298,8 +316,10 @@ TEST_CASE("restore --overlay of whole 4 KiB clusters: a packed qcow2 written dir
   // tail, is written directly.
   TempDir dir2;
   Protected q = make_store(dir2, 3);
-  REQUIRE(run_command({KVMCDP_BINARY, "build", "--store", q.store, "--seq",
-                       std::to_string(q.points[0].seq)}).status == 0);
+  auto qb = run_command({KVMCDP_BINARY, "build", "--store", q.store, "--seq",
+                         std::to_string(q.points[0].seq)});
+  REQUIRE_MESSAGE(qb.status == 0, qb.output);
+  CHECK_MESSAGE(qb.output.find("through qemu-nbd") != std::string::npos, qb.output);
   std::string out = dir2.file("u.qcow2");
   auto r = run_command({KVMCDP_BINARY, "restore", "--overlay", "--store", q.store, "--seq",
                         std::to_string(q.points[2].seq), "-o", out});
