@@ -334,7 +334,7 @@ full_restore() {
     python3 -c 'import json,sys; print(json.load(sys.stdin)["recoverable"][-1]["last_seq"])')
   p=$((last - full_disk / 100 / 4096))
   KVMCDP_QEMU_IMG=$QBIN/qemu-img python3 "$H/timeit.py" "$R/node-build.json" \
-    "$K" build --store "$d/p/store" --seq "$p" >/dev/null
+    "$K" build --store "$d/p/store" --seq "$p" >"$R/node-build.out" 2>&1
   # --from-node: by default a raw restore would start from the base here
   # (the journal up to the node is smaller than the node's chain).
   python3 "$H/timeit.py" "$R/node-restore.json" \

@@ -178,6 +178,15 @@ if guest:
         "(its own service time included); reference: the same in an equally long window "
         f"just before, no snapshot running; medians {sm:.2f} vs {qm:.2f} ms")
 
+def build_path():
+    out = load("node-build.out") or ""
+    if "written directly" in str(out):
+        return "written directly"
+    if "through qemu-nbd" in str(out):
+        return "through qemu-nbd"
+    return "path not reported"
+
+
 # 7b: restore from a built node with 1% of the disk changed after it
 nr, nb, no = load("node-restore.json"), load("node-build.json"), load("node-overlay.json")
 if no and all(fr):
@@ -187,7 +196,8 @@ if no and all(fr):
         "restore --latest --overlay from a node 1% of the disk (4 KiB records) before the end, "
         "vs the full restore of the same point (same MD5 after qemu-img convert)"
         + (f"; to raw from that node: {nr['seconds']:.2f} s" if nr else "")
-        + (f"; building the node took {nb['seconds']:.1f} s" if nb else ""))
+        + (f"; building the node took {nb['seconds']:.1f} s (the tree's root from the base "
+           f"copy, then the node, {build_path()})" if nb else ""))
 
 machine = load("machine.json")
 machine["wall_seconds"] = int(load("wall-seconds") or 0)
