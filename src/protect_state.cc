@@ -1,13 +1,9 @@
 #include "protect_state.h"
 
-#include <signal.h>
-
-#include <cerrno>
-
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "fsutil.h"
+#include "run_state_file.h"
 
 namespace kvmcdp {
 
@@ -33,15 +29,14 @@ Status write_protect_state(const std::string& store_dir, const ProtectState& s) 
                    {"spool_bytes", s.spool_bytes},
                    {"base_copy", s.remote_base},
                    {"error", s.remote_error}};
-  return fsutil::replace_file_atomic(protect_state_path(store_dir), j.dump(2) + "\n");
+  return write_run_state(protect_state_path(store_dir), j);
 }
 
 Result<ProtectState> read_protect_state(const std::string& store_dir) {
-  auto bytes = fsutil::read_file(protect_state_path(store_dir));
-  if (!bytes) return Status(ErrorKind::kNotFound, fmt::format("{} is not protected", store_dir));
-  auto j = nlohmann::json::parse(bytes->begin(), bytes->end(), nullptr, false);
-  if (j.is_discarded() || !j.is_object())
-    return Status(ErrorKind::kDamaged, fmt::format("{} does not parse", protect_state_path(store_dir)));
+  auto file = read_run_state(protect_state_path(store_dir),
+                             fmt::format("{} is not protected", store_dir));
+  if (!file) return file.status();
+  const nlohmann::json& j = *file;
   ProtectState s;
   try {
     s.pid = j.at("pid");
@@ -75,8 +70,6 @@ Result<ProtectState> read_protect_state(const std::string& store_dir) {
   return s;
 }
 
-bool protect_running(const ProtectState& s) {
-  return s.pid > 0 && (kill(s.pid, 0) == 0 || errno == EPERM);
-}
+bool protect_running(const ProtectState& s) { return pid_alive(s.pid); }
 
 }  // namespace kvmcdp

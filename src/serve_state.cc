@@ -1,13 +1,9 @@
 #include "serve_state.h"
 
-#include <signal.h>
-
-#include <cerrno>
-
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "fsutil.h"
+#include "run_state_file.h"
 
 namespace kvmcdp {
 
@@ -23,16 +19,14 @@ Status write_serve_state(const std::string& store_dir, const ServeState& s) {
                       {"durable_time_ns", s.durable_time_ns},
                       {"bytes", s.bytes},
                       {"ended", s.ended}};
-  return fsutil::replace_file_atomic(serve_state_path(store_dir), j.dump(2) + "\n");
+  return write_run_state(serve_state_path(store_dir), j);
 }
 
 Result<ServeState> read_serve_state(const std::string& store_dir) {
-  auto bytes = fsutil::read_file(serve_state_path(store_dir));
-  if (!bytes)
-    return Status(ErrorKind::kNotFound, fmt::format("no client ever shipped to {}", store_dir));
-  auto j = nlohmann::json::parse(bytes->begin(), bytes->end(), nullptr, false);
-  if (j.is_discarded() || !j.is_object())
-    return Status(ErrorKind::kDamaged, fmt::format("{} does not parse", serve_state_path(store_dir)));
+  auto file = read_run_state(serve_state_path(store_dir),
+                             fmt::format("no client ever shipped to {}", store_dir));
+  if (!file) return file.status();
+  const nlohmann::json& j = *file;
   ServeState s;
   try {
     s.pid = j.at("pid");
@@ -50,8 +44,6 @@ Result<ServeState> read_serve_state(const std::string& store_dir) {
   return s;
 }
 
-bool serve_receiving(const ServeState& s) {
-  return s.connected && s.pid > 0 && (kill(s.pid, 0) == 0 || errno == EPERM);
-}
+bool serve_receiving(const ServeState& s) { return s.connected && pid_alive(s.pid); }
 
 }  // namespace kvmcdp
