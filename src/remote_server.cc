@@ -258,6 +258,9 @@ Status receive_stream(Session& s) {
   if (Status st = take_manifest(s); !st) return st;
   for (;;) {
     Message m;
+    // Before a long wait, what the last throttled publish skipped goes out:
+    // an idle client must not leave status an old durable seq.
+    if (!s.unsynced && s.state.durable_seq != s.mirror->durable_seq()) publish(s, true);
     // Wait long when everything is acked: an idle VM sends nothing.
     auto got = conn.receive(&m, s.unsynced ? 0 : 3600000);
     if (!got) {

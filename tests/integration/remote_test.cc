@@ -191,6 +191,16 @@ TEST_CASE("remote: tcp with a local store: the server's store restores every poi
   json st = status_json(store);
   CHECK(st["remote"]["connected"].get<bool>());
   CHECK(st["remote"]["url"] == url);
+  // The client stays connected and idle: the server's status still gets
+  // to the last durable record (its once-a-second updates skip none).
+  uint64_t served_seq = 0;
+  for (int i = 0; i < 50 && served_seq < points.back().seq; ++i) {
+    json sj = status_json(root + "/vm1");
+    if (sj.is_object() && sj.contains("server"))
+      served_seq = sj["server"]["durable_seq"].get<uint64_t>();
+    if (served_seq < points.back().seq) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  CHECK(served_seq >= points.back().seq);
   REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
 
   // The server's store is an ordinary store: verify and restore there.
