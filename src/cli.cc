@@ -69,6 +69,8 @@ int exit_code_for(ErrorKind kind) {
     case ErrorKind::kBusy: return 5;
     case ErrorKind::kNotRecoverable: return 6;
     case ErrorKind::kNotFound: return 7;
+    case ErrorKind::kExists: return 8;
+    case ErrorKind::kNotProtected: return 9;
   }
   return 1;
 }

@@ -19,6 +19,8 @@ enum class ErrorKind {
   kBusy,            // another kvmcdp process holds the store
   kNotRecoverable,  // the requested point cannot be restored
   kNotFound,        // no such store, mark, snapshot, node
+  kExists,          // the output is there already and was not to be replaced
+  kNotProtected,    // status --check: the drive is not protected right now
 };
 
 class Status {
