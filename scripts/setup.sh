@@ -28,7 +28,8 @@ packages=(
   libcli11-dev libfmt-dev libzstd-dev zstd doctest-dev libnbd-dev libssl-dev
   # tests and tools
   qemu-utils busybox-static fio cpio kmod mandoc xz-utils openssh-server
-  openssh-client seabios qemu-system-data dpkg-dev python3
+  openssh-client seabios qemu-system-data dpkg-dev python3 man-db
+  systemd  # systemd-analyze verify (no running systemd needed)
   # QEMU's build dependencies (minimal configuration below)
   meson libglib2.0-dev libpixman-1-dev libfdt-dev libslirp-dev flex bison
   libaio-dev

@@ -25,6 +25,7 @@
 
 #include "base_copy.h"
 #include "cli.h"
+#include "config_file.h"
 #include "fsutil.h"
 #include "journal_writer.h"
 #include "manifest.h"
@@ -474,6 +475,7 @@ CommandRunner setup_protect_command(CLI::App* app) {
       ->check(CLI::Range(100, 600000))
       ->capture_default_str();
   app->add_flag("--quiet", o->quiet, "no progress messages");
+  add_config_option(app);  // last: it knows the options above
   return [o]() {
     take_stop_signals_synchronously();
     if (o->store.empty() && o->spool.empty())

@@ -26,6 +26,7 @@
 #include <fmt/format.h>
 
 #include "cli.h"
+#include "config_file.h"
 #include "fsutil.h"
 #include "remote_auth.h"
 #include "remote_server.h"
@@ -41,6 +42,7 @@ struct ServeOptions {
   std::string stdio_store;
   bool stdio = false;
   std::string new_store;
+  std::string secret_out;
 };
 
 void log_line(const std::string& s) { std::fprintf(stderr, "kvmcdp: %s\n", s.c_str()); }
@@ -197,25 +199,66 @@ Status run_stdio(const ServeOptions& o) {
   return serve_connection(conn, cfg);
 }
 
+// Creates `path` mode 0600 whatever the umask, refusing one that exists:
+// the secret must never land in a file others can read, nor replace a
+// file the sysadmin still needs.
+Result<int> create_secret_out(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return Status(errno == EEXIST ? ErrorKind::kExists : ErrorKind::kFailure,
+                  errno == EEXIST ? fmt::format("{} exists already; the secret was not written "
+                                                "(remove it or choose another file)",
+                                                path)
+                                  : fsutil::errno_message("create", path));
+  if (fchmod(fd, 0600) != 0) {  // the umask may have taken owner bits too
+    Status s(ErrorKind::kFailure, fsutil::errno_message("chmod", path));
+    close(fd);
+    unlink(path.c_str());
+    return s;
+  }
+  return fd;
+}
+
 Status run_new_store(const ServeOptions& o) {
   if (!valid_store_name(o.new_store))
     return {ErrorKind::kUsage, fmt::format("store name {} is not one path component of letters, "
                                            "digits, '.', '_' and '-'",
                                            o.new_store)};
+  // The secret's file comes first, so that a refused --secret-out leaves
+  // no store behind whose secret nobody has.
+  fsutil::Fd out;
+  if (!o.secret_out.empty()) {
+    auto fd = create_secret_out(o.secret_out);
+    if (!fd) return fd.status();
+    out = fsutil::Fd(*fd);
+  }
+  auto drop_out = [&](Status s) {
+    if (out.valid()) unlink(o.secret_out.c_str());
+    return s;
+  };
   std::string dir = o.store_root + "/" + o.new_store;
   if (mkdir(dir.c_str(), 0700) != 0)
-    return {errno == EEXIST ? ErrorKind::kBusy : ErrorKind::kFailure,
-            errno == EEXIST ? fmt::format("store {} exists already", dir)
-                            : fsutil::errno_message("mkdir", dir)};
+    return drop_out({errno == EEXIST ? ErrorKind::kBusy : ErrorKind::kFailure,
+                     errno == EEXIST ? fmt::format("store {} exists already", dir)
+                                     : fsutil::errno_message("mkdir", dir)});
   std::string secret = remote::random_hex(32);
   std::string path = dir + "/secret";
   fsutil::Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!fd.valid()) return {ErrorKind::kFailure, fsutil::errno_message("create", path)};
+  if (!fd.valid()) return drop_out({ErrorKind::kFailure, fsutil::errno_message("create", path)});
   std::string line = secret + "\n";
-  if (Status s = fsutil::write_all(fd.get(), line.data(), line.size(), path); !s) return s;
-  if (fsync(fd.get()) != 0) return {ErrorKind::kFailure, fsutil::errno_message("fsync", path)};
-  // The secret goes to stdout so that it can be piped into the client's
-  // secret file (umask 077) without showing up in a terminal's scrollback.
+  if (Status s = fsutil::write_all(fd.get(), line.data(), line.size(), path); !s)
+    return drop_out(s);
+  if (fsync(fd.get()) != 0)
+    return drop_out({ErrorKind::kFailure, fsutil::errno_message("fsync", path)});
+  if (out.valid()) {
+    if (Status s = fsutil::write_all(out.get(), line.data(), line.size(), o.secret_out); !s)
+      return drop_out(s);
+    if (fsync(out.get()) != 0)
+      return drop_out({ErrorKind::kFailure, fsutil::errno_message("fsync", o.secret_out)});
+    return fsutil::fsync_dir(fsutil::dirname_of(o.secret_out));
+  }
+  // Without --secret-out the secret goes to stdout, for a pipe into the
+  // client's secret file, not a terminal's scrollback.
   std::printf("%s", line.c_str());
   return Status::ok();
 }
@@ -234,9 +277,15 @@ CommandRunner setup_serve_command(CLI::App* app) {
   auto* create = app->add_option("--new-store", o->new_store,
                                  "create store NAME under --store-root with a fresh secret, "
                                  "print the secret and exit");
+  app->add_option("--secret-out", o->secret_out,
+                  "with --new-store: write the secret to FILE (created mode 600; refused if it "
+                  "exists) instead of printing it")
+      ->type_name("FILE")
+      ->needs(create);
   listen->excludes(stdio)->excludes(create)->needs(root);
   stdio->excludes(create);
   create->needs(root);
+  add_config_option(app);  // last: it knows the options above
   return [o, listen, stdio, create]() -> Status {
     if (!*create && !*listen && !*stdio)
       return {ErrorKind::kUsage, "serve needs --listen, --stdio or --new-store"};
