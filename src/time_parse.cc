@@ -238,7 +238,7 @@ Result<uint64_t> parse_short_relative(std::string_view text, std::string_view t,
   uint64_t secs = 0;
   if (i >= t.size()) return bad(text);
   while (i < t.size()) {
-    int64_t n;
+    int64_t n = 0;
     if (!number(t, &i, 9, &n) || i >= t.size()) return bad(text);
     uint64_t unit;
     switch (t[i++]) {
@@ -261,7 +261,7 @@ Result<uint64_t> parse_ago(std::string_view text, std::string_view t, uint64_t n
   uint64_t secs = 0;
   if (t.empty()) return bad(text);
   while (i < t.size()) {
-    int64_t n;
+    int64_t n = 0;
     if (!number(t, &i, 9, &n)) return bad(text);
     if (i < t.size() && t[i] == ' ') i++;
     size_t w = i;
@@ -308,7 +308,7 @@ Result<uint64_t> parse_time(std::string_view text, uint64_t now_ns) {
   if (t == "yesterday") return back_from(text, now_ns, 86400);
   if (t[0] == '@') {
     size_t i = 1;
-    int64_t s;
+    int64_t s = 0;
     if (!number(t, &i, 12, &s)) return bad(text);
     int64_t frac = 0;
     if (i < t.size() && t[i] == '.') {
