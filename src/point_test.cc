@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <optional>
 #include <random>
 
 #include <fmt/format.h>
@@ -48,7 +49,7 @@ Record mark_rec(uint64_t seq, const std::string& name) {
 
 struct CliRun {
   int code = 0;
-  std::string out;
+  std::string out, err;
 };
 
 // The command as `kvmcdp ARGS...` would run it, its standard output kept.
@@ -56,24 +57,81 @@ CliRun cli(std::vector<std::string> args, const std::string& scratch) {
   args.insert(args.begin(), "kvmcdp");
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
-  std::string path = scratch + "/cli-stdout";
+  std::string out_path = scratch + "/cli-stdout", err_path = scratch + "/cli-stderr";
   std::fflush(stdout);
-  int saved = ::dup(1);
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  REQUIRE(fd >= 0);
-  ::dup2(fd, 1);
-  ::close(fd);
+  std::fflush(stderr);
+  int saved_out = ::dup(1), saved_err = ::dup(2);
+  int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  REQUIRE(out >= 0);
+  REQUIRE(err >= 0);
+  ::dup2(out, 1);
+  ::dup2(err, 2);
+  ::close(out);
+  ::close(err);
   CliRun r;
   r.code = run_cli(int(argv.size()), argv.data());
   std::fflush(stdout);
-  ::dup2(saved, 1);
-  ::close(saved);
-  auto bytes = read_bytes(path);
-  r.out.assign(bytes.begin(), bytes.end());
+  std::fflush(stderr);
+  ::dup2(saved_out, 1);
+  ::dup2(saved_err, 2);
+  ::close(saved_out);
+  ::close(saved_err);
+  auto o = read_bytes(out_path), e = read_bytes(err_path);
+  r.out.assign(o.begin(), o.end());
+  r.err.assign(e.begin(), e.end());
   return r;
 }
 
 }  // namespace
+
+TEST_CASE("points: restore says which instant --at was read as (TZ=Europe/Berlin)") {
+  std::optional<std::string> old_tz;
+  if (const char* z = std::getenv("TZ")) old_tz = z;
+  setenv("TZ", "Europe/Berlin", 1);
+  tzset();
+  TempDir d;
+  std::string store = d.path + "/store";
+  std::filesystem::create_directory(store);
+  write_base(store, 4096);
+  const uint64_t t0 = 1795636200ull * 1000000000ull;  // 2026-11-25T19:50:00Z
+  {
+    auto w = JournalWriter::open(store, WriterOptions{});
+    REQUIRE(w);
+    for (uint64_t s = 1; s <= 300; s++)
+      REQUIRE((*w)->append(write_rec(s, s * 8, {1, 2}, t0 + s * 1000000000ull)));
+    REQUIRE((*w)->commit());
+  }
+  write_manifest_at(store, 4096, 1);
+  auto run = cli({"restore", "--store", store, "--at", "2026-11-25 20:52:10", "-o",
+                  d.path + "/out.raw"},
+                 d.path);
+  CHECK_MESSAGE(run.code == 0, run.err);
+  CHECK(run.out == "130\n");
+  CHECK_MESSAGE(run.err.find("kvmcdp: --at 2026-11-25 20:52:10 means 2026-11-25 20:52:10 +01:00 "
+                             "(19:52:10 UTC)\n") != std::string::npos,
+                run.err);
+  // Not one clear instant: refused with one line, exit 2, nothing written.
+  std::filesystem::remove(d.path + "/out.raw");
+  for (const char* t : {"next week", "2026-10-25 02:30"}) {
+    CAPTURE(t);
+    auto bad = cli({"restore", "--store", store, "--at", t, "-o", d.path + "/out.raw"}, d.path);
+    CHECK(bad.code == 2);
+    CHECK(bad.err.rfind("kvmcdp: error: ", 0) == 0);
+    CHECK(bad.err.find('\n') == bad.err.size() - 1);
+    CHECK_FALSE(std::filesystem::exists(d.path + "/out.raw"));
+  }
+  // Human output is local time with its offset; JSON stays UTC.
+  auto text = cli({"points", "--store", store}, d.path);
+  CHECK_MESSAGE(text.out.find("recoverable: seq 1..300  2026-11-25 20:50:01 +01:00 .. "
+                              "2026-11-25 20:55:00 +01:00") != std::string::npos,
+                text.out);
+  auto js = nlohmann::json::parse(cli({"points", "--store", store, "--json"}, d.path).out);
+  CHECK(js["recoverable"][0]["last_time"] == "2026-11-25T19:55:00.000Z");
+  if (old_tz) setenv("TZ", old_tz->c_str(), 1);
+  else unsetenv("TZ");
+  tzset();
+}
 
 TEST_CASE("points: --mark refuses a name that several marks share") {
   TempDir d;
