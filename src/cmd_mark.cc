@@ -32,7 +32,8 @@ CommandRunner setup_mark_command(CLI::App* app) {
     auto marks = reader ? journal::list_marks(**reader)
                         : Result<std::vector<journal::Mark>>(reader.status());
     if (!marks)
-      std::fprintf(stderr, "kvmcdp: warning: could not check the journal for a mark named '%s': %s\n",
+      std::fprintf(stderr,
+                   "kvmcdp: warning: could not check the journal for a mark named '%s': %s\n",
                    name->c_str(), marks.status().message().c_str());
     else
       for (const auto& m : *marks)

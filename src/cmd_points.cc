@@ -99,7 +99,8 @@ Status run_points(const std::string& store, bool as_json) {
   for (const auto& r : view->ranges)
     std::printf("recoverable: seq %llu..%llu  %s .. %s\n",
                 static_cast<unsigned long long>(r.first_seq),
-                static_cast<unsigned long long>(r.last_seq), format_time_human(r.first_time_ns).c_str(),
+                static_cast<unsigned long long>(r.last_seq),
+                format_time_human(r.first_time_ns).c_str(),
                 format_time_human(r.last_time_ns).c_str());
   for (const auto& g : j["gaps"])
     std::printf("gap: after seq %llu, resumes at seq %llu\n",
@@ -231,7 +232,8 @@ Status run_status(const std::string& store, bool as_json) {
   for (const auto& r : view->ranges)
     std::printf("recoverable: seq %llu..%llu  %s .. %s\n",
                 static_cast<unsigned long long>(r.first_seq),
-                static_cast<unsigned long long>(r.last_seq), format_time_human(r.first_time_ns).c_str(),
+                static_cast<unsigned long long>(r.last_seq),
+                format_time_human(r.first_time_ns).c_str(),
                 format_time_human(r.last_time_ns).c_str());
   if (view->ranges.empty()) std::printf("recoverable: nothing yet\n");
   std::printf("gaps:        %zu\n", j["gaps"].size());

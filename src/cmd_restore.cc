@@ -93,7 +93,8 @@ CommandRunner setup_restore_command(CLI::App* app) {
   auto o = std::make_shared<RestoreOptions>();
   app->add_option("--store", o->store, "the store to restore from")->required();
   auto* at = app->add_option("--at", o->point.at,
-                             "a time: 20:52:10, 2026-11-25 20:52 (local), ISO 8601 with zone, 10 minutes ago, -1h30m, @EPOCH");
+                             "a time: 20:52:10, 2026-11-25 20:52 (local), ISO 8601 with "
+                             "zone, 10 minutes ago, -1h30m, @EPOCH");
   auto* seq = app->add_option("--seq", o->point.seq, "a sequence number");
   auto* mark = app->add_option("--mark", o->point.mark, "a mark's name");
   auto* latest = app->add_flag("--latest", o->point.latest, "the newest recoverable point");

@@ -105,7 +105,8 @@ Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t 
     if (*t > now_ns)
       return Status(ErrorKind::kNotRecoverable,
                     fmt::format("{} is in the future; the latest recoverable point is {} (seq {})",
-                                format_time_human(*t), format_time_human(last.last_time_ns), last.last_seq));
+                                format_time_human(*t), format_time_human(last.last_time_ns),
+                                last.last_seq));
     // The journal vouches for times up to now while protect runs, and up
     // to its last report once it stopped.
     auto state = read_protect_state(view.store_dir);
@@ -135,7 +136,8 @@ Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t 
         return Status(ErrorKind::kNotRecoverable,
                       fmt::format("{} falls in a gap: the nearest recoverable points are {} "
                                   "(seq {}) and {} (seq {})",
-                                  format_time_human(*t), format_time_human(r.last_time_ns), r.last_seq,
+                                  format_time_human(*t), format_time_human(r.last_time_ns),
+                                  r.last_seq,
                                   format_time_human(view.ranges[i + 1].first_time_ns),
                                   view.ranges[i + 1].first_seq));
     }
