@@ -293,7 +293,7 @@ Result<std::vector<BuiltNode>> build_points(const std::string& store_dir,
     if (auto s = save_tree(t); !s) return s;
     crash_point("build", 3);
     log->push_back(fmt::format("built {} (seq {}, {}) on {}: {} bytes written, {} zeroed ({})",
-                               name, seq, format_time_ns(*time_ns), b->parent, b->data_bytes,
+                               name, seq, format_time_human(*time_ns), b->parent, b->data_bytes,
                                b->zero_bytes,
                                b->direct ? "4 KiB clusters, written directly"
                                          : "128 KiB clusters, through qemu-nbd"));

@@ -54,8 +54,10 @@ Result<std::vector<uint64_t>> resolve_build_points(const BuildOptions& o) {
   for (const auto& t : o.at) {
     PointSpec spec;
     spec.at = t;
-    auto s = resolve_point(*view, spec, now_ns());
+    std::string at_meaning;
+    auto s = resolve_point(*view, spec, now_ns(), &at_meaning);
     if (!s) return s.status();
+    std::fprintf(stderr, "kvmcdp: %s\n", at_meaning.c_str());
     seqs.push_back(*s);
   }
   for (uint64_t n : o.seq) {
@@ -103,7 +105,8 @@ CommandRunner setup_build_command(CLI::App* app) {
   auto o = std::make_shared<BuildOptions>();
   app->add_option("--store", o->store, "the store whose journal points to build")->required();
   app->add_option("--at", o->at,
-                  "a time (ISO 8601 with zone, or relative like -10m); repeatable");
+                  "a time (20:52:10, 2026-11-25 20:52 local, ISO 8601 with zone, "
+                  "10 minutes ago, -1h30m, @EPOCH); repeatable");
   app->add_option("--seq", o->seq, "a sequence number; repeatable");
   app->add_option("--every", o->every,
                   "a point every DURATION (90s, 15m, 2h, 1d) over the journal");

@@ -11,6 +11,9 @@
 #include "journal_reader.h"
 #include "point.h"
 #include "store_readers.h"
+#include "time_parse.h"
+#include "verify_record.h"
+#include "wall_clock.h"
 
 namespace kvmcdp {
 namespace {
@@ -19,8 +22,18 @@ Status run_verify(const std::string& store) {
   // Not while a fold deletes segments: they would look missing.
   auto readers = StoreReaders::shared(store);
   if (!readers) return readers.status();
+  uint64_t started = now_ns();
   auto report = journal::verify_journal(store);
   if (!report) return report.status();
+  // Kept for points, status and restore: damage inside a sealed segment
+  // is found only by reading everything.
+  auto kept = save_verify_record(store, *report, started);
+  if (!kept)
+    std::fprintf(stderr, "kvmcdp: warning: the result is not kept in %s: %s\n",
+                 verify_record_path(store).c_str(), kept.status().message().c_str());
+  else if (!*kept)
+    std::fprintf(stderr, "kvmcdp: note: the journal changed while it was read; the result "
+                 "is not kept\n");
   std::printf("segments: %llu, frames: %llu, records: %llu, seq %llu..%llu\n",
               static_cast<unsigned long long>(report->segments),
               static_cast<unsigned long long>(report->frames),
@@ -58,7 +71,7 @@ Status run_dump(const std::string& store, uint64_t from, uint64_t limit, bool as
       std::printf("%s\n", j.dump().c_str());
     } else {
       std::printf("%llu %s %-12s offset=%llu length=%llu flags=%#x%s%s\n",
-                  static_cast<unsigned long long>(r.seq), format_time_ns(r.time_ns).c_str(),
+                  static_cast<unsigned long long>(r.seq), format_time_human(r.time_ns).c_str(),
                   name.c_str(), static_cast<unsigned long long>(r.offset),
                   static_cast<unsigned long long>(r.length), r.flags, text.empty() ? "" : " name=",
                   text.c_str());

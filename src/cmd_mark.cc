@@ -6,8 +6,10 @@
 #include <fmt/format.h>
 
 #include "cli.h"
+#include "journal_ranges.h"
 #include "protect_state.h"
 #include "qmp_client.h"
+#include "time_parse.h"
 
 namespace kvmcdp {
 
@@ -23,6 +25,22 @@ CommandRunner setup_mark_command(CLI::App* app) {
     if (!state || !protect_running(*state))
       return {ErrorKind::kNotFound,
               fmt::format("{} is not being protected (kvmcdp protect is not running)", *store)};
+    // A second mark of a name would make --mark NAME ambiguous.  (A mark
+    // still on its way to the journal is not seen: two marks of one name
+    // given at the same instant can both pass.)
+    auto reader = journal::JournalReader::open(*store);
+    auto marks = reader ? journal::list_marks(**reader)
+                        : Result<std::vector<journal::Mark>>(reader.status());
+    if (!marks)
+      std::fprintf(stderr,
+                   "kvmcdp: warning: could not check the journal for a mark named '%s': %s\n",
+                   name->c_str(), marks.status().message().c_str());
+    else
+      for (const auto& m : *marks)
+        if (m.name == *name)
+          return {ErrorKind::kExists,
+                  fmt::format("a mark named '{}' exists already (seq {}, {}): choose another name",
+                              *name, m.seq, format_time_human(m.time_ns))};
     auto qmp = QmpClient::connect(state->qmp_socket);
     if (!qmp) return qmp.status();
     QmpReply r = (*qmp)->execute("cdp-mark", {{"node-name", state->filter_node}, {"name", *name}});

@@ -14,6 +14,7 @@
 #include "point.h"
 #include "protect_state.h"
 #include "serve_state.h"
+#include "time_parse.h"
 #include "wall_clock.h"
 
 namespace kvmcdp {
@@ -45,6 +46,25 @@ json gaps_json(const StoreView& v) {
   return out;
 }
 
+// What the last journal verify found, while it still describes the journal.
+json verified_json(const StoreView& v) {
+  if (!v.verified) return nullptr;
+  json j = {{"seq", v.verified->verified_seq},
+            {"time", format_time_ns(v.verified->time_ns)},
+            {"time_ns", v.verified->time_ns},
+            {"damage", nullptr}};
+  if (v.verified->damage) j["damage"] = v.verified->damage->text;
+  return j;
+}
+
+std::string verified_line(const StoreView& v) {
+  if (!v.verified) return "not yet (kvmcdp journal verify reads every byte)";
+  return fmt::format("up to seq {} at {}; {}", v.verified->verified_seq,
+                     format_time_human(v.verified->time_ns),
+                     v.verified->damage ? "damage at " + v.verified->damage->text
+                                        : std::string("no damage"));
+}
+
 Status run_points(const std::string& store, bool as_json) {
   auto view = open_store_view(store);
   if (!view) return view.status();
@@ -63,6 +83,7 @@ Status run_points(const std::string& store, bool as_json) {
     j["marks"].push_back({{"name", m.name}, {"seq", m.seq}, {"time", format_time_ns(m.time_ns)}});
   if (view->reader->damage())
     j["damage"] = view->reader->damage()->to_string();
+  j["verified"] = verified_json(*view);
   if (as_json) {
     std::printf("%s\n", j.dump(2).c_str());
     return Status::ok();
@@ -70,7 +91,7 @@ Status run_points(const std::string& store, bool as_json) {
   if (view->manifest.base_complete)
     std::printf("base copy: seq %llu at %s%s\n",
                 static_cast<unsigned long long>(view->manifest.base_complete_seq),
-                format_time_ns(view->manifest.base_complete_time_ns).c_str(),
+                format_time_human(view->manifest.base_complete_time_ns).c_str(),
                 view->manifest.folded_seq ? " (the journal before it is folded into the base)"
                                           : "");
   else
@@ -78,17 +99,19 @@ Status run_points(const std::string& store, bool as_json) {
   for (const auto& r : view->ranges)
     std::printf("recoverable: seq %llu..%llu  %s .. %s\n",
                 static_cast<unsigned long long>(r.first_seq),
-                static_cast<unsigned long long>(r.last_seq), format_time_ns(r.first_time_ns).c_str(),
-                format_time_ns(r.last_time_ns).c_str());
+                static_cast<unsigned long long>(r.last_seq),
+                format_time_human(r.first_time_ns).c_str(),
+                format_time_human(r.last_time_ns).c_str());
   for (const auto& g : j["gaps"])
     std::printf("gap: after seq %llu, resumes at seq %llu\n",
                 static_cast<unsigned long long>(g["after_seq"].get<uint64_t>()),
                 static_cast<unsigned long long>(g["resumes_seq"].get<uint64_t>()));
   for (const auto& m : *marks)
     std::printf("mark: %s  seq %llu  %s\n", m.name.c_str(), static_cast<unsigned long long>(m.seq),
-                format_time_ns(m.time_ns).c_str());
+                format_time_human(m.time_ns).c_str());
   if (view->reader->damage())
     std::printf("damage: %s\n", view->reader->damage()->to_string().c_str());
+  std::printf("verified: %s\n", verified_line(*view).c_str());
   return Status::ok();
 }
 
@@ -162,6 +185,7 @@ Status run_status(const std::string& store, bool as_json) {
                    {"ended", receiving ? "" : served->ended.empty() ? "kvmcdp serve is gone"
                                                                     : served->ended}};
   if (view->reader->damage()) j["damage"] = view->reader->damage()->to_string();
+  j["verified"] = verified_json(*view);
   if (as_json) {
     std::printf("%s\n", j.dump(2).c_str());
     return Status::ok();
@@ -173,11 +197,11 @@ Status run_status(const std::string& store, bool as_json) {
                        state->connected ? "connected" : "reconnecting");
   else if (receiving)
     prot = fmt::format("yes, shipped here by {} (kvmcdp serve pid {}, since {})", served->peer,
-                       served->pid, format_time_ns(served->since_ns));
+                       served->pid, format_time_human(served->since_ns));
   std::printf("protected:   %s\n", prot.c_str());
   if (served && !receiving)
     std::printf("last client: %s, until %s: %s\n", served->peer.c_str(),
-                format_time_ns(served->updated_ns).c_str(),
+                format_time_human(served->updated_ns).c_str(),
                 j["server"]["ended"].get<std::string>().c_str());
   if (state)
     std::printf("lag:         %llu records, %.1f s\n",
@@ -208,12 +232,14 @@ Status run_status(const std::string& store, bool as_json) {
   for (const auto& r : view->ranges)
     std::printf("recoverable: seq %llu..%llu  %s .. %s\n",
                 static_cast<unsigned long long>(r.first_seq),
-                static_cast<unsigned long long>(r.last_seq), format_time_ns(r.first_time_ns).c_str(),
-                format_time_ns(r.last_time_ns).c_str());
+                static_cast<unsigned long long>(r.last_seq),
+                format_time_human(r.first_time_ns).c_str(),
+                format_time_human(r.last_time_ns).c_str());
   if (view->ranges.empty()) std::printf("recoverable: nothing yet\n");
   std::printf("gaps:        %zu\n", j["gaps"].size());
   if (view->reader->damage())
     std::printf("damage:      %s\n", view->reader->damage()->to_string().c_str());
+  std::printf("verified:    %s\n", verified_line(*view).c_str());
   return Status::ok();
 }
 

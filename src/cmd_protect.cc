@@ -37,6 +37,7 @@
 #include "shipper.h"
 #include "stop_signals.h"
 #include "store_lock.h"
+#include "time_parse.h"
 #include "wall_clock.h"
 
 namespace kvmcdp {
@@ -62,12 +63,7 @@ struct ProtectOptions {
   uint32_t remote_wait_s = 30;
 };
 
-std::string format_time(uint64_t ns) {
-  time_t s = static_cast<time_t>(ns / 1000000000);
-  char buf[64];
-  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", gmtime(&s));
-  return buf;
-}
+std::string format_time(uint64_t ns) { return format_time_human(ns); }
 
 void say(const ProtectOptions& o, const std::string& line) {
   if (!o.quiet) std::fprintf(stderr, "kvmcdp: %s\n", line.c_str());

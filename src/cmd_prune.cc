@@ -35,7 +35,8 @@ std::string describe(const PruneDecision& d) {
   std::string reasons;
   for (const auto& r : d.reasons) reasons += (reasons.empty() ? "" : ",") + r;
   return fmt::format("{} {} seq {} {}{}", d.keep ? "keep  " : "remove", d.node.name, d.node.seq,
-                     format_time_ns(d.node.time_ns), reasons.empty() ? "" : " (" + reasons + ")");
+                     format_time_human(d.node.time_ns),
+                     reasons.empty() ? "" : " (" + reasons + ")");
 }
 
 // Whole sealed segments older than the oldest kept node go into a new base.

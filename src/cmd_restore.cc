@@ -32,8 +32,10 @@ Status run_restore(const RestoreOptions& o) {
   // 1. Which seq the user means, refused unless recoverable.
   auto view = open_store_view(o.store);
   if (!view) return view.status();
-  auto seq = resolve_point(*view, o.point, now_ns());
+  std::string at_meaning;
+  auto seq = resolve_point(*view, o.point, now_ns(), &at_meaning);
   if (!seq) return seq.status();
+  if (!o.quiet && !at_meaning.empty()) std::fprintf(stderr, "kvmcdp: %s\n", at_meaning.c_str());
 
   // 2. Rebuild it as a sparse raw image (qcow2: raw first, then QEMU's own
   //    qemu-img writes the qcow2, so no hand-written qcow2 ever exists).
@@ -91,7 +93,8 @@ CommandRunner setup_restore_command(CLI::App* app) {
   auto o = std::make_shared<RestoreOptions>();
   app->add_option("--store", o->store, "the store to restore from")->required();
   auto* at = app->add_option("--at", o->point.at,
-                             "a time: ISO 8601 with zone, or relative like -10m");
+                             "a time: 20:52:10, 2026-11-25 20:52 (local), ISO 8601 with "
+                             "zone, 10 minutes ago, -1h30m, @EPOCH");
   auto* seq = app->add_option("--seq", o->point.seq, "a sequence number");
   auto* mark = app->add_option("--mark", o->point.mark, "a mark's name");
   auto* latest = app->add_flag("--latest", o->point.latest, "the newest recoverable point");

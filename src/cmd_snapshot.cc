@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "cli.h"
+#include "time_parse.h"
 #include "journal_fold.h"
 #include "snapshot_ops.h"
 #include "tree_lock.h"
@@ -68,12 +69,7 @@ Result<Session> open_session(const Options& o, bool create_dir) {
   return Session{std::move(*lock), std::move(qmp), std::move(t)};
 }
 
-std::string when(int64_t t) {
-  char buf[32];
-  std::time_t tt = static_cast<std::time_t>(t);
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", std::localtime(&tt));
-  return buf;
-}
+std::string when(int64_t t) { return format_time_human(uint64_t(t) * 1000000000ull); }
 
 json node_json(const Tree& t, const TreeNode& n) {
   json j = {{"name", n.name},
@@ -112,10 +108,10 @@ Status run_list(const Options& o, bool as_tree) {
     std::printf("note: an interrupted %s will be finished by the next change (or snapshot repair)\n",
                 t.intent->op.c_str());
   if (!as_tree) {
-    std::printf("%-20s %-20s %-19s %-12s %s\n", "NAME", "PARENT", "CREATED", "FILE", "");
+    std::printf("%-20s %-20s %-26s %-12s %s\n", "NAME", "PARENT", "CREATED", "FILE", "");
     for (const auto& n : t.nodes)
       if (o.all || n.state == NodeState::kLive)
-        std::printf("%-20s %-20s %-19s %-12s%s\n", n.name.c_str(),
+        std::printf("%-20s %-20s %-26s %-12s%s\n", n.name.c_str(),
                     n.parent.empty() ? "-" : n.parent.c_str(), when(n.created).c_str(),
                     n.file.c_str(), markers(t, n).c_str());
     return Status::ok();

@@ -145,6 +145,7 @@ Result<VerifyReport> verify_journal(const std::string& store_dir) {
       scan->damage = Damage{path, 0, "segment belongs to another stream",
                             scan->file_size};
     if (i == 0) stream = scan->header.stream_id;
+    rep.scanned.push_back({n, scan->file_size});
     rep.frames += scan->frames.size();
     if (!scan->frames.empty()) last_good = scan->frames.back().last_seq;
     for (const auto& f : scan->frames) rep.records += f.count;

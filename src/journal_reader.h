@@ -83,6 +83,12 @@ struct VerifyReport {
   std::optional<Damage> damage;           // first damage: the cut point
   std::vector<uint64_t> unreachable_segments;
   std::vector<std::string> index_problems;
+  // Each segment read, in order, with the size it had then: what this
+  // report vouches for (verify_record.h).
+  struct Scanned {
+    uint64_t segment = 0, size = 0;
+  };
+  std::vector<Scanned> scanned;
   bool ok() const { return !damage && index_problems.empty(); }
 };
 

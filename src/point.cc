@@ -34,10 +34,39 @@ Result<StoreView> open_store_view(const std::string& store_dir) {
     if (!ranges) return ranges.status();
     view.ranges = *ranges;
   }
+  view.verified = load_verify_record(store_dir);
+  if (view.verified && view.verified->damage) {
+    // Restore cannot read past damage that the last journal verify found,
+    // though opening the journal did not see it: nothing after the last
+    // good record is recoverable.
+    uint64_t cut = view.verified->verified_seq;
+    uint64_t cut_ns = 0;
+    bool found = false;
+    if (Status s = view.reader->for_each_record(cut, [&](const journal::RecordView& r) {
+          if (r.seq == cut) cut_ns = r.time_ns, found = true;
+          return false;
+        });
+        !s)
+      return s;
+    std::vector<journal::RecoverableRange> kept;
+    for (auto r : view.ranges) {
+      if (r.first_seq > cut) break;
+      if (r.last_seq > cut) {
+        // A range starting at the base copy holds its seq even where no
+        // record has it; any other cut point is a record.
+        if (!found && r.first_seq != cut) break;
+        r.last_seq = cut;
+        r.last_time_ns = found ? cut_ns : r.first_time_ns;
+      }
+      kept.push_back(r);
+    }
+    view.ranges = std::move(kept);
+  }
   return view;
 }
 
-Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t now_ns) {
+Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t now_ns,
+                               std::string* at_meaning) {
   if (view.ranges.empty())
     return Status(ErrorKind::kNotRecoverable,
                   view.manifest.base_complete
@@ -51,19 +80,33 @@ Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t 
   } else if (spec.mark) {
     auto marks = journal::list_marks(*view.reader);
     if (!marks) return marks.status();
-    const journal::Mark* found = nullptr;
+    std::vector<const journal::Mark*> found;
     for (const auto& mk : *marks)
-      if (mk.name == *spec.mark) found = &mk;  // the newest of that name
-    if (!found) return Status(ErrorKind::kNotFound, fmt::format("no mark named '{}'", *spec.mark));
-    seq = found->seq;
+      if (mk.name == *spec.mark) found.push_back(&mk);
+    if (found.empty())
+      return Status(ErrorKind::kNotFound, fmt::format("no mark named '{}'", *spec.mark));
+    // Picking one of several silently could restore the wrong disk: a
+    // store may hold duplicates written before `mark` refused them.
+    if (found.size() > 1) {
+      std::string list;
+      for (const auto* mk : found)
+        list += fmt::format("{}seq {} at {}", list.empty() ? "" : ", ", mk->seq,
+                            format_time_human(mk->time_ns));
+      return Status(ErrorKind::kUsage,
+                    fmt::format("{} marks are named '{}' ({}): say which with --seq or --at",
+                                found.size(), *spec.mark, list));
+    }
+    seq = found[0]->seq;
   } else if (spec.at) {
     auto t = parse_time(*spec.at, now_ns);
     if (!t) return t.status();
+    if (at_meaning) *at_meaning = fmt::format("--at {} means {}", *spec.at, explain_time(*t));
     const auto& last = view.ranges.back();
     if (*t > now_ns)
       return Status(ErrorKind::kNotRecoverable,
                     fmt::format("{} is in the future; the latest recoverable point is {} (seq {})",
-                                format_time_ns(*t), format_time_ns(last.last_time_ns), last.last_seq));
+                                format_time_human(*t), format_time_human(last.last_time_ns),
+                                last.last_seq));
     // The journal vouches for times up to now while protect runs, and up
     // to its last report once it stopped.
     auto state = read_protect_state(view.store_dir);
@@ -72,8 +115,8 @@ Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t 
       return Status(ErrorKind::kNotRecoverable,
                     fmt::format("{} is after the end of the journal ({}); the latest "
                                 "recoverable point is {} (seq {})",
-                                format_time_ns(*t), format_time_ns(known_until),
-                                format_time_ns(last.last_time_ns), last.last_seq));
+                                format_time_human(*t), format_time_human(known_until),
+                                format_time_human(last.last_time_ns), last.last_seq));
     // The disk at time T is the disk after the last record at or before T.
     auto p = journal::last_record_at_or_before(*view.reader, *t);
     if (!p) return p.status();
@@ -81,7 +124,7 @@ Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t 
       const auto& first = view.ranges.front();
       return Status(ErrorKind::kNotRecoverable,
                     fmt::format("{} is before the first recoverable point {} (seq {})",
-                                format_time_ns(*t), format_time_ns(first.first_time_ns),
+                                format_time_human(*t), format_time_human(first.first_time_ns),
                                 first.first_seq));
     }
     seq = (*p)->seq;
@@ -93,8 +136,9 @@ Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t 
         return Status(ErrorKind::kNotRecoverable,
                       fmt::format("{} falls in a gap: the nearest recoverable points are {} "
                                   "(seq {}) and {} (seq {})",
-                                  format_time_ns(*t), format_time_ns(r.last_time_ns), r.last_seq,
-                                  format_time_ns(view.ranges[i + 1].first_time_ns),
+                                  format_time_human(*t), format_time_human(r.last_time_ns),
+                                  r.last_seq,
+                                  format_time_human(view.ranges[i + 1].first_time_ns),
                                   view.ranges[i + 1].first_seq));
     }
   } else {

@@ -12,6 +12,8 @@
 #include "manifest.h"
 #include "status.h"
 #include "store_readers.h"
+#include "time_parse.h"
+#include "verify_record.h"
 
 namespace kvmcdp {
 
@@ -27,13 +29,20 @@ struct StoreView {
   std::string store_dir;
   Manifest manifest;
   std::unique_ptr<journal::JournalReader> reader;
-  std::vector<journal::RecoverableRange> ranges;
+  std::vector<journal::RecoverableRange> ranges;  // cut at damage verify found
+  std::optional<VerifyRecord> verified;          // the last journal verify, if it still holds
 };
 
 Result<StoreView> open_store_view(const std::string& store_dir);
 
-Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t now_ns);
+// With --at, *at_meaning (if given) says which instant the typed time was
+// read as ("--at 20:52:10 means 2026-11-25 20:52:10 +01:00 (19:52:10 UTC)").
+// Several marks of the name asked for: refused (kUsage), listing them.
+Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t now_ns,
+                               std::string* at_meaning = nullptr);
 
-std::string format_time_ns(uint64_t ns);  // 2026-11-21T16:20:05.123Z
+// For JSON: 2026-11-21T16:20:05.123Z.  For people: format_time_human
+// (time_parse.h), local time with its offset.
+std::string format_time_ns(uint64_t ns);
 
 }  // namespace kvmcdp

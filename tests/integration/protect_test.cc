@@ -78,6 +78,21 @@ TEST_CASE("protect: restore by --seq and --at matches the disk's MD5 at 10 point
   }
   auto marked = run_command({KVMCDP_BINARY, "mark", "--store", store, "after-rounds"});
   CHECK_MESSAGE(marked.status == 0, marked.output);
+  // A second mark of that name is refused (exit 8) once the first is in
+  // the journal, naming the first.
+  std::string mark_seq = marked.output.substr(0, marked.output.find('\n'));
+  bool journaled = false;
+  for (int i = 0; i < 600 && !journaled; ++i) {
+    auto listed = run_command({KVMCDP_BINARY, "points", "--store", store, "--json"});
+    journaled = listed.output.find("\"after-rounds\"") != std::string::npos;
+    if (!journaled) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  REQUIRE(journaled);
+  auto again = run_command({KVMCDP_BINARY, "mark", "--store", store, "after-rounds"});
+  CHECK_MESSAGE(again.status == 8, again.output);
+  CHECK_MESSAGE(again.output.find("'after-rounds' exists already (seq " + mark_seq + ",") !=
+                    std::string::npos,
+                again.output);
 
   REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
   CHECK(protect.output().find("base copy complete") != std::string::npos);
