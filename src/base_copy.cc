@@ -44,11 +44,12 @@
 namespace kvmcdp {
 namespace {
 
-// Names no other QMP user can guess or collide with.
+// Names no other QMP user can guess or collide with (and short enough for
+// a node-name: QEMU takes at most 31 characters).
 std::string private_name() {
   std::random_device rd;
   uint64_t r = (uint64_t(rd()) << 32) | rd();
-  return fmt::format("kvmcdp-base-{}-{:016x}", getpid(), r);
+  return fmt::format("kvmcdp-base-{:016x}", r);
 }
 
 // Makes `tmp` durable and renames it to `out_path`.

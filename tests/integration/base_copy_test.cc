@@ -3,6 +3,7 @@
 // must then take the base copy another way, exact, without stopping or
 // changing that server or its exports; and when it starts a server itself,
 // it leaves no server, export, node or job behind.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <random>
@@ -47,7 +48,7 @@ std::vector<std::string> export_ids(QemuProcess& vm) {
   return ids;
 }
 
-// Nothing of a base copy is left in QEMU: no job, no node named by kvmcdp.
+// Nothing of a base copy is left in QEMU: no job, no node of its copy.
 void check_nothing_left(QemuProcess& vm) {
   QmpReply jobs = vm.qmp().execute("query-jobs");
   REQUIRE(jobs.ok());
@@ -55,7 +56,17 @@ void check_nothing_left(QemuProcess& vm) {
   QmpReply nodes = vm.qmp().execute("query-named-block-nodes", {{"flat", true}});
   REQUIRE(nodes.ok());
   for (const auto& n : nodes.value)
-    CHECK_MESSAGE(n.value("node-name", "").rfind("kvmcdp-", 0) != 0, n.value("node-name", ""));
+    CHECK_MESSAGE(n.value("node-name", "").rfind("kvmcdp-base", 0) != 0, n.value("node-name", ""));
+}
+
+// The base copy is the disk's size with its holes kept (6 of 32 MiB hold
+// data), and no temporary file is left.
+void check_base_sparse(const std::string& store) {
+  struct stat st {};
+  REQUIRE(stat((store + "/base.raw").c_str(), &st) == 0);
+  CHECK(uint64_t(st.st_size) == kDiskSize);
+  CHECK_MESSAGE(uint64_t(st.st_blocks) * 512 < kDiskSize / 2, st.st_blocks * 512, " bytes used");
+  CHECK(access((store + "/base.raw.tmp").c_str(), F_OK) != 0);
 }
 
 // What a client of the export `name` on `sock` reads: the MD5 of a copy.
@@ -83,6 +94,7 @@ TEST_CASE("protect: QEMU's NBD server is already running: left alone, base copy 
   REQUIRE_MESSAGE(started.ok(), started.message);
   QmpReply added = vm->qmp().execute("block-export-add", {{"type", "nbd"},
                                                           {"id", "theirs"},
+                                                          {"name", "theirs"},
                                                           {"node-name", "disk0"},
                                                           {"writable", false}});
   REQUIRE_MESSAGE(added.ok(), added.message);
@@ -116,6 +128,7 @@ TEST_CASE("protect: QEMU's NBD server is already running: left alone, base copy 
 
   CHECK(export_ids(*vm) == std::vector<std::string>{"theirs"});
   check_nothing_left(*vm);
+  check_base_sparse(store);
 
   some_writes(*vm, rng);
   wait_acked(*vm);
@@ -151,6 +164,7 @@ TEST_CASE("protect: its own NBD server for the base copy is gone afterwards") {
   // No export, no node, no job; and the server is free for others.
   CHECK(export_ids(*vm).empty());
   check_nothing_left(*vm);
+  check_base_sparse(store);
   std::string sock = dir.file("next.sock");
   QmpReply started = vm->qmp().execute(
       "nbd-server-start", {{"addr", {{"type", "unix"}, {"data", {{"path", sock}}}}}});
