@@ -225,6 +225,9 @@ Status copy_with_mirror_job(QmpClient& qmp, const std::string& filter_node,
     if (!del.ok() && result)
       result = Status(ErrorKind::kQemu, "blockdev-del of the copy's target: " + del.message);
   }
+  // QEMU 7.2 closes a removed fd only while the VM runs: in a paused VM
+  // it keeps the (marked removed) descriptor until it runs again and the
+  // next fd-set cleanup (a QMP disconnect) comes.
   if (fdset >= 0) qmp.execute("remove-fd", {{"fdset-id", fdset}});
   if (result) result = publish_file(fd, tmp, out_path);
   close(fd);

@@ -57,6 +57,24 @@ void check_nothing_left(QemuProcess& vm) {
   REQUIRE(nodes.ok());
   for (const auto& n : nodes.value)
     CHECK_MESSAGE(n.value("node-name", "").rfind("kvmcdp-base", 0) != 0, n.value("node-name", ""));
+  QmpReply fdsets = vm.qmp().execute("query-fdsets");
+  REQUIRE(fdsets.ok());
+  for (const auto& set : fdsets.value)
+    for (const auto& fd : set.value("fds", json::array()))
+      CHECK_MESSAGE(fd.value("opaque", "").rfind("kvmcdp-base", 0) != 0, set.dump());
+}
+
+// Another tool's server with export "theirs" of the disk on `sock`.
+void start_their_server(QemuProcess& vm, const std::string& sock) {
+  QmpReply started = vm.qmp().execute(
+      "nbd-server-start", {{"addr", {{"type", "unix"}, {"data", {{"path", sock}}}}}});
+  REQUIRE_MESSAGE(started.ok(), started.message);
+  QmpReply added = vm.qmp().execute("block-export-add", {{"type", "nbd"},
+                                                         {"id", "theirs"},
+                                                         {"name", "theirs"},
+                                                         {"node-name", "disk0"},
+                                                         {"writable", false}});
+  REQUIRE_MESSAGE(added.ok(), added.message);
 }
 
 // The base copy is the disk's size with its holes kept (6 of 32 MiB hold
@@ -87,17 +105,12 @@ TEST_CASE("protect: QEMU's NBD server is already running: left alone, base copy 
   std::string disk = random_disk(dir);
   auto vm = start_vm(dir, disk);
 
+  // Running (firmware only: no disk boots), as a protected VM is; QEMU
+  // closes a removed fd set only in a running VM.
+  REQUIRE(vm->qmp().execute("cont").ok());
   // Another tool's server and export (say, a backup reading the disk).
   std::string sock = dir.file("theirs.sock");
-  QmpReply started = vm->qmp().execute(
-      "nbd-server-start", {{"addr", {{"type", "unix"}, {"data", {{"path", sock}}}}}});
-  REQUIRE_MESSAGE(started.ok(), started.message);
-  QmpReply added = vm->qmp().execute("block-export-add", {{"type", "nbd"},
-                                                          {"id", "theirs"},
-                                                          {"name", "theirs"},
-                                                          {"node-name", "disk0"},
-                                                          {"writable", false}});
-  REQUIRE_MESSAGE(added.ok(), added.message);
+  start_their_server(*vm, sock);
   CHECK(export_md5(dir, sock, "theirs") == md5_of_file(disk));
 
   // A client of their export the whole time protect starts and copies:
@@ -151,6 +164,31 @@ TEST_CASE("protect: QEMU's NBD server is already running: left alone, base copy 
   CHECK_FALSE(again.ok());
   check_nothing_left(*vm);
   CHECK(vm->console().find("rror") == std::string::npos);
+}
+
+TEST_CASE("protect: the copy inside QEMU fails: its job, node and fd go, their server stays") {
+  TempDir dir;
+  std::string disk = random_disk(dir);
+  auto vm = start_vm(dir, disk);
+  REQUIRE(vm->qmp().execute("cont").ok());
+  std::string sock = dir.file("theirs.sock");
+  start_their_server(*vm, sock);
+  // 6 MiB of data do not fit.
+  SmallFs fs(dir.file("fs"), "4M");
+  std::string store = fs.path + "/store";
+  {
+    ProtectProcess protect(vm->tool_socket(), "vd0", store);
+    int rc = protect.wait_exit(std::chrono::seconds(60));
+    std::string out = protect.output();
+    CHECK_MESSAGE(rc != 0, out);
+    CHECK_MESSAGE(out.find("kvmcdp: error: ") != std::string::npos, out);
+    CHECK_MESSAGE(out.find("base copy complete") == std::string::npos, out);
+  }
+  CHECK(access((store + "/base.raw.tmp").c_str(), F_OK) != 0);
+  CHECK(access((store + "/base.raw").c_str(), F_OK) != 0);
+  check_nothing_left(*vm);
+  CHECK(export_ids(*vm) == std::vector<std::string>{"theirs"});
+  CHECK(export_md5(dir, sock, "theirs") == md5_of_file(disk));
 }
 
 TEST_CASE("protect: its own NBD server for the base copy is gone afterwards") {
