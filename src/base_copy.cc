@@ -164,17 +164,15 @@ Status run_mirror(QmpClient& qmp, const std::string& filter_node, const std::str
       cancel_sent = true;
     } else if (name == "BLOCK_JOB_COMPLETED") {
       if (data.contains("error"))
-        return Status(ErrorKind::kQemu, "the copy job failed: " + data.value("error", ""));
+        return Status(ErrorKind::kQemu, "the copy failed: " + data.value("error", ""));
       if (!cancel_sent) return Status(ErrorKind::kQemu, "the copy job ended before it was ready");
       if (show_progress) fmt::print(stderr, "    (100.00/100%)\n");
       return Status::ok();
     } else if (name == "BLOCK_JOB_CANCELLED") {
       return Status(ErrorKind::kQemu, "the copy job was cancelled by someone else");
-    } else if (name == "BLOCK_JOB_ERROR") {
-      result = Status(ErrorKind::kQemu, fmt::format("the copy job hit an I/O error ({})",
-                                                    data.value("operation", "?")));
-      break;
     }
+    // BLOCK_JOB_ERROR needs nothing: with the default error policy
+    // (report) the job ends and BLOCK_JOB_COMPLETED says why.
   }
   // Failure with the job still there: end it hard, and wait for it to go so
   // that its node can be deleted.
@@ -255,7 +253,7 @@ Result<BaseCopyResult> take_base_copy(QmpClient& qmp, const std::string& filter_
     copied = copy_with_mirror_job(qmp, filter_node, tmp, out_path, show_progress);
     if (!copied)
       copied = Status(copied.kind(),
-                      fmt::format("{} (QEMU's NBD server was not available either: {})",
+                      fmt::format("{} (copied inside QEMU because its NBD server is taken: {})",
                                   copied.message(), started.message));
   }
   if (!copied) return copied;
