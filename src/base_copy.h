@@ -17,8 +17,10 @@ struct BaseCopyResult {
   uint64_t complete_time_ns = 0;
 };
 
-// Reads `filter_node` through a read-only NBD export of this QEMU into a
-// sparse raw file `out_path` (written as out_path.tmp and renamed).
+// Copies `filter_node` into a sparse raw file `out_path` (written as
+// out_path.tmp and renamed): through a read-only export on an NBD server
+// kvmcdp starts in this QEMU, or, when QEMU's one NBD server is taken, with
+// a copy job inside QEMU.  A server kvmcdp did not start is left alone.
 Result<BaseCopyResult> take_base_copy(QmpClient& qmp, const std::string& filter_node,
                                       const std::string& out_path, bool show_progress);
 

@@ -17,6 +17,18 @@ std::unique_ptr<QemuProcess> start_vm(const TempDir& dir, const std::string& dis
             "virtio-blk-pci,drive=disk0,id=vd0"});
 }
 
+SmallFs::SmallFs(const std::string& where, const std::string& size) : path(where) {
+  REQUIRE(run_command({"mkdir", "-p", path}).status == 0);
+  auto m = run_command({"mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", path});
+  REQUIRE_MESSAGE(m.status == 0, "cannot mount a tmpfs (root needed): ", m.output);
+}
+
+void SmallFs::grow(const std::string& size) {
+  REQUIRE(run_command({"mount", "-o", "remount,size=" + size, path}).status == 0);
+}
+
+SmallFs::~SmallFs() { run_command({"umount", "-l", path}); }
+
 void qemu_io(QemuProcess& vm, const std::string& cmd) {
   QmpReply r = vm.qmp().execute(
       "human-monitor-command",

@@ -15,6 +15,14 @@ namespace kvmcdp::test {
 // node disk0; guest discards reach the disk.
 std::unique_ptr<QemuProcess> start_vm(const TempDir& dir, const std::string& disk);
 
+// A small tmpfs (root needed), unmounted however the test ends.
+struct SmallFs {
+  std::string path;
+  SmallFs(const std::string& where, const std::string& size);
+  void grow(const std::string& size);
+  ~SmallFs();
+};
+
 // Runs one qemu-io command on vd0; fails the test on an error.
 void qemu_io(QemuProcess& vm, const std::string& cmd);
 

@@ -355,20 +355,6 @@ TEST_CASE("protect: receiver gone past the queue budget: gap, resync, exact agai
 
 namespace kvmcdp::test {
 
-// A small tmpfs for the store, unmounted however the test ends.
-struct SmallFs {
-  std::string path;
-  explicit SmallFs(const std::string& where, const std::string& size) : path(where) {
-    REQUIRE(run_command({"mkdir", "-p", path}).status == 0);
-    auto m = run_command({"mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", path});
-    REQUIRE_MESSAGE(m.status == 0, "cannot mount a tmpfs (root needed): ", m.output);
-  }
-  void grow(const std::string& size) {
-    REQUIRE(run_command({"mount", "-o", "remount,size=" + size, path}).status == 0);
-  }
-  ~SmallFs() { run_command({"umount", "-l", path}); }
-};
-
 TEST_CASE("protect: the store runs out of space: clear error, guest unharmed, resumes") {
   TempDir dir;
   std::string disk = dir.file("disk.raw");
