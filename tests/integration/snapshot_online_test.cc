@@ -3,6 +3,7 @@
 // create with its I/O pause, and each delete rule while the disk is in use.
 // Every remaining node's full image keeps its MD5 and every file passes
 // qemu-img check.
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <string>
@@ -304,6 +305,86 @@ TEST_CASE("snapshot: online delete of a node whose child is on another branch") 
   CHECK(vm.all_md5() == without(before, "s2"));
   CHECK(!std::filesystem::exists(vm.tree + "/n0001.qcow2"));
   vm.stop_and_check_files();
+}
+
+// Without --qmp, a delete that would rewrite the VM's chain offline
+// (qemu-img under the running QEMU) is refused before anything changes,
+// with one line that says what to do; with --qmp it works.
+TEST_CASE("snapshot: delete of a node in the running chain without --qmp says to pass --qmp") {
+  Vm vm;
+  std::string base = vm.dir.file("base.qcow2");
+  REQUIRE(run_command({qemu_bin("qemu-img"), "create", "-q", "-f", "qcow2", base, "8M"}).status == 0);
+  vm.start(base);
+  vm.guest_write(1, "0", "1M");
+  for (const char* name : {"s1", "s2"}) {
+    std::vector<std::string> args = {"snapshot", "create", name, "--tree", vm.tree, "--qmp",
+                                     vm.qmp};
+    if (std::string(name) == "s1") args.insert(args.end(), {"--drive", "disk"});
+    auto r = vm.kvmcdp(args);
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+    vm.guest_write(2, "2M", "1M");
+  }
+  std::string meta_before = read_file(vm.tree + "/tree.json");
+  auto md5_before = vm.all_md5();
+  for (const char* name : {"s1", "s2"}) {
+    auto r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, name});
+    CHECK_MESSAGE(r.status == 5, r.output);
+    CHECK_MESSAGE(r.output.rfind("kvmcdp: error: the VM uses this chain", 0) == 0, r.output);
+    CHECK_MESSAGE(r.output.find("pass --qmp SOCK") != std::string::npos, r.output);
+    CHECK_MESSAGE(std::count(r.output.begin(), r.output.end(), '\n') == 1, r.output);
+    CHECK(read_file(vm.tree + "/tree.json") == meta_before);
+    CHECK(vm.all_md5() == md5_before);
+  }
+  auto merged = vm.kvmcdp({"merge", "--tree", vm.tree, "s1"});
+  CHECK_MESSAGE(merged.status == 5, merged.output);
+  CHECK(merged.output.find("pass --qmp SOCK") != std::string::npos);
+  CHECK(read_file(vm.tree + "/tree.json") == meta_before);
+
+  auto r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qmp, "s1"});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  CHECK(r.output.find("streamed s1 into s2") != std::string::npos);
+  CHECK(vm.all_md5() == without(md5_before, "s1"));
+  vm.stop_and_check_files();
+}
+
+// --drive takes what protect's does: the drive id (-drive id=), the
+// device's id (-device id=) or a node name.
+TEST_CASE("snapshot: online create --drive by drive id, device id or node name") {
+  TempDir dir;
+  setenv("KVMCDP_QEMU_IMG", qemu_bin("qemu-img").c_str(), 1);
+  std::string base = dir.file("base.qcow2"), tree = dir.file("t");
+  REQUIRE(run_command({qemu_bin("qemu-img"), "create", "-q", "-f", "qcow2", base, "8M"}).status == 0);
+  auto vm = QemuProcess::start_system(
+      dir, {"-S", "-drive", fmt::format("file={},format=qcow2,if=none,id=disk0", base), "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0"});
+  auto top_node = [&]() -> std::string {
+    auto b = vm->qmp().execute("query-block");
+    REQUIRE(b.ok());
+    for (const auto& d : b.value)
+      if (d.value("device", "") == "disk0") return d["inserted"]["node-name"];
+    return "";
+  };
+  std::string first_top = top_node();
+  std::vector<std::pair<std::string, std::string>> cases = {
+      {"s1", "disk0"}, {"s2", "vd0"}, {"s3", ""}};
+  for (auto& [name, drive] : cases) {
+    if (drive.empty()) drive = top_node();  // the node name
+    auto r = run_command({KVMCDP_BINARY, "snapshot", "create", name, "--tree", tree, "--qmp",
+                          vm->tool_socket(), "--drive", drive});
+    REQUIRE_MESSAGE(r.status == 0, "--drive ", drive, ": ", r.output);
+    CHECK(r.output.find("I/O paused for ") != std::string::npos);
+  }
+  auto m = json::parse(read_file(tree + "/tree.json"));
+  CHECK(m["nodes"].size() == 4);
+  CHECK(top_node() == m["active_qemu_node"].get<std::string>());
+  CHECK(top_node() != first_top);
+  auto unknown = run_command({KVMCDP_BINARY, "snapshot", "create", "s4", "--tree", tree, "--qmp",
+                              vm->tool_socket(), "--drive", "nosuch"});
+  CHECK_MESSAGE(unknown.status == 7, unknown.output);
+  REQUIRE(vm->qmp().execute("quit").ok());
+  REQUIRE(vm->wait_exit(std::chrono::seconds(20)));
+  auto c = run_command({KVMCDP_BINARY, "snapshot", "check", "--tree", tree});
+  CHECK_MESSAGE(c.status == 0, c.output);
 }
 
 // A chain so long that QEMU's name for the running disk, json:{...} with
