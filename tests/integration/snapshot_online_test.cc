@@ -12,7 +12,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "harness/protect_process.h"
 #include "harness/qemu_process.h"
+#include "harness/vm_io.h"
 
 namespace kvmcdp::test {
 namespace {
@@ -385,6 +387,47 @@ TEST_CASE("snapshot: online create --drive by drive id, device id or node name")
   REQUIRE(vm->wait_exit(std::chrono::seconds(20)));
   auto c = run_command({KVMCDP_BINARY, "snapshot", "check", "--tree", tree});
   CHECK_MESSAGE(c.status == 0, c.output);
+}
+
+// Under protect: the device's top is the cdp filter; --drive with the
+// device id snapshots the image below it, so the filter stays on top and
+// every write after the switch is still journaled.
+TEST_CASE("snapshot: online create --drive by device id under protect's filter") {
+  TempDir dir;
+  setenv("KVMCDP_QEMU_IMG", qemu_bin("qemu-img").c_str(), 1);
+  std::string disk = dir.file("disk.raw"), store = dir.file("store"), tree = dir.file("t");
+  std::string mon = dir.file("snap.qmp");  // protect has the tool socket
+  REQUIRE(run_command({"truncate", "-s", "8M", disk}).status == 0);
+  auto vm = QemuProcess::start_system(
+      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=disk0-file", disk),
+            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0", "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0", "-chardev",
+            fmt::format("socket,id=m3,path={},server=on,wait=off", mon), "-mon",
+            "chardev=m3,mode=control"});
+  ProtectProcess protect(vm->tool_socket(), "vd0", store);
+  REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
+  qemu_io(*vm, "write -P 3 0 1M");
+  wait_acked(*vm);
+
+  auto r = run_command({KVMCDP_BINARY, "snapshot", "create", "s1", "--tree", tree, "--qmp", mon,
+                        "--drive", "vd0"});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  auto m = json::parse(read_file(tree + "/tree.json"));
+  auto cdp = vm->qmp().execute("query-cdp");
+  REQUIRE(cdp.ok());
+  REQUIRE(cdp.value.size() == 1);
+  CHECK(cdp.value[0]["child"] == m["active_qemu_node"]);
+
+  qemu_io(*vm, "write -P 4 1M 1M");
+  wait_acked(*vm);
+  uint64_t seq = filter_seq(*vm);
+  qemu_io(*vm, "flush");  // the overlay's qcow2 metadata, for qemu-img below
+  std::string now = dir.file("now.raw");
+  auto c = run_command({qemu_bin("qemu-img"), "convert", "-U", "-O", "raw",
+                        tree + "/" + m["nodes"].back()["file"].get<std::string>(), now});
+  REQUIRE_MESSAGE(c.status == 0, c.output);
+  REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
+  check_restore(dir, store, seq, md5_of_file(now));
 }
 
 // A chain so long that QEMU's name for the running disk, json:{...} with
