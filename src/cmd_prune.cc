@@ -168,7 +168,7 @@ CommandRunner setup_prune_command(CLI::App* app) {
       "prune also deletes journal history: the journal before the oldest kept node is folded\n"
       "into a new base, so no point before that node can be restored any more.\n"
       "A node in use (a VM or an export reads it, e.g. through a restore --overlay image) is\n"
-      "kept, with the nodes under it, and listed as kept with who uses it.");
+      "kept, with the nodes it backs onto, and listed as kept with who uses it.");
   return [o]() { return run_prune(*o); };
 }
 
