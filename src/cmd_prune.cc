@@ -5,7 +5,18 @@
 // (the base) is never pruned, nor is the newest node.  Then the journal
 // is folded up to the oldest kept point (journal_fold.h), so it stops
 // growing without bound.
+//
+// A node another process uses is kept, whatever the policy: a VM running
+// on a `restore --overlay` image reads through the node and every node
+// under it, and an export may serve it (image_lock.h tells).  Its
+// ancestors are kept too: deleting one merges it into its child, which
+// rewrites the child's image under the reader.  The fold cannot hurt such
+// a chain: it removes journal segments and the store's old base-*.raw,
+// never a file in STORE/tree (the tree's root is its own qcow2 copy, not a
+// file backed by the store's base).  Kept-in-use nodes still count as kept
+// for the fold, so their points stay recoverable from the journal too.
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -13,6 +24,7 @@
 
 #include "build_tree.h"
 #include "cli.h"
+#include "image_lock.h"
 #include "journal_fold.h"
 #include "point.h"
 #include "prune_policy.h"
@@ -31,6 +43,20 @@ struct PruneOptions {
   bool wait = false;
 };
 
+// Per node: who holds its image, or which node above it is held; "" for
+// nodes no other process uses.
+std::map<std::string, std::string> nodes_in_use(const Tree& t) {
+  std::map<std::string, std::string> out;
+  for (const auto& n : t.nodes) {
+    auto holder = image_holder(t.path_of(n));
+    if (!holder) continue;
+    out[n.name] = *holder;
+    for (const TreeNode* p = t.find(n.parent); p; p = t.find(p->parent))
+      out.try_emplace(p->name, "under " + n.name + ", which " + *holder + " uses");
+  }
+  return out;
+}
+
 std::string describe(const PruneDecision& d) {
   std::string reasons;
   for (const auto& r : d.reasons) reasons += (reasons.empty() ? "" : ",") + r;
@@ -39,7 +65,8 @@ std::string describe(const PruneDecision& d) {
                      reasons.empty() ? "" : " (" + reasons + ")");
 }
 
-// Whole sealed segments older than the oldest kept node go into a new base.
+// Whole sealed segments older than the oldest kept node (kept by the
+// policy or because it is in use) go into a new base.
 Status fold_to_oldest_kept(const PruneOptions& o, const std::vector<PruneDecision>& plan) {
   const PruneCandidate* oldest = nullptr;
   for (const auto& d : plan)
@@ -89,15 +116,21 @@ Status run_prune(PruneOptions o) {
   }
 
   // 2. The plan: built nodes only (live, with a point, not the root).
+  //    A node in use is kept, and said so, in --dry-run too.
+  auto in_use = nodes_in_use(*tree);
   std::vector<PruneCandidate> candidates;
   for (const auto& n : tree->nodes)
-    if (!n.parent.empty() && n.state == NodeState::kLive && n.point && n.point_time_ns)
-      candidates.push_back({n.name, *n.point, *n.point_time_ns});
+    if (!n.parent.empty() && n.state == NodeState::kLive && n.point && n.point_time_ns) {
+      auto held = in_use.find(n.name);
+      candidates.push_back({n.name, *n.point, *n.point_time_ns,
+                            held == in_use.end() ? "" : held->second});
+    }
   auto plan = plan_prune(candidates, o.policy);
-  size_t removed = 0;
+  size_t removed = 0, held = 0;
   for (const auto& d : plan) {
     std::printf("%s\n", describe(d).c_str());
     removed += !d.keep;
+    held += !d.node.in_use.empty();
   }
 
   // 3. Delete, oldest first, by the tree's rules.
@@ -110,8 +143,9 @@ Status run_prune(PruneOptions o) {
       if (!s) return s;
     }
   for (const auto& line : log) std::printf("%s\n", line.c_str());
-  std::printf("%s %zu of %zu built nodes, kept %zu\n", o.dry_run ? "would remove" : "removed",
-              removed, plan.size(), plan.size() - removed);
+  std::printf("%s %zu of %zu built nodes, kept %zu%s\n", o.dry_run ? "would remove" : "removed",
+              removed, plan.size(), plan.size() - removed,
+              held ? fmt::format(" ({} in use)", held).c_str() : "");
 
   // 4. Fold the journal up to the oldest kept point.
   return fold_to_oldest_kept(o, plan);
@@ -131,6 +165,11 @@ CommandRunner setup_prune_command(CLI::App* app) {
                   "keep every node within DURATION (90s, 15m, 2h, 7d) of the newest");
   app->add_flag("--dry-run", o->dry_run, "print what would be removed and kept; change nothing");
   app->add_flag("--wait", o->wait, "wait for the tree lock instead of failing with exit 5");
+  app->footer(
+      "prune also deletes journal history: the journal before the oldest kept node is folded\n"
+      "into a new base, so no point before that node can be restored any more.\n"
+      "A node in use (a VM or an export reads it, e.g. through a restore --overlay image) is\n"
+      "kept, with the nodes it backs onto, and listed as kept with who uses it.");
   return [o]() { return run_prune(*o); };
 }
 

@@ -188,7 +188,8 @@ void add_tree_option(CLI::App* sub, Options* o) {
 void add_vm_options(CLI::App* sub, Options* o, bool with_drive) {
   sub->add_option("--qmp", o->qmp, "QMP socket of the running VM (omit when it is not running)");
   if (with_drive)
-    sub->add_option("--drive", o->drive, "node-name of the running disk's top qcow2 node");
+    sub->add_option("--drive", o->drive,
+                    "the running disk: its drive id, device id or node name (as protect)");
   sub->add_flag("--wait", o->wait, "wait for the tree lock instead of failing with exit 5");
 }
 

@@ -46,6 +46,7 @@ std::vector<PruneDecision> plan_prune(std::vector<PruneCandidate> nodes, const P
     }
     if (p.keep_within_ns && newest_ns - nodes[i].time_ns <= *p.keep_within_ns)
       d.reasons.push_back("within");
+    if (!nodes[i].in_use.empty()) d.reasons.push_back("in use: " + nodes[i].in_use);
     d.keep = !d.reasons.empty();
     out.push_back(std::move(d));
   }

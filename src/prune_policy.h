@@ -24,16 +24,20 @@ struct PruneCandidate {
   std::string name;
   uint64_t seq = 0;
   uint64_t time_ns = 0;
+  // Non-empty: another process uses the image or one above it (who, or
+  // why); such a node is kept whatever the policy says.
+  std::string in_use;
 };
 
 struct PruneDecision {
   PruneCandidate node;
   bool keep = false;
-  std::vector<std::string> reasons;  // "last", "hourly", "daily", "within", "newest"
+  std::vector<std::string> reasons;  // "last", "hourly", "daily", "within", "newest", "in use: ..."
 };
 
 // Decisions in newest-first order.  The newest point is always kept: the
-// next build extends it.
+// next build extends it; so is a node in use (it does not count towards
+// the policy's numbers).
 std::vector<PruneDecision> plan_prune(std::vector<PruneCandidate> nodes, const PrunePolicy& p);
 
 // "90s", "15m", "2h", "7d", "1w", "1d12h": ns.  kUsage otherwise.

@@ -52,6 +52,15 @@ TEST_CASE("plan_prune: the newest node is kept whatever the policy") {
   CHECK(plan_prune({}, {.keep_last = 3}).empty());
 }
 
+TEST_CASE("plan_prune: a node in use is kept, saying by whom, and does not use up the policy") {
+  auto nodes = every_20_minutes();
+  nodes[3].in_use = "qemu-system-x86 pid 42";
+  auto ds = plan_prune(nodes, {.keep_last = 2});
+  CHECK(kept(ds) == std::vector<std::string>{"n17", "n16", "n3"});
+  for (const auto& d : ds)
+    if (d.node.name == "n3") CHECK(d.reasons == std::vector<std::string>{"in use: qemu-system-x86 pid 42"});
+}
+
 TEST_CASE("parse_duration") {
   CHECK(*parse_duration("90s") == 90ull * 1000000000ull);
   CHECK(*parse_duration("15m") == 15 * kMin);

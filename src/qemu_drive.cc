@@ -1,5 +1,8 @@
 #include "qemu_drive.h"
 
+#include <map>
+#include <set>
+
 #include <fmt/format.h>
 
 namespace kvmcdp {
@@ -20,6 +23,42 @@ Result<std::string> resolve_drive(QmpClient& qmp, const std::string& name) {
     if (n.value("node-name", "") == name) return name;
   return Result<std::string>(ErrorKind::kNotFound,
                              fmt::format("QEMU has no drive or block node named '{}'", name));
+}
+
+Result<std::string> resolve_image_node(QmpClient& qmp, const std::string& name) {
+  auto top = resolve_drive(qmp, name);
+  if (!top) return top;
+  QmpReply nodes = qmp.execute("query-named-block-nodes", {{"flat", true}});
+  if (!nodes.ok()) return nodes.status();
+  std::map<std::string, std::string> driver;
+  for (const auto& n : nodes.value) driver[n.value("node-name", "")] = n.value("drv", "");
+  // Drivers that pass I/O through to one child; an image's format node is
+  // anything else.  The graph's edges name a filter's child.
+  static const std::set<std::string> filters = {"cdp", "throttle", "copy-on-read", "compress",
+                                                "blkreplay", "preallocate"};
+  if (!filters.count(driver[*top])) return top;
+  QmpReply g = qmp.execute("x-debug-query-block-graph");
+  if (!g.ok()) return g.status();
+  std::map<int64_t, std::string> name_of;
+  for (const auto& n : g.value.value("nodes", nlohmann::json::array()))
+    name_of[n.value("id", int64_t{-1})] = n.value("name", "");
+  std::string cur = *top;
+  for (int depth = 0; filters.count(driver[cur]) && depth < 16; ++depth) {
+    std::string next;
+    for (const auto& e : g.value.value("edges", nlohmann::json::array())) {
+      auto parent = name_of.find(e.value("parent", int64_t{-1}));
+      auto child = name_of.find(e.value("child", int64_t{-1}));
+      if (parent != name_of.end() && parent->second == cur && child != name_of.end() &&
+          (e.value("name", "") == "file" || e.value("name", "") == "child"))
+        next = child->second;
+    }
+    if (next.empty()) break;
+    cur = next;
+  }
+  if (filters.count(driver[cur]))
+    return Result<std::string>(ErrorKind::kQemu,
+                               fmt::format("no image below the filter node {} of '{}'", cur, name));
+  return cur;
 }
 
 Result<std::optional<CdpInfo>> query_cdp(QmpClient& qmp, const std::string& filter_node) {

@@ -15,6 +15,11 @@ namespace kvmcdp {
 // is the node-name the device's writes reach first (the top of its chain).
 Result<std::string> resolve_drive(QmpClient& qmp, const std::string& name);
 
+// The same names, down to the image's own format node: below any filter on
+// top of the drive (the cdp filter of `protect`, throttle, copy-on-read).
+// A snapshot switches that node, so the filters stay above the new overlay.
+Result<std::string> resolve_image_node(QmpClient& qmp, const std::string& name);
+
 struct CdpInfo {
   std::string node_name;
   std::string child;

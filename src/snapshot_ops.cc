@@ -19,6 +19,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
@@ -26,6 +27,8 @@
 #include <fmt/format.h>
 
 #include "fsutil.h"
+#include "image_lock.h"
+#include "qemu_drive.h"
 #include "snapshot_qemu.h"
 
 namespace kvmcdp {
@@ -157,15 +160,49 @@ Status merge_into_child(Tree& t, const std::string& name, QmpClient* qmp, OpLog*
   return finish_merge(t, name, child_name, log);
 }
 
-// Removes logically deleted nodes that are down to one child or none.
+// Removing `name` (no child, or merging into its only child) rewrites
+// the child and unlinks the node's file, unless the merge runs inside the
+// VM (block-stream): refused while another process has either file open,
+// before anything changes.  A running VM holds its whole chain, so without
+// --qmp that is the message; other holders (an export, a VM on a restore
+// overlay) must stop first.
+Status refuse_in_use(const Tree& t, const std::string& name, QmpClient* qmp) {
+  const TreeNode* s = t.find(name);
+  auto kids = t.children(name);
+  if (kids.size() > 1) return Status::ok();  // only marked deleted
+  const TreeNode* c = kids.empty() ? nullptr : kids[0];
+  if (c && qmp && t.in_active_chain(c->name)) return Status::ok();
+  for (const TreeNode* n : {c, s}) {
+    if (!n) continue;
+    std::string path = t.path_of(*n);
+    auto holder = image_holder(path);
+    if (!holder) continue;
+    if (!qmp && t.in_active_chain(n->name))
+      return {ErrorKind::kBusy, fmt::format("the VM uses this chain ({} is held by {}): pass "
+                                            "--qmp SOCK", path, *holder)};
+    return {ErrorKind::kBusy,
+            fmt::format("{} is in use (held by {}); stop what uses it first", path, *holder)};
+  }
+  return Status::ok();
+}
+
+// Removes logically deleted nodes that are down to one child or none; one
+// whose files are in use waits for a later delete.
 Status collapse_deferred(Tree& t, QmpClient* qmp, OpLog* log) {
+  std::vector<std::string> waiting;
   for (bool again = true; again;) {
     again = false;
     for (const auto& n : t.nodes) {
       if (n.state != NodeState::kDeleted) continue;
       size_t kids = t.children(n.name).size();
-      if (kids > 1) continue;
+      if (kids > 1 || std::find(waiting.begin(), waiting.end(), n.name) != waiting.end()) continue;
       std::string name = n.name;
+      if (auto busy = refuse_in_use(t, name, qmp); !busy) {
+        log->push_back(fmt::format("{} stays logically deleted for now: {}", name,
+                                   busy.message()));
+        waiting.push_back(name);
+        continue;
+      }
       log->push_back(fmt::format("{} was logically deleted and has {} child{} now", name, kids,
                                  kids == 1 ? "" : "ren"));
       Status st = kids == 0 ? remove_leaf(t, name, log) : merge_into_child(t, name, qmp, log);
@@ -226,8 +263,17 @@ Result<Tree> init_tree(const std::string& dir, const CreateRequest& req) {
 
 }  // namespace
 
-Result<CreateReport> snapshot_create(const std::string& dir, const CreateRequest& req, OpLog* log) {
-  if (auto st = validate_snapshot_name(req.name); !st) return st;
+Result<CreateReport> snapshot_create(const std::string& dir, const CreateRequest& request,
+                                     OpLog* log) {
+  if (auto st = validate_snapshot_name(request.name); !st) return st;
+  // --drive names the disk as protect's does: a drive id, a device id or a
+  // node name; the tree keeps the image's node name.
+  CreateRequest req = request;
+  if (req.qmp && !req.drive.empty()) {
+    auto node = resolve_image_node(*req.qmp, req.drive);
+    if (!node) return node.status();
+    req.drive = *node;
+  }
   auto loaded = load_tree(dir);
   if (!loaded && loaded.status().kind() != ErrorKind::kNotFound) return loaded.status();
   Tree t = loaded ? std::move(*loaded) : Tree{};
@@ -248,7 +294,8 @@ Result<CreateReport> snapshot_create(const std::string& dir, const CreateRequest
   std::string top_node;
   if (req.qmp) {
     top_node = req.drive.empty() ? t.active_qemu_node : req.drive;
-    if (top_node.empty()) return Status(ErrorKind::kUsage, "--drive is needed (the disk's node-name)");
+    if (top_node.empty())
+      return Status(ErrorKind::kUsage, "--drive is needed (the disk's drive id, device id or node name)");
     auto nodes = qemu_format_nodes(*req.qmp);
     if (!nodes) return nodes.status();
     auto top = find_node_by_name(*nodes, top_node);
@@ -338,6 +385,8 @@ Status snapshot_delete(Tree& t, const std::string& name, QmpClient* qmp, OpLog* 
   const TreeNode* s = t.find(name);
   if (!s) return {ErrorKind::kNotFound, "no snapshot named " + name};
   if (auto st = refuse_active(t, name); !st) return st;
+  if (s->state != NodeState::kDeleted)
+    if (auto st = refuse_in_use(t, name, qmp); !st) return st;
   if (s->state == NodeState::kDeleted) {
     log->push_back(name + " is already logically deleted");
     return collapse_deferred(t, qmp, log);
@@ -368,6 +417,7 @@ Status snapshot_merge(Tree& t, const std::string& name, QmpClient* qmp, OpLog* l
   if (kids != 1)
     return {ErrorKind::kUsage,
             fmt::format("{} has {} children; merge needs exactly one", name, kids)};
+  if (auto st = refuse_in_use(t, name, qmp); !st) return st;
   if (auto st = merge_into_child(t, name, qmp, log); !st) return st;
   return collapse_deferred(t, qmp, log);
 }

@@ -19,7 +19,7 @@ using OpLog = std::vector<std::string>;
 struct CreateRequest {
   std::string name;
   QmpClient* qmp = nullptr;  // null: offline (the VM is not running)
-  std::string drive;         // QEMU node-name of the running disk's top
+  std::string drive;         // the running disk: drive id, qdev id or node name
   std::string base;          // offline, first snapshot: the image to start from
 };
 struct CreateReport {

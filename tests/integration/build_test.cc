@@ -391,6 +391,88 @@ TEST_CASE("prune: a policy keeps exactly the expected nodes, their images unchan
   for (const auto& c : pts) CHECK_MESSAGE(restore_seq(dir, p.store, c.seq).md5 == c.md5, c.seq);
 }
 
+// A VM runs on a `restore --overlay` image: QEMU reads through the node it
+// stands on and every node under it.  prune keeps those, says so (also in
+// --dry-run), deletes the rest, and folds the journal no further than the
+// oldest of them; once QEMU is gone the next prune deletes them.
+TEST_CASE("prune keeps the nodes a running QEMU reads through a restore --overlay image") {
+  TempDir dir;
+  Protected p = make_store(dir, 6, 0, 1);
+  const auto& pts = p.points;
+  build_all(p.store, pts);
+  auto node = [&](size_t i) { return fmt::format("seq-{}", pts[i].seq); };
+  std::string ov = dir.file("vm.qcow2"), nbd = dir.file("nbd.sock");
+  auto r = run_command({KVMCDP_BINARY, "restore", "--overlay", "--store", p.store, "--seq",
+                        std::to_string(pts[2].seq), "-o", ov});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  auto qsd = QemuProcess::start_storage_daemon(
+      dir, {"--blockdev", fmt::format("file,node-name=f0,filename={}", ov), "--blockdev",
+            "qcow2,node-name=d,file=f0", "--nbd-server",
+            fmt::format("addr.type=unix,addr.path={}", nbd), "--export",
+            "nbd,id=e0,node-name=d,name=d,writable=on"});
+  std::string uri = fmt::format("nbd+unix:///d?socket={}", nbd);
+  auto read_vm = [&]() {
+    std::string out = dir.file("vm.raw");
+    auto c = run_command({qemu_bin("qemu-img"), "convert", "-f", "raw", "-O", "raw", uri, out});
+    REQUIRE_MESSAGE(c.status == 0, c.output);
+    return md5_of_file(out);
+  };
+  REQUIRE(read_vm() == pts[2].md5);
+  std::string holder = fmt::format("(in use: qemu-storage-da pid {})", qsd->pid());
+
+  // Policy: only the newest.  seq 0..2 are QEMU's chain, 3 and 4 go.
+  for (bool dry : {true, false}) {
+    std::vector<std::string> argv = {KVMCDP_BINARY, "prune", "--store", p.store, "--keep-last",
+                                     "1"};
+    if (dry) argv.push_back("--dry-run");
+    auto pr = run_command(argv);
+    REQUIRE_MESSAGE(pr.status == 0, pr.output);
+    for (size_t i : {0, 1, 2}) {
+      std::string line = fmt::format("keep   {} seq {} ", node(i), pts[i].seq);
+      auto at = pr.output.find(line);
+      REQUIRE_MESSAGE(at != std::string::npos, line, pr.output);
+      CHECK_MESSAGE(pr.output.substr(at, pr.output.find('\n', at) - at).find(holder) !=
+                        std::string::npos, pr.output);
+    }
+    for (size_t i : {3, 4})
+      CHECK_MESSAGE(pr.output.find(fmt::format("remove {} ", node(i))) != std::string::npos,
+                    pr.output);
+    CHECK_MESSAGE(pr.output.find(fmt::format("{} 2 of 6 built nodes, kept 4 (3 in use)",
+                                             dry ? "would remove" : "removed")) !=
+                      std::string::npos, pr.output);
+  }
+  std::vector<std::string> expect = {"base.qcow2"};
+  for (size_t i : {0, 1, 2, 5}) expect.push_back(node(i) + ".qcow2");
+  std::sort(expect.begin(), expect.end());
+  auto have = tree_files(p.store);
+  std::sort(have.begin(), have.end());
+  CHECK(have == expect);
+  // The fold stopped at the oldest node in use: its point still restores.
+  CHECK(journal_size(p.store).first_seq <= pts[0].seq);
+  CHECK(restore_seq(dir, p.store, pts[0].seq).md5 == pts[0].md5);
+
+  // QEMU still reads the point through the kept chain; the overlay is clean.
+  CHECK(read_vm() == pts[2].md5);
+  REQUIRE(qsd->qmp().execute("quit").ok());
+  REQUIRE(qsd->wait_exit(std::chrono::seconds(20)));
+  auto chk = run_command({qemu_bin("qemu-img"), "check", ov});
+  CHECK_MESSAGE(chk.status == 0, chk.output);
+  CHECK(node_md5(dir, ov) == pts[2].md5);
+
+  // QEMU gone: the same policy removes them now.  --help says that prune
+  // deletes history too.
+  auto help = run_command({KVMCDP_BINARY, "prune", "--help"});
+  CHECK(help.output.find("prune also deletes journal history") != std::string::npos);
+  CHECK(help.output.find("A node in use") != std::string::npos);
+  auto again = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-last", "1"});
+  REQUIRE_MESSAGE(again.status == 0, again.output);
+  CHECK_MESSAGE(again.output.find("removed 3 of 4 built nodes, kept 1\n") != std::string::npos,
+                again.output);
+  CHECK(tree_files(p.store).size() == 2);
+  CHECK(journal_size(p.store).first_seq > pts[2].seq);
+  CHECK(node_md5(dir, p.store + "/tree/" + node(5) + ".qcow2") == pts[5].md5);
+}
+
 TEST_CASE("build --at/--every, prune --keep-daily/--dry-run, and --wait on a busy tree") {
   TempDir dir;
   Protected p = make_store(dir, 6, 400);

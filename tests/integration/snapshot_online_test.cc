@@ -3,6 +3,7 @@
 // create with its I/O pause, and each delete rule while the disk is in use.
 // Every remaining node's full image keeps its MD5 and every file passes
 // qemu-img check.
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <string>
@@ -11,7 +12,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "harness/protect_process.h"
 #include "harness/qemu_process.h"
+#include "harness/vm_io.h"
 
 namespace kvmcdp::test {
 namespace {
@@ -304,6 +307,127 @@ TEST_CASE("snapshot: online delete of a node whose child is on another branch") 
   CHECK(vm.all_md5() == without(before, "s2"));
   CHECK(!std::filesystem::exists(vm.tree + "/n0001.qcow2"));
   vm.stop_and_check_files();
+}
+
+// Without --qmp, a delete that would rewrite the VM's chain offline
+// (qemu-img under the running QEMU) is refused before anything changes,
+// with one line that says what to do; with --qmp it works.
+TEST_CASE("snapshot: delete of a node in the running chain without --qmp says to pass --qmp") {
+  Vm vm;
+  std::string base = vm.dir.file("base.qcow2");
+  REQUIRE(run_command({qemu_bin("qemu-img"), "create", "-q", "-f", "qcow2", base, "8M"}).status == 0);
+  vm.start(base);
+  vm.guest_write(1, "0", "1M");
+  for (const char* name : {"s1", "s2"}) {
+    std::vector<std::string> args = {"snapshot", "create", name, "--tree", vm.tree, "--qmp",
+                                     vm.qmp};
+    if (std::string(name) == "s1") args.insert(args.end(), {"--drive", "disk"});
+    auto r = vm.kvmcdp(args);
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+    vm.guest_write(2, "2M", "1M");
+  }
+  std::string meta_before = read_file(vm.tree + "/tree.json");
+  auto md5_before = vm.all_md5();
+  for (const char* name : {"s1", "s2"}) {
+    auto r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, name});
+    CHECK_MESSAGE(r.status == 5, r.output);
+    CHECK_MESSAGE(r.output.rfind("kvmcdp: error: the VM uses this chain", 0) == 0, r.output);
+    CHECK_MESSAGE(r.output.find("pass --qmp SOCK") != std::string::npos, r.output);
+    CHECK_MESSAGE(std::count(r.output.begin(), r.output.end(), '\n') == 1, r.output);
+    CHECK(read_file(vm.tree + "/tree.json") == meta_before);
+    CHECK(vm.all_md5() == md5_before);
+  }
+  auto merged = vm.kvmcdp({"merge", "--tree", vm.tree, "s1"});
+  CHECK_MESSAGE(merged.status == 5, merged.output);
+  CHECK(merged.output.find("pass --qmp SOCK") != std::string::npos);
+  CHECK(read_file(vm.tree + "/tree.json") == meta_before);
+
+  auto r = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qmp, "s1"});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  CHECK(r.output.find("streamed s1 into s2") != std::string::npos);
+  CHECK(vm.all_md5() == without(md5_before, "s1"));
+  vm.stop_and_check_files();
+}
+
+// --drive takes what protect's does: the drive id (-drive id=), the
+// device's id (-device id=) or a node name.
+TEST_CASE("snapshot: online create --drive by drive id, device id or node name") {
+  TempDir dir;
+  setenv("KVMCDP_QEMU_IMG", qemu_bin("qemu-img").c_str(), 1);
+  std::string base = dir.file("base.qcow2"), tree = dir.file("t");
+  REQUIRE(run_command({qemu_bin("qemu-img"), "create", "-q", "-f", "qcow2", base, "8M"}).status == 0);
+  auto vm = QemuProcess::start_system(
+      dir, {"-S", "-drive", fmt::format("file={},format=qcow2,if=none,id=disk0", base), "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0"});
+  auto top_node = [&]() -> std::string {
+    auto b = vm->qmp().execute("query-block");
+    REQUIRE(b.ok());
+    for (const auto& d : b.value)
+      if (d.value("device", "") == "disk0") return d["inserted"]["node-name"];
+    return "";
+  };
+  std::string first_top = top_node();
+  std::vector<std::pair<std::string, std::string>> cases = {
+      {"s1", "disk0"}, {"s2", "vd0"}, {"s3", ""}};
+  for (auto& [name, drive] : cases) {
+    if (drive.empty()) drive = top_node();  // the node name
+    auto r = run_command({KVMCDP_BINARY, "snapshot", "create", name, "--tree", tree, "--qmp",
+                          vm->tool_socket(), "--drive", drive});
+    REQUIRE_MESSAGE(r.status == 0, "--drive ", drive, ": ", r.output);
+    CHECK(r.output.find("I/O paused for ") != std::string::npos);
+  }
+  auto m = json::parse(read_file(tree + "/tree.json"));
+  CHECK(m["nodes"].size() == 4);
+  CHECK(top_node() == m["active_qemu_node"].get<std::string>());
+  CHECK(top_node() != first_top);
+  auto unknown = run_command({KVMCDP_BINARY, "snapshot", "create", "s4", "--tree", tree, "--qmp",
+                              vm->tool_socket(), "--drive", "nosuch"});
+  CHECK_MESSAGE(unknown.status == 7, unknown.output);
+  REQUIRE(vm->qmp().execute("quit").ok());
+  REQUIRE(vm->wait_exit(std::chrono::seconds(20)));
+  auto c = run_command({KVMCDP_BINARY, "snapshot", "check", "--tree", tree});
+  CHECK_MESSAGE(c.status == 0, c.output);
+}
+
+// Under protect: the device's top is the cdp filter; --drive with the
+// device id snapshots the image below it, so the filter stays on top and
+// every write after the switch is still journaled.
+TEST_CASE("snapshot: online create --drive by device id under protect's filter") {
+  TempDir dir;
+  setenv("KVMCDP_QEMU_IMG", qemu_bin("qemu-img").c_str(), 1);
+  std::string disk = dir.file("disk.raw"), store = dir.file("store"), tree = dir.file("t");
+  std::string mon = dir.file("snap.qmp");  // protect has the tool socket
+  REQUIRE(run_command({"truncate", "-s", "8M", disk}).status == 0);
+  auto vm = QemuProcess::start_system(
+      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=disk0-file", disk),
+            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0", "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0", "-chardev",
+            fmt::format("socket,id=m3,path={},server=on,wait=off", mon), "-mon",
+            "chardev=m3,mode=control"});
+  ProtectProcess protect(vm->tool_socket(), "vd0", store);
+  REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
+  qemu_io(*vm, "write -P 3 0 1M");
+  wait_acked(*vm);
+
+  auto r = run_command({KVMCDP_BINARY, "snapshot", "create", "s1", "--tree", tree, "--qmp", mon,
+                        "--drive", "vd0"});
+  REQUIRE_MESSAGE(r.status == 0, r.output);
+  auto m = json::parse(read_file(tree + "/tree.json"));
+  auto cdp = vm->qmp().execute("query-cdp");
+  REQUIRE(cdp.ok());
+  REQUIRE(cdp.value.size() == 1);
+  CHECK(cdp.value[0]["child"] == m["active_qemu_node"]);
+
+  qemu_io(*vm, "write -P 4 1M 1M");
+  wait_acked(*vm);
+  uint64_t seq = filter_seq(*vm);
+  qemu_io(*vm, "flush");  // the overlay's qcow2 metadata, for qemu-img below
+  std::string now = dir.file("now.raw");
+  auto c = run_command({qemu_bin("qemu-img"), "convert", "-U", "-O", "raw",
+                        tree + "/" + m["nodes"].back()["file"].get<std::string>(), now});
+  REQUIRE_MESSAGE(c.status == 0, c.output);
+  REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
+  check_restore(dir, store, seq, md5_of_file(now));
 }
 
 // A chain so long that QEMU's name for the running disk, json:{...} with
