@@ -101,10 +101,12 @@ Status run_build(const BuildOptions& o) {
 
 CommandRunner setup_build_command(CLI::App* app) {
   auto o = std::make_shared<BuildOptions>();
-  app->add_option("--store", o->store, "the store whose journal points to build")->required();
+  app->add_option("--store", o->store,
+                  "the store to prepare restore points for (they go to STORE/tree)")
+      ->required();
   app->add_option("--at", o->at,
                   "a time (ISO 8601 with zone, or relative like -10m); repeatable");
-  app->add_option("--seq", o->seq, "a sequence number; repeatable");
+  app->add_option("--seq", o->seq, "a record's sequence number (see kvmcdp points); repeatable");
   app->add_option("--every", o->every,
                   "a point every DURATION (90s, 15m, 2h, 1d) over the journal");
   app->add_flag("--wait", o->wait, "wait for the tree lock instead of failing with exit 5");

@@ -80,11 +80,11 @@ CommandRunner setup_journal_command(CLI::App* app) {
   auto from = std::make_shared<uint64_t>(0);
   auto limit = std::make_shared<uint64_t>(UINT64_MAX);
   auto as_json = std::make_shared<bool>(false);
-  auto* verify = app->add_subcommand("verify", "Check every checksum, seq continuity and index");
+  auto* verify = app->add_subcommand("verify", "Check every byte of the journal (exit 4: damaged)");
   verify->add_option("--store", *store, "the store")->required();
   auto* dump = app->add_subcommand("dump", "Print the journal's records");
   dump->add_option("--store", *store, "the store")->required();
-  dump->add_option("--from", *from, "first seq to print");
+  dump->add_option("--from", *from, "the sequence number of the first record to print");
   dump->add_option("--limit", *limit, "print at most this many records");
   dump->add_flag("--json", *as_json, "one JSON object per line");
   return [=]() {

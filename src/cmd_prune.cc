@@ -120,14 +120,14 @@ Status run_prune(PruneOptions o) {
 
 CommandRunner setup_prune_command(CLI::App* app) {
   auto o = std::make_shared<PruneOptions>();
-  app->add_option("--store", o->store, "the store whose built nodes to prune")->required();
-  app->add_option("--keep-last", o->policy.keep_last, "keep the N newest nodes");
+  app->add_option("--store", o->store, "the store whose restore points to prune")->required();
+  app->add_option("--keep-last", o->policy.keep_last, "keep the N newest restore points");
   app->add_option("--keep-hourly", o->policy.keep_hourly,
-                  "keep the newest node of each of the N newest hours");
+                  "keep the newest restore point of each of the N newest hours");
   app->add_option("--keep-daily", o->policy.keep_daily,
-                  "keep the newest node of each of the N newest days (UTC)");
+                  "keep the newest restore point of each of the N newest days (UTC)");
   app->add_option("--keep-within", o->within,
-                  "keep every node within DURATION (90s, 15m, 2h, 7d) of the newest");
+                  "keep every restore point within DURATION (90s, 15m, 2h, 7d) of the newest");
   app->add_flag("--dry-run", o->dry_run, "print what would be removed and kept; change nothing");
   app->add_flag("--wait", o->wait, "wait for the tree lock instead of failing with exit 5");
   return [o]() { return run_prune(*o); };

@@ -92,7 +92,8 @@ CommandRunner setup_restore_command(CLI::App* app) {
   app->add_option("--store", o->store, "the store to restore from")->required();
   auto* at = app->add_option("--at", o->point.at,
                              "a time: ISO 8601 with zone, or relative like -10m");
-  auto* seq = app->add_option("--seq", o->point.seq, "a sequence number");
+  auto* seq = app->add_option("--seq", o->point.seq,
+                              "a record's sequence number (see kvmcdp points)");
   auto* mark = app->add_option("--mark", o->point.mark, "a mark's name");
   auto* latest = app->add_flag("--latest", o->point.latest, "the newest recoverable point");
   at->excludes(seq, mark, latest);
@@ -103,12 +104,12 @@ CommandRunner setup_restore_command(CLI::App* app) {
                      ->check(CLI::IsMember({"raw", "qcow2"}))
                      ->capture_default_str();
   app->add_flag("--overlay", o->overlay,
-                "a qcow2 overlay on the nearest built node with only the journal after it "
-                "(fast; it reads through to the store's tree)")
+                "write a small qcow2 holding only the changes since the nearest prepared "
+                "restore point (kvmcdp build); fast, but it needs that point to stay")
       ->excludes(format);
   app->add_flag("--from-node", o->from_node,
-                "start from the nearest built node even when reading the journal back to "
-                "the base looks cheaper (by default the node is used only then)")
+                "start from the nearest prepared restore point (kvmcdp build) even when "
+                "reading the journal from its start looks cheaper")
       ->excludes("--overlay");
   app->add_flag("--quiet", o->quiet, "no progress or summary on stderr");
   return [o]() {

@@ -211,6 +211,15 @@ TEST_CASE("build: a restore from a built node equals the full replay and reads l
         std::string::npos);
   auto check = run_command({KVMCDP_BINARY, "snapshot", "check", "--tree", p.store + "/tree"});
   CHECK_MESSAGE(check.status == 0, check.output);
+  // A store's tree has no VM: its newest node is only the newest, and no
+  // node is a disk anything writes into or reads through.
+  auto listed = run_command({KVMCDP_BINARY, "snapshot", "list", "--tree", p.store + "/tree"});
+  CHECK_MESSAGE(listed.output.find(fmt::format("seq-{}", pts[3].seq)) != std::string::npos,
+                listed.output);
+  CHECK_MESSAGE(listed.output.find("(newest)") != std::string::npos, listed.output);
+  CHECK_MESSAGE(listed.output.find("VM") == std::string::npos, listed.output);
+  CHECK_MESSAGE(listed.output.find("current disk") == std::string::npos, listed.output);
+  CHECK_MESSAGE(listed.output.find("in use") == std::string::npos, listed.output);
   // Building the same point again changes nothing.
   auto again = run_command({KVMCDP_BINARY, "build", "--store", p.store, "--seq",
                             std::to_string(pts[3].seq)});
