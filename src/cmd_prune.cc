@@ -49,12 +49,13 @@ Status fold_to_oldest_kept(const PruneOptions& o, const std::vector<PruneDecisio
   std::string sizes = fmt::format("{} segments, {} bytes", fold->journal_segments,
                                   fold->journal_bytes);
   if (fold->empty()) {
-    std::printf("journal: %s; no whole sealed segment before seq %llu to fold\n", sizes.c_str(),
+    std::printf("journal: %s; no whole sealed segment before seq %llu to merge into a new base\n",
+                sizes.c_str(),
                 static_cast<unsigned long long>(oldest->seq));
     return Status::ok();
   }
   std::printf("journal: %s; %s %zu segments (%llu bytes) through seq %llu into %s\n",
-              sizes.c_str(), o.dry_run ? "would fold" : "folding", fold->segments.size(),
+              sizes.c_str(), o.dry_run ? "would merge" : "merging", fold->segments.size(),
               static_cast<unsigned long long>(fold->segment_bytes),
               static_cast<unsigned long long>(fold->seq), fold->new_base.c_str());
   if (o.dry_run) return Status::ok();
@@ -109,7 +110,7 @@ Status run_prune(PruneOptions o) {
       if (!s) return s;
     }
   for (const auto& line : log) std::printf("%s\n", line.c_str());
-  std::printf("%s %zu of %zu built nodes, kept %zu\n", o.dry_run ? "would remove" : "removed",
+  std::printf("%s %zu of %zu restore points, kept %zu\n", o.dry_run ? "would remove" : "removed",
               removed, plan.size(), plan.size() - removed);
 
   // 4. Fold the journal up to the oldest kept point.

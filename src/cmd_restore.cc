@@ -71,7 +71,7 @@ Status run_restore(const RestoreOptions& o) {
   if (!o.quiet) {
     std::string from = nearest->from_node.empty()
                            ? std::string("the base")
-                           : fmt::format("built node {} (seq {})", nearest->from_node,
+                           : fmt::format("restore point {} (seq {})", nearest->from_node,
                                          nearest->from_seq);
     std::fprintf(stderr, "kvmcdp: restored seq %llu to %s (%s): %llu bytes from the journal, "
                  "the rest from %s; journal read: %llu bytes in %llu frames\n",
