@@ -7,8 +7,8 @@
 # read from the three places, so adding a flag to all three is all it takes.
 #
 # Where each place keeps a command's flags:
-#   --help   the Options: section of `kvmcdp SUB [SUB2] --help` (without
-#            --help itself); subcommands from the Subcommands: sections.
+#   --help   the option lines of `kvmcdp SUB [SUB2] --help` (without --help
+#            itself); subcommands from the Subcommands: sections.
 #   man      the `.It Cm SUB [SUB2] ...` synopsis lines of the DESCRIPTION
 #            list (a command may have several, like serve); every `Fl \-x`
 #            on them.  The text under a synopsis may only mention flags the
@@ -48,11 +48,10 @@ walk_help() {  # walk_help [SUB...]: record this command and its children
   fi
   local path="$*"
   printf '%s\t\n' "$path" >>"$tmp/help"
-  help_section Options <<<"$text" |
-    perl -ne 'print "$1\n" if /^  (?:-[A-Za-z0-9],)?(--[a-z0-9][a-z0-9-]*)/' |
+  # Every option line, in Options: or in any option group's section.
+  perl -ne 'print "$1\n" if /^  (?:-[A-Za-z0-9],)?(--[a-z0-9][a-z0-9-]*)/' <<<"$text" |
     grep -vx -- --help | sed "s|^|$path\t|" >>"$tmp/help" || true
-  help_section Options <<<"$text" |
-    perl -ne 'print "$1\t$2\n" if /^  (-[A-Za-z0-9]),(--[a-z0-9][a-z0-9-]*)/' |
+  perl -ne 'print "$1\t$2\n" if /^  (-[A-Za-z0-9]),(--[a-z0-9][a-z0-9-]*)/' <<<"$text" |
     grep -v $'^-h\t' | sed "s|^|$path\t|" >>"$tmp/alias" || true
 }
 : >"$tmp/help"
