@@ -103,11 +103,13 @@ Status run_build(const BuildOptions& o) {
 
 CommandRunner setup_build_command(CLI::App* app) {
   auto o = std::make_shared<BuildOptions>();
-  app->add_option("--store", o->store, "the store whose journal points to build")->required();
+  app->add_option("--store", o->store,
+                  "the store to prepare restore points for (they go to STORE/tree)")
+      ->required();
   app->add_option("--at", o->at,
                   "a time (20:52:10, 2026-11-25 20:52 local, ISO 8601 with zone, "
                   "10 minutes ago, -1h30m, @EPOCH); repeatable");
-  app->add_option("--seq", o->seq, "a sequence number; repeatable");
+  app->add_option("--seq", o->seq, "a record's sequence number (see kvmcdp points); repeatable");
   app->add_option("--every", o->every,
                   "a point every DURATION (90s, 15m, 2h, 1d) over the journal");
   app->add_flag("--wait", o->wait, "wait for the tree lock instead of failing with exit 5");

@@ -19,7 +19,9 @@ CommandRunner setup_merge_command(CLI::App* app) {
   app->add_option("--tree", o->tree, "the snapshot tree's directory")->required();
   app->add_option("--qmp", o->qmp, "QMP socket of the running VM (omit when it is not running)");
   app->add_flag("--wait", o->wait, "wait for the tree lock instead of failing with exit 5");
-  app->add_option("node", o->name, "the node to merge into its only child")->required();
+  app->add_option("node", o->name,
+                  "the snapshot to merge into the one snapshot or disk made on top of it")
+      ->required();
   return [o]() -> Status { return run_snapshot_merge(o->tree, o->name, o->qmp, o->wait); };
 }
 

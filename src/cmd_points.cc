@@ -92,7 +92,7 @@ Status run_points(const std::string& store, bool as_json) {
     std::printf("base copy: seq %llu at %s%s\n",
                 static_cast<unsigned long long>(view->manifest.base_complete_seq),
                 format_time_human(view->manifest.base_complete_time_ns).c_str(),
-                view->manifest.folded_seq ? " (the journal before it is folded into the base)"
+                view->manifest.folded_seq ? " (kvmcdp prune merged the journal before it into it)"
                                           : "");
   else
     std::printf("base copy: not complete, nothing recoverable yet\n");
@@ -224,7 +224,7 @@ Status run_status(const std::string& store, bool as_json) {
               view->reader->segments().size(), static_cast<unsigned long long>(records),
               static_cast<unsigned long long>(compressed));
   if (view->manifest.folded_seq)
-    std::printf("folded:      through seq %llu (kvmcdp prune)\n",
+    std::printf("base copy:   moved up to seq %llu (kvmcdp prune)\n",
                 static_cast<unsigned long long>(view->manifest.folded_seq));
   if (state)
     std::printf("last run:    %llu bytes of writes received\n",

@@ -440,7 +440,8 @@ CommandRunner setup_protect_command(CLI::App* app) {
       ->excludes(spool)
       ->capture_default_str();
   app->add_option("--spool-size", o->spool_mib,
-                  "MiB the spool may hold before capture falls back to the filter's bitmap")
+                  "MiB the spool may hold while the server is away; "
+                  "past that only the changed ranges are remembered (a gap)")
       ->check(CLI::Range(1, 1 << 24))
       ->needs(spool)
       ->capture_default_str();
@@ -459,15 +460,15 @@ CommandRunner setup_protect_command(CLI::App* app) {
   app->add_option("--level", o->level, "zstd compression level")
       ->check(CLI::Range(1, 19))
       ->capture_default_str();
-  app->add_option("--segment-size", o->segment_mib, "segment size in MiB before rotation")
+  app->add_option("--segment-size", o->segment_mib, "MiB per journal file before a new file starts")
       ->check(CLI::Range(1, 65536))
       ->capture_default_str();
-  app->add_option("--queue-size", o->queue_mib, "filter queue budget in MiB")
+  app->add_option("--queue-size", o->queue_mib, "MiB of writes QEMU may queue for kvmcdp")
       ->check(CLI::Range(1, 4096))
       ->capture_default_str();
   app->add_option("--filter-timeout", o->filter_timeout_ms,
-                  "ms the filter holds the guest back (queue full or kvmcdp gone) "
-                  "before it falls back to its dirty bitmap")
+                  "ms QEMU holds the guest's writes back while kvmcdp is behind or gone, "
+                  "before it only remembers the changed ranges (a gap)")
       ->check(CLI::Range(100, 600000))
       ->capture_default_str();
   app->add_flag("--quiet", o->quiet, "no progress messages");

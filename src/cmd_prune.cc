@@ -77,12 +77,13 @@ Status fold_to_oldest_kept(const PruneOptions& o, const std::vector<PruneDecisio
   std::string sizes = fmt::format("{} segments, {} bytes", fold->journal_segments,
                                   fold->journal_bytes);
   if (fold->empty()) {
-    std::printf("journal: %s; no whole sealed segment before seq %llu to fold\n", sizes.c_str(),
+    std::printf("journal: %s; no whole sealed segment before seq %llu to merge into a new base\n",
+                sizes.c_str(),
                 static_cast<unsigned long long>(oldest->seq));
     return Status::ok();
   }
   std::printf("journal: %s; %s %zu segments (%llu bytes) through seq %llu into %s\n",
-              sizes.c_str(), o.dry_run ? "would fold" : "folding", fold->segments.size(),
+              sizes.c_str(), o.dry_run ? "would merge" : "merging", fold->segments.size(),
               static_cast<unsigned long long>(fold->segment_bytes),
               static_cast<unsigned long long>(fold->seq), fold->new_base.c_str());
   if (o.dry_run) return Status::ok();
@@ -143,7 +144,7 @@ Status run_prune(PruneOptions o) {
       if (!s) return s;
     }
   for (const auto& line : log) std::printf("%s\n", line.c_str());
-  std::printf("%s %zu of %zu built nodes, kept %zu%s\n", o.dry_run ? "would remove" : "removed",
+  std::printf("%s %zu of %zu restore points, kept %zu%s\n", o.dry_run ? "would remove" : "removed",
               removed, plan.size(), plan.size() - removed,
               held ? fmt::format(" ({} in use)", held).c_str() : "");
 
@@ -155,14 +156,14 @@ Status run_prune(PruneOptions o) {
 
 CommandRunner setup_prune_command(CLI::App* app) {
   auto o = std::make_shared<PruneOptions>();
-  app->add_option("--store", o->store, "the store whose built nodes to prune")->required();
-  app->add_option("--keep-last", o->policy.keep_last, "keep the N newest nodes");
+  app->add_option("--store", o->store, "the store whose restore points to prune")->required();
+  app->add_option("--keep-last", o->policy.keep_last, "keep the N newest restore points");
   app->add_option("--keep-hourly", o->policy.keep_hourly,
-                  "keep the newest node of each of the N newest hours");
+                  "keep the newest restore point of each of the N newest hours");
   app->add_option("--keep-daily", o->policy.keep_daily,
-                  "keep the newest node of each of the N newest days (UTC)");
+                  "keep the newest restore point of each of the N newest days (UTC)");
   app->add_option("--keep-within", o->within,
-                  "keep every node within DURATION (90s, 15m, 2h, 7d) of the newest");
+                  "keep every restore point within DURATION (90s, 15m, 2h, 7d) of the newest");
   app->add_flag("--dry-run", o->dry_run, "print what would be removed and kept; change nothing");
   app->add_flag("--wait", o->wait, "wait for the tree lock instead of failing with exit 5");
   app->footer(

@@ -73,7 +73,7 @@ Status run_restore(const RestoreOptions& o) {
   if (!o.quiet) {
     std::string from = nearest->from_node.empty()
                            ? std::string("the base")
-                           : fmt::format("built node {} (seq {})", nearest->from_node,
+                           : fmt::format("restore point {} (seq {})", nearest->from_node,
                                          nearest->from_seq);
     std::fprintf(stderr, "kvmcdp: restored seq %llu to %s (%s): %llu bytes from the journal, "
                  "the rest from %s; journal read: %llu bytes in %llu frames\n",
@@ -95,7 +95,8 @@ CommandRunner setup_restore_command(CLI::App* app) {
   auto* at = app->add_option("--at", o->point.at,
                              "a time: 20:52:10, 2026-11-25 20:52 (local), ISO 8601 with "
                              "zone, 10 minutes ago, -1h30m, @EPOCH");
-  auto* seq = app->add_option("--seq", o->point.seq, "a sequence number");
+  auto* seq = app->add_option("--seq", o->point.seq,
+                              "a record's sequence number (see kvmcdp points)");
   auto* mark = app->add_option("--mark", o->point.mark, "a mark's name");
   auto* latest = app->add_flag("--latest", o->point.latest, "the newest recoverable point");
   at->excludes(seq, mark, latest);
@@ -106,12 +107,12 @@ CommandRunner setup_restore_command(CLI::App* app) {
                      ->check(CLI::IsMember({"raw", "qcow2"}))
                      ->capture_default_str();
   app->add_flag("--overlay", o->overlay,
-                "a qcow2 overlay on the nearest built node with only the journal after it "
-                "(fast; it reads through to the store's tree)")
+                "write a small qcow2 holding only the changes since the nearest prepared "
+                "restore point (kvmcdp build); fast, but it needs that point to stay")
       ->excludes(format);
   app->add_flag("--from-node", o->from_node,
-                "start from the nearest built node even when reading the journal back to "
-                "the base looks cheaper (by default the node is used only then)")
+                "start from the nearest prepared restore point (kvmcdp build) even when "
+                "reading the journal from its start looks cheaper")
       ->excludes("--overlay");
   app->add_flag("--quiet", o->quiet, "no progress or summary on stderr");
   return [o]() {

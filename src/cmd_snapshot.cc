@@ -87,8 +87,13 @@ json node_json(const Tree& t, const TreeNode& n) {
 
 std::string markers(const Tree& t, const TreeNode& n) {
   std::string m;
-  if (n.name == t.active) m += " (active: the VM writes into it)";
-  else if (t.in_active_chain(n.name)) m += " (in use: the VM reads through it)";
+  // A store's tree (kvmcdp build) has no VM: its "active" node is merely the
+  // newest built point, and nothing writes into it or reads through it.
+  const TreeNode* top = t.find(t.active);
+  bool built = top && top->point;
+  if (n.name == t.active) m += built ? " (newest)" : " (current disk: new writes go here)";
+  else if (!built && t.in_active_chain(n.name))
+    m += " (in use: the current disk reads through it)";
   if (n.state == NodeState::kDeleted) m += " [deleted]";
   return m;
 }
@@ -183,13 +188,13 @@ Status run_changing(const Options& o, const TreeOp& op) {
 }
 
 void add_tree_option(CLI::App* sub, Options* o) {
-  sub->add_option("--tree", o->tree, "the snapshot tree's directory")->required();
+  sub->add_option("--tree", o->tree, "the directory holding the snapshots")->required();
 }
 void add_vm_options(CLI::App* sub, Options* o, bool with_drive) {
   sub->add_option("--qmp", o->qmp, "QMP socket of the running VM (omit when it is not running)");
   if (with_drive)
     sub->add_option("--drive", o->drive,
-                    "the running disk: its drive id, device id or node name (as protect)");
+                    "the VM's disk: its drive id, device id or node name (as for protect; needed for the first snapshot)");
   sub->add_flag("--wait", o->wait, "wait for the tree lock instead of failing with exit 5");
 }
 
@@ -216,19 +221,19 @@ CommandRunner setup_snapshot_command(CLI::App* app) {
   create->add_option("--base", o->base, "first snapshot offline: the image the tree starts from");
   create->add_option("name", o->name, "the snapshot's name")->required();
 
-  auto* list = app->add_subcommand("list", "List the tree's nodes");
-  auto* tree = app->add_subcommand("tree", "Draw the tree");
+  auto* list = app->add_subcommand("list", "List the snapshots");
+  auto* tree = app->add_subcommand("tree", "Draw the snapshots as a tree");
   for (auto* sub : {list, tree}) {
     add_tree_option(sub, o.get());
     sub->add_flag("--json", o->json_out, "print JSON");
-    sub->add_flag("--all", o->all, "also show logically deleted nodes");
+    sub->add_flag("--all", o->all, "also show deleted snapshots that still back others");
   }
-  auto* check = app->add_subcommand("check", "Compare the metadata with the qcow2 headers");
+  auto* check = app->add_subcommand("check", "Check the snapshot list against the qcow2 files");
   add_tree_option(check, o.get());
 
-  auto* del = app->add_subcommand("delete", "Delete a snapshot by the patent's three rules");
+  auto* del = app->add_subcommand("delete", "Delete a snapshot; the others keep their data");
   auto* revert = app->add_subcommand("revert", "Make a new writable disk on a snapshot (VM stopped)");
-  auto* repair = app->add_subcommand("repair", "Finish or roll back an interrupted operation");
+  auto* repair = app->add_subcommand("repair", "Finish or undo an interrupted snapshot change");
   for (auto* sub : {del, revert, repair}) add_tree_option(sub, o.get());
   add_vm_options(del, o.get(), false);
   add_vm_options(repair, o.get(), false);

@@ -82,8 +82,9 @@ Status finish_fold(const std::string& store, const Manifest& m, const FoldPlan& 
   crash_point("fold", 5);
   if (auto s = unlink_if_present(fold_intent_path(store)); !s) return s;
   if (auto s = fsutil::fsync_dir(store); !s) return s;
-  log->push_back(fmt::format("folded the journal through seq {} into {}: removed {} segment{} "
-                             "({} bytes) and {}; the first recoverable point is seq {}",
+  log->push_back(fmt::format("merged the journal through seq {} into a new base copy {}: "
+                             "removed {} segment{} ({} bytes) and {}; "
+                             "the first recoverable point is seq {}",
                              p.seq, p.new_base, p.segments.size(),
                              p.segments.size() == 1 ? "" : "s", p.segment_bytes, p.old_base,
                              p.seq));
@@ -97,7 +98,8 @@ Status roll_back(const std::string& store, const FoldPlan& p, OpLog* log) {
   }
   if (auto s = unlink_if_present(fold_intent_path(store)); !s) return s;
   if (auto s = fsutil::fsync_dir(store); !s) return s;
-  log->push_back(fmt::format("rolled back folding the journal through seq {}", p.seq));
+  log->push_back(
+      fmt::format("rolled back merging the journal through seq {} into a new base copy", p.seq));
   return Status::ok();
 }
 

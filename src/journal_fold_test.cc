@@ -243,7 +243,7 @@ TEST_CASE("fold repair: rolled back before the manifest switch, finished after i
   log.clear();
   REQUIRE(repair_fold(st.d.path, &log));
   CHECK(log.size() == 1);
-  CHECK(log[0].find("folded the journal through seq 120") != std::string::npos);
+  CHECK(log[0].find("merged the journal through seq 120") != std::string::npos);
   CHECK(list_segments(st.d.path)->size() == segs->size() - plan->segments.size());
   CHECK(!fs::exists(index_path(st.d.path, plan->segments[0])));
   CHECK(!fs::exists(st.d.path + "/base.raw"));

@@ -211,7 +211,8 @@ Result<NearestRestore> restore_overlay(StoreView& view, uint64_t target_seq,
   auto tree = load_tree(built_tree_dir(store_dir));
   if (!tree)
     return Status(ErrorKind::kNotFound,
-                  fmt::format("{} has no built nodes: run kvmcdp build first", store_dir));
+                  fmt::format("{} has no prepared restore points: run kvmcdp build first",
+                              store_dir));
   if (tree->intent)
     return Status(ErrorKind::kBusy, "the store's tree has an interrupted change: run "
                                     "kvmcdp snapshot repair --tree " +
@@ -220,8 +221,8 @@ Result<NearestRestore> restore_overlay(StoreView& view, uint64_t target_seq,
   const TreeNode* node = nearest_node(*tree, view, target_seq);
   if (!node)
     return Status(ErrorKind::kNotFound,
-                  fmt::format("no built node at or before seq {}: run kvmcdp build --seq {} "
-                              "(or an earlier point)",
+                  fmt::format("no prepared restore point at or before seq {}: "
+                              "run kvmcdp build --seq {} (or an earlier point)",
                               target_seq, target_seq));
 
   // Step 2: an empty overlay on it, then only the records after it.

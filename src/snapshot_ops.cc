@@ -302,7 +302,7 @@ Result<CreateReport> snapshot_create(const std::string& dir, const CreateRequest
     if (!top) return Status(ErrorKind::kNotFound, "the VM has no block node " + top_node);
     if (!same_file(top->filename, old_path))
       return Status(ErrorKind::kFailure,
-                    fmt::format("node {} is {}, but the tree's active disk is {}", top_node,
+                    fmt::format("node {} is {}, but the tree's current disk is {}", top_node,
                                 top->filename, old_path));
     size = top->virtual_size;
   } else {
@@ -427,7 +427,7 @@ Status snapshot_revert(Tree& t, const std::string& name, OpLog* log) {
   if (!target) return {ErrorKind::kNotFound, "no snapshot named " + name};
   if (target->state == NodeState::kDeleted)
     return {ErrorKind::kUsage, name + " is logically deleted"};
-  if (name == t.active) return {ErrorKind::kUsage, name + " is already the active disk"};
+  if (name == t.active) return {ErrorKind::kUsage, name + " is already the current disk"};
   const TreeNode* active = t.find(t.active);
   if (image_in_use(t.path_of(*active)))
     return {ErrorKind::kBusy, fmt::format("{} is open in a running QEMU; stop the VM first",

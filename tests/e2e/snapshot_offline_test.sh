@@ -46,6 +46,11 @@ write "$(active)" 4 3M 1M
 check_files
 K snapshot tree --tree "$T/t" | grep -q '^s1 ' || fail "tree root"
 [ "$(K snapshot list --tree "$T/t" --json | jq length)" -eq 4 ] || fail "list --json"
+# Each line says what the node is to the disk, in words true without a VM.
+listed=$(K snapshot list --tree "$T/t")
+grep -E '^@' <<<"$listed" | grep -qF '(current disk: new writes go here)' || fail "list: $listed"
+grep -E '^s1 ' <<<"$listed" | grep -qF '(in use: the current disk reads through it)' ||
+  fail "list: $listed"
 
 # The active disk cannot be deleted; an unknown name is "not found".
 expect_rc 1 K snapshot delete --tree "$T/t" "$(jq -r .active "$T/t/tree.json")"

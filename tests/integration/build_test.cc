@@ -211,6 +211,15 @@ TEST_CASE("build: a restore from a built node equals the full replay and reads l
         std::string::npos);
   auto check = run_command({KVMCDP_BINARY, "snapshot", "check", "--tree", p.store + "/tree"});
   CHECK_MESSAGE(check.status == 0, check.output);
+  // A store's tree has no VM: its newest node is only the newest, and no
+  // node is a disk anything writes into or reads through.
+  auto listed = run_command({KVMCDP_BINARY, "snapshot", "list", "--tree", p.store + "/tree"});
+  CHECK_MESSAGE(listed.output.find(fmt::format("seq-{}", pts[3].seq)) != std::string::npos,
+                listed.output);
+  CHECK_MESSAGE(listed.output.find("(newest)") != std::string::npos, listed.output);
+  CHECK_MESSAGE(listed.output.find("VM") == std::string::npos, listed.output);
+  CHECK_MESSAGE(listed.output.find("current disk") == std::string::npos, listed.output);
+  CHECK_MESSAGE(listed.output.find("in use") == std::string::npos, listed.output);
   // Building the same point again changes nothing.
   auto again = run_command({KVMCDP_BINARY, "build", "--store", p.store, "--seq",
                             std::to_string(pts[3].seq)});
@@ -233,7 +242,7 @@ TEST_CASE("build: a restore from a built node equals the full replay and reads l
     CHECK_MESSAGE(r.md5 == pts[i].md5, "seq ", pts[i].seq);
     if (i >= 1) {
       size_t node = i >= 3 ? 3 : 1;
-      CHECK_MESSAGE(r.output.find(fmt::format("built node seq-{}", pts[node].seq)) !=
+      CHECK_MESSAGE(r.output.find(fmt::format("restore point seq-{}", pts[node].seq)) !=
                         std::string::npos, r.output);
       CHECK_MESSAGE(r.journal_read < full[pts[i].seq].journal_read, r.output);
       CHECK(r.record_bytes < full[pts[i].seq].record_bytes);
@@ -254,7 +263,7 @@ TEST_CASE("build: a restore from a built node equals the full replay and reads l
     std::string node = i >= 3 ? fmt::format("seq-{}", pts[3].seq)
                        : i >= 1 ? fmt::format("seq-{}", pts[1].seq)
                                 : std::string("base");
-    CHECK_MESSAGE(r.output.find("built node " + node + " ") != std::string::npos, r.output);
+    CHECK_MESSAGE(r.output.find("restore point " + node + " ") != std::string::npos, r.output);
     CHECK(node_md5(dir, out) == pts[i].md5);
     auto chk = run_command({qemu_bin("qemu-img"), "check", out});
     CHECK_MESSAGE(chk.status == 0, chk.output);
@@ -350,13 +359,13 @@ TEST_CASE("prune: a policy keeps exactly the expected nodes, their images unchan
   auto dry = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-last", "3",
                           "--dry-run"});
   REQUIRE_MESSAGE(dry.status == 0, dry.output);
-  CHECK(dry.output.find("would remove 5 of 8 built nodes, kept 3") != std::string::npos);
+  CHECK(dry.output.find("would remove 5 of 8 restore points, kept 3") != std::string::npos);
   CHECK(tree_files(p.store).size() == 9);
 
   // keep-last 5: the three oldest built nodes go (each merged into its child).
   auto pr = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-last", "5"});
   REQUIRE_MESSAGE(pr.status == 0, pr.output);
-  CHECK(pr.output.find("removed 3 of 8 built nodes, kept 5") != std::string::npos);
+  CHECK(pr.output.find("removed 3 of 8 restore points, kept 5") != std::string::npos);
   std::vector<std::string> expect = {"base.qcow2"};
   for (size_t i = 3; i < pts.size(); ++i) expect.push_back(node(i));
   std::sort(expect.begin(), expect.end());
@@ -368,11 +377,11 @@ TEST_CASE("prune: a policy keeps exactly the expected nodes, their images unchan
   // day keeps all; together with keep-last 2, the two newest remain.
   auto within = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-within", "1d"});
   REQUIRE_MESSAGE(within.status == 0, within.output);
-  CHECK(within.output.find("removed 0 of 5 built nodes, kept 5") != std::string::npos);
+  CHECK(within.output.find("removed 0 of 5 restore points, kept 5") != std::string::npos);
   auto two = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-hourly", "1",
                           "--keep-last", "2"});
   REQUIRE_MESSAGE(two.status == 0, two.output);
-  CHECK(two.output.find("removed 3 of 5 built nodes, kept 2") != std::string::npos);
+  CHECK(two.output.find("removed 3 of 5 restore points, kept 2") != std::string::npos);
   have = tree_files(p.store);
   std::sort(have.begin(), have.end());
   expect = {"base.qcow2", node(6), node(7)};
@@ -437,7 +446,7 @@ TEST_CASE("prune keeps the nodes a running QEMU reads through a restore --overla
     for (size_t i : {3, 4})
       CHECK_MESSAGE(pr.output.find(fmt::format("remove {} ", node(i))) != std::string::npos,
                     pr.output);
-    CHECK_MESSAGE(pr.output.find(fmt::format("{} 2 of 6 built nodes, kept 4 (3 in use)",
+    CHECK_MESSAGE(pr.output.find(fmt::format("{} 2 of 6 restore points, kept 4 (3 in use)",
                                              dry ? "would remove" : "removed")) !=
                       std::string::npos, pr.output);
   }
@@ -466,7 +475,7 @@ TEST_CASE("prune keeps the nodes a running QEMU reads through a restore --overla
   CHECK(help.output.find("A node in use") != std::string::npos);
   auto again = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-last", "1"});
   REQUIRE_MESSAGE(again.status == 0, again.output);
-  CHECK_MESSAGE(again.output.find("removed 3 of 4 built nodes, kept 1\n") != std::string::npos,
+  CHECK_MESSAGE(again.output.find("removed 3 of 4 restore points, kept 1\n") != std::string::npos,
                 again.output);
   CHECK(tree_files(p.store).size() == 2);
   CHECK(journal_size(p.store).first_seq > pts[2].seq);
@@ -517,7 +526,7 @@ TEST_CASE("build --at/--every, prune --keep-daily/--dry-run, and --wait on a bus
   REQUIRE_MESSAGE(daily.status == 0, daily.output);
   CHECK_MESSAGE(daily.output.find(fmt::format("remove seq-{} seq {}", pts[2].seq, pts[2].seq)) !=
                     std::string::npos, daily.output);
-  CHECK(daily.output.find("would remove 1 of 2 built nodes, kept 1") != std::string::npos);
+  CHECK(daily.output.find("would remove 1 of 2 restore points, kept 1") != std::string::npos);
 
   // Someone else holds the tree lock: exit 5 at once, or wait with --wait.
   std::string lock = p.store + "/tree/lock";
@@ -533,7 +542,7 @@ TEST_CASE("build --at/--every, prune --keep-daily/--dry-run, and --wait on a bus
                              "--wait"});
   holder.join();
   CHECK_MESSAGE(waited.status == 0, waited.output);
-  CHECK(waited.output.find("removed 1 of 2 built nodes, kept 1") != std::string::npos);
+  CHECK(waited.output.find("removed 1 of 2 restore points, kept 1") != std::string::npos);
   auto waited_build = run_command({KVMCDP_BINARY, "build", "--store", p.store, "--wait", "--seq",
                                    std::to_string(pts[5].seq)});
   CHECK_MESSAGE(waited_build.status == 0, waited_build.output);
@@ -603,13 +612,13 @@ TEST_CASE("prune folds the journal up to the oldest kept point while protect app
   auto dry = run_command({KVMCDP_BINARY, "prune", "--store", pv.store, "--keep-last", "4",
                           "--dry-run"});
   REQUIRE_MESSAGE(dry.status == 0, dry.output);
-  CHECK_MESSAGE(dry.output.find("would fold") != std::string::npos, dry.output);
+  CHECK_MESSAGE(dry.output.find("would merge") != std::string::npos, dry.output);
   CHECK(journal_size(pv.store).segments == before.segments);
   CHECK(tree_files(pv.store).size() == 13);
   auto pr = run_command({KVMCDP_BINARY, "prune", "--store", pv.store, "--keep-last", "4"});
   REQUIRE_MESSAGE(pr.status == 0, pr.output);
-  CHECK(pr.output.find("removed 8 of 12 built nodes, kept 4") != std::string::npos);
-  CHECK_MESSAGE(pr.output.find(fmt::format("folded the journal through seq {}", pts[8].seq)) !=
+  CHECK(pr.output.find("removed 8 of 12 restore points, kept 4") != std::string::npos);
+  CHECK_MESSAGE(pr.output.find(fmt::format("merged the journal through seq {}", pts[8].seq)) !=
                     std::string::npos, pr.output);
   JournalSize after = journal_size(pv.store);
   MESSAGE("journal before prune: ", before.segments, " segments, ", before.bytes,
@@ -694,8 +703,8 @@ TEST_CASE("prune killed at each step of the fold: the next command finishes or r
 
     auto repaired = run_command(step % 2 ? prune : next[size_t(step / 2 - 1)]);
     CHECK_MESSAGE(repaired.status == 0, repaired.output);
-    CHECK_MESSAGE(repaired.output.find(step <= 2 ? "repair: rolled back folding"
-                                                 : "repair: folded the journal") !=
+    CHECK_MESSAGE(repaired.output.find(step <= 2 ? "repair: rolled back merging"
+                                                 : "repair: merged the journal") !=
                       std::string::npos, repaired.output);
     auto again = run_command(prune);
     CHECK_MESSAGE(again.status == 0, again.output);

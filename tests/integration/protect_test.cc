@@ -15,6 +15,7 @@
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "harness/qemu_process.h"
 #include "harness/protect_process.h"
@@ -255,6 +256,16 @@ TEST_CASE("protect: a damaged journal: verify names the place, restore stops bef
     CHECK(verify.status == 4);
     CHECK_MESSAGE(verify.output.find(seg) != std::string::npos, verify.output);
     CHECK_MESSAGE(verify.output.find("damage at byte") != std::string::npos, verify.output);
+    // The same verdict as one JSON object on stdout, for monitoring.
+    auto as_json = run_command({"sh", "-c", std::string(KVMCDP_BINARY) +
+                                                " journal verify --json --store " + store +
+                                                " 2>/dev/null"});
+    CHECK(as_json.status == 4);
+    auto j = nlohmann::json::parse(as_json.output, nullptr, false);
+    REQUIRE_MESSAGE(j.is_object(), as_json.output);
+    CHECK(j["ok"] == false);
+    CHECK_MESSAGE(j["damage"].get<std::string>().find(seg) != std::string::npos, as_json.output);
+    CHECK(j["records"].get<uint64_t>() > 0);
 
     std::string out = dir.file("r.raw");
     auto before = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
@@ -270,6 +281,13 @@ TEST_CASE("protect: a damaged journal: verify names the place, restore stops bef
   write_file(seg, pristine);
   auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", store});
   CHECK_MESSAGE(verify.status == 0, verify.output);
+  auto as_json = run_command({KVMCDP_BINARY, "journal", "verify", "--json", "--store", store});
+  CHECK_MESSAGE(as_json.status == 0, as_json.output);
+  auto j = nlohmann::json::parse(as_json.output, nullptr, false);
+  REQUIRE_MESSAGE(j.is_object(), as_json.output);
+  CHECK(j["ok"] == true);
+  CHECK(j["damage"].is_null());
+  CHECK(j["last_seq"].get<uint64_t>() >= last_seq);
 }
 
 }  // namespace kvmcdp::test

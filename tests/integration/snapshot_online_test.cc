@@ -124,7 +124,7 @@ TEST_CASE("snapshot: online create, then delete by streaming into the running ch
     vm.guest_write(1 + ++n, fmt::format("{}M", n), "1536K");
   }
   auto listed = vm.kvmcdp({"snapshot", "tree", "--tree", vm.tree});
-  CHECK(listed.output.find("(active: the VM writes into it)") != std::string::npos);
+  CHECK(listed.output.find("(current disk: new writes go here)") != std::string::npos);
 
   // The running disk itself cannot be deleted.
   auto refused = vm.kvmcdp({"snapshot", "delete", "--tree", vm.tree, "--qmp", vm.qmp,
