@@ -120,15 +120,23 @@ Result<OutputTarget> check_output_target(const std::string& path, bool force) {
     if (::lstat(path.c_str(), &lst) == 0)  // a symlink to nothing
       return Status(ErrorKind::kExists,
                     path + " is a symbolic link to nothing: remove it or name another path");
+    std::string dir = fsutil::dirname_of(path);
+    struct stat dst;
+    if (::stat(dir.c_str(), &dst) != 0 || !S_ISDIR(dst.st_mode))
+      return Status(ErrorKind::kNotFound, "no folder " + dir + " to write " + path + " into");
     t.kind = OutputKind::kNewFile;
     return t;
   }
+  // In use first: "--force replaces it" would be bad advice for a file a
+  // VM is running on.
   if (S_ISREG(st.st_mode)) {
-    if (!force)
-      return Status(ErrorKind::kExists, path + " exists: --force replaces it");
     fsutil::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd.valid()) return Status(ErrorKind::kFailure, fsutil::errno_message("open", path));
-    if (auto s = check_not_locked_by_qemu(fd.get(), path); !s) return s;
+    if (fd.valid()) {
+      if (auto s = check_not_locked_by_qemu(fd.get(), path); !s) return s;
+    } else if (force) {
+      return Status(ErrorKind::kFailure, fsutil::errno_message("open", path));
+    }
+    if (!force) return Status(ErrorKind::kExists, path + " exists: --force replaces it");
     // Through a symlink, replace the file it points at, not the link.
     std::unique_ptr<char, void (*)(void*)> real(::realpath(path.c_str(), nullptr), ::free);
     if (real) t.path = real.get();
@@ -136,10 +144,9 @@ Result<OutputTarget> check_output_target(const std::string& path, bool force) {
     return t;
   }
   if (S_ISBLK(st.st_mode)) {
-    if (!force)
-      return Status(ErrorKind::kExists,
-                    path + " is a block device: --force writes the image onto it");
-    fsutil::Fd fd(::open(path.c_str(), O_RDWR | O_EXCL | O_CLOEXEC));
+    // Read-only is enough for O_EXCL, and closing a device opened for
+    // writing would make udev rescan it.
+    fsutil::Fd fd(::open(path.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC));
     if (!fd.valid()) {
       if (errno == EBUSY)
         return Status(ErrorKind::kExists,
@@ -148,6 +155,9 @@ Result<OutputTarget> check_output_target(const std::string& path, bool force) {
       return Status(ErrorKind::kFailure, fsutil::errno_message("open", path));
     }
     if (auto s = check_not_locked_by_qemu(fd.get(), path); !s) return s;
+    if (!force)
+      return Status(ErrorKind::kExists,
+                    path + " is a block device: --force writes the image onto it");
     t.kind = OutputKind::kBlockDevice;
     t.device_size = block_device_size(fd.get());
     return t;

@@ -94,7 +94,10 @@ struct stat stat_of(const std::string& path) {
 }
 
 // A loop device over a temp file of `size` bytes of 0xAA (so bytes the
-// restore forgets to write show), detached when the test ends.
+// restore forgets to write show), detached when the test ends.  The tests
+// write through a node of their own made with mknod in the temp dir, so a
+// restore that replaces the node (the bug this guards against) cannot
+// turn the host's /dev/loopN into a file.
 class LoopDevice {
  public:
   LoopDevice(const TempDir& dir, const std::string& name, uint64_t size) {
@@ -105,15 +108,24 @@ class LoopDevice {
     REQUIRE(fill.status == 0);
     auto r = run_command({"losetup", "-f", "--show", file_});
     REQUIRE_MESSAGE(r.status == 0, r.output);
-    dev_ = trim(r.output);
+    loop_.dev = trim(r.output);
+    struct stat st {};
+    REQUIRE(::stat(loop_.dev.c_str(), &st) == 0);
+    node_ = file_ + ".dev";
+    REQUIRE(::mknod(node_.c_str(), S_IFBLK | 0600, st.st_rdev) == 0);
   }
-  ~LoopDevice() {
-    if (!dev_.empty()) run_command({"losetup", "-d", dev_});
-  }
-  const std::string& dev() const { return dev_; }
+  const std::string& dev() const { return node_; }
 
  private:
-  std::string file_, dev_;
+  // A member, so that it detaches even when the constructor fails.
+  struct Detach {
+    std::string dev;
+    ~Detach() {
+      if (!dev.empty()) run_command({"losetup", "-d", dev});
+    }
+  };
+  Detach loop_;
+  std::string file_, node_;
 };
 
 // One store for every case (a VM and a protect run each time would cost
