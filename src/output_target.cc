@@ -167,9 +167,9 @@ Result<OutputTarget> check_output_target(const std::string& path, bool force) {
                      : S_ISFIFO(st.st_mode) ? "a pipe"
                                             : "not a regular file";
   return Status(ErrorKind::kExists,
-                fmt::format("{} is {}, not a place for a disk image (-o - writes to "
-                            "standard output)",
-                            path, what));
+                fmt::format("{} is {}, not a place for a disk image ({})", path, what,
+                            S_ISDIR(st.st_mode) ? "name a file in it"
+                                                : "-o - writes to standard output"));
 }
 
 Status check_output_fits(const OutputTarget& t, uint64_t size) {
