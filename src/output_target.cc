@@ -193,6 +193,20 @@ Result<TempBeside> TempBeside::create(const std::string& path, bool replace) {
   return t;
 }
 
+Result<TempBeside> TempBeside::fixed(const std::string& path) {
+  TempBeside t;
+  t.target_ = path;
+  t.tmp_ = path + kPartialSuffix;
+  t.replace_ = true;
+  fsutil::Fd fd(::open(t.tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd.valid()) {
+    Status s(ErrorKind::kFailure, fsutil::errno_message("create", t.tmp_));
+    t.tmp_.clear();  // not ours to remove
+    return s;
+  }
+  return t;
+}
+
 TempBeside::TempBeside(TempBeside&& o) noexcept
     : target_(std::move(o.target_)), tmp_(std::move(o.tmp_)), replace_(o.replace_) {
   o.tmp_.clear();
@@ -270,11 +284,7 @@ Result<ImageOutput> ImageOutput::open(const OutputTarget& t, uint64_t size,
   } else {
     auto tb = TempBeside::create(t.path, t.kind == OutputKind::kExistingFile);
     if (!tb) return tb.status();
-    out.temp_.emplace(std::move(*tb));
-    out.path_ = out.temp_->path();
-    out.fd_ = fsutil::Fd(::open(out.path_.c_str(), O_RDWR | O_CLOEXEC));
-    if (!out.fd_.valid())
-      return Status(ErrorKind::kFailure, fsutil::errno_message("open", out.path_));
+    if (auto s = out.open_temp(std::move(*tb)); !s) return s;
   }
   if (::ftruncate(out.fd(), off_t(size)) != 0)
     return Status(ErrorKind::kFailure, fsutil::errno_message("truncate", out.path_));
@@ -282,11 +292,23 @@ Result<ImageOutput> ImageOutput::open(const OutputTarget& t, uint64_t size,
 }
 
 Result<ImageOutput> ImageOutput::replace_file(const std::string& path, uint64_t size) {
-  OutputTarget t;
-  t.kind = OutputKind::kExistingFile;
-  t.path = path;
-  t.force = true;
-  return open(t, size, "");
+  ImageOutput out;
+  out.kind_ = OutputKind::kExistingFile;
+  out.size_ = size;
+  auto tb = TempBeside::fixed(path);
+  if (!tb) return tb.status();
+  if (auto s = out.open_temp(std::move(*tb)); !s) return s;
+  if (::ftruncate(out.fd(), off_t(size)) != 0)
+    return Status(ErrorKind::kFailure, fsutil::errno_message("truncate", out.path_));
+  return out;
+}
+
+Status ImageOutput::open_temp(TempBeside tb) {
+  temp_.emplace(std::move(tb));
+  path_ = temp_->path();
+  fd_ = fsutil::Fd(::open(path_.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd_.valid()) return Status(ErrorKind::kFailure, fsutil::errno_message("open", path_));
+  return Status::ok();
 }
 
 Result<ImageOutput> ImageOutput::scratch(const std::string& dir, uint64_t size) {

@@ -56,6 +56,9 @@ Status check_not_locked_by_qemu(int fd, const std::string& path);
 class TempBeside {
  public:
   static Result<TempBeside> create(const std::string& path, bool replace);
+  // PATH.kvmcdp-partial, replacing `path`: for files kvmcdp keeps for
+  // itself, whose recovery after a crash looks for the temp by name.
+  static Result<TempBeside> fixed(const std::string& path);
   TempBeside(TempBeside&& o) noexcept;
   TempBeside& operator=(TempBeside&& o) noexcept;
   ~TempBeside();
@@ -81,8 +84,8 @@ class ImageOutput {
   // not in order), else $TMPDIR or /var/tmp.
   static Result<ImageOutput> open(const OutputTarget& t, uint64_t size,
                                   const std::string& scratch_dir);
-  // A plain file at `path`, replaced if there: for images kvmcdp keeps
-  // for itself (a fold's new base, a tree's root).
+  // A plain file at `path`, replaced if there, through PATH.kvmcdp-partial:
+  // for images kvmcdp keeps for itself (a fold's new base, a tree's root).
   static Result<ImageOutput> replace_file(const std::string& path, uint64_t size);
   // An unnamed temp file in `dir`, gone when this is: a raw image on its
   // way to another format (commit() does nothing).
@@ -104,6 +107,7 @@ class ImageOutput {
  private:
   ImageOutput() = default;
   Status open_unnamed(const std::vector<std::string>& dirs);
+  Status open_temp(TempBeside tb);
   OutputKind kind_ = OutputKind::kNewFile;
   bool scratch_ = false;
   fsutil::Fd fd_;

@@ -150,6 +150,17 @@ TEST_CASE("temp beside: renamed in; never over a file that appeared meanwhile") 
     REQUIRE(t);
   }  // not committed: removed
   CHECK(entries_in(d.path) == 1);
+
+  // kvmcdp's own files: a temp a crash recovery can find by name.
+  {
+    auto t = TempBeside::fixed(target);
+    REQUIRE(t);
+    CHECK(t->path() == target + ".kvmcdp-partial");
+    write_text(t->path(), "own");
+    REQUIRE(t->commit());
+  }
+  CHECK(read_text(target) == "own");
+  CHECK(entries_in(d.path) == 1);
 }
 
 TEST_CASE("image output: a new file is a sparse temp of the disk's size until commit") {
