@@ -42,7 +42,7 @@ size_t entries_in(const std::string& dir) {
 
 }  // namespace
 
-TEST_CASE("output target: a new path is written; an existing file only with force") {
+TEST_CASE("output target: a new path is written, an existing file only with force") {
   TempDir d;
   auto t = check_output_target(d.path + "/new.raw", false);
   REQUIRE(t);
@@ -118,7 +118,7 @@ TEST_CASE("output target: a block device must hold the whole disk") {
   CHECK(small.kind() == ErrorKind::kUsage);
 }
 
-TEST_CASE("temp beside: renamed in; never over a file that appeared meanwhile") {
+TEST_CASE("temp beside: renamed in, never over a file that appeared meanwhile") {
   TempDir d;
   std::string target = d.path + "/out.raw";
   {
