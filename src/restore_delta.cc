@@ -7,14 +7,15 @@
 //     range (across a gap the records between would not describe the disk),
 //     and, unless asked to always use it, only if reading its chain costs
 //     less than reading the journal back to the base (node_is_cheaper).
-//  2. qemu-img convert its chain to a raw temp file: QEMU reads the qcow2s,
-//     kvmcdp never parses them.
+//  2. qemu-img convert its chain into the raw output (a temp file, or a
+//     device written in place): QEMU reads the qcow2s, kvmcdp never
+//     parses them.
 //  3. journal_delta(node, target]: the same newest-first walk as the full
 //     restore (an ExtentMap keeps each byte's newest version), but it stops
 //     at the node's seq, so the journal read grows with the changes since
 //     the node, not with the journal.  Data is written in place, zero
 //     ranges are punched as holes.
-//  4. fsync, rename into place.
+//  4. The caller makes it durable and puts it in place (output_target.h).
 #include "restore_delta.h"
 
 #include "qcow2_overlay.h"
@@ -119,28 +120,14 @@ bool node_is_cheaper(const Tree& t, const TreeNode& node, const StoreView& view)
   return journal > chain;
 }
 
-Status punch_zero(int fd, uint64_t off, uint64_t len, const std::string& path) {
-  if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(off), off_t(len)) == 0)
-    return Status::ok();
-  std::vector<uint8_t> zeros(std::min<uint64_t>(len, 1u << 20));
-  while (len > 0) {
-    size_t n = size_t(std::min<uint64_t>(len, zeros.size()));
-    if (auto s = fsutil::pwrite_all(fd, zeros.data(), n, off, path); !s) return s;
-    off += n;
-    len -= n;
-  }
-  return Status::ok();
-}
-
 }  // namespace
 
-Result<NearestRestore> restore_nearest(StoreView& view, uint64_t target_seq,
-                                       const std::string& out_path,
+Result<NearestRestore> restore_nearest(StoreView& view, uint64_t target_seq, ImageOutput& out,
                                        const RestoreProgressFn& progress, NodeUse use) {
   const std::string& store_dir = view.store_dir;
   NearestRestore result;
   auto full = [&]() -> Result<NearestRestore> {
-    auto st = restore(store_dir, target_seq, out_path, progress);
+    auto st = restore_into(store_dir, target_seq, out, progress);
     if (!st) return st.status();
     result.stats = *st;
     return result;
@@ -155,35 +142,25 @@ Result<NearestRestore> restore_nearest(StoreView& view, uint64_t target_seq,
   if (!node || (use == NodeUse::kIfCheaper && !node_is_cheaper(*tree, *node, view)))
     return full();
 
-  // Step 2: the node's image, through QEMU.
-  std::string tmp = out_path + ".kvmcdp-partial";
-  if (auto s = run_process({qemu_img_binary(), "convert", "-q", "-f", node->format, "-O", "raw",
-                            tree->path_of(*node), tmp});
-      !s)
-    return s;
-  fsutil::Fd out(::open(tmp.c_str(), O_RDWR | O_CLOEXEC));
-  auto fail = [&](Status s) -> Result<NearestRestore> {
-    ::unlink(tmp.c_str());
-    return s;
-  };
-  if (!out.valid()) return fail({ErrorKind::kFailure, fsutil::errno_message("open", tmp)});
+  // Step 2: the node's image, through QEMU, into the output as it is
+  // (-n): a fresh temp file reads as zeroes already, a device does not,
+  // so there QEMU writes the zeroes too.
+  std::vector<std::string> argv = {qemu_img_binary(), "convert", "-q", "-n"};
+  if (!out.in_place()) argv.push_back("--target-is-zero");
+  for (const std::string& a : {std::string("-f"), node->format, std::string("-O"),
+                               std::string("raw"), tree->path_of(*node), out.path()})
+    argv.push_back(a);
+  if (auto s = run_process(argv); !s) return s;
 
   // Step 3: only the records after the node.
   uint64_t size = view.manifest.disk_size;
   auto delta = journal_delta(*view.reader, *node->point, target_seq, size,
                              [&](uint64_t off, uint64_t len, const uint8_t* data) {
-                               if (!data) return punch_zero(out.get(), off, len, tmp);
-                               return fsutil::pwrite_all(out.get(), data, len, off, tmp);
+                               if (!data) return out.zero(off, len);
+                               return fsutil::pwrite_all(out.fd(), data, len, off, out.path());
                              });
-  if (!delta) return fail(delta.status());
+  if (!delta) return delta.status();
   if (progress) progress({"journal", 1, 1});
-
-  // Step 4: durable, then in place.
-  if (::fsync(out.get()) != 0)
-    return fail({ErrorKind::kFailure, fsutil::errno_message("fsync", tmp)});
-  if (::rename(tmp.c_str(), out_path.c_str()) != 0)
-    return fail({ErrorKind::kFailure, fsutil::errno_message("rename", tmp)});
-  if (auto s = fsutil::fsync_dir(fsutil::dirname_of(out_path)); !s) return s;
 
   result.from_node = node->name;
   result.from_seq = *node->point;
@@ -201,7 +178,12 @@ Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t ta
                                        const RestoreProgressFn& progress, NodeUse use) {
   auto view = open_store_view(store_dir);
   if (!view) return view.status();
-  return restore_nearest(*view, target_seq, out_path, progress, use);
+  auto out = ImageOutput::replace_file(out_path, view->manifest.disk_size);
+  if (!out) return out.status();
+  auto r = restore_nearest(*view, target_seq, *out, progress, use);
+  if (!r) return r;
+  if (auto s = out->commit(); !s) return s;
+  return r;
 }
 
 Result<NearestRestore> restore_overlay(StoreView& view, uint64_t target_seq,
@@ -226,19 +208,14 @@ Result<NearestRestore> restore_overlay(StoreView& view, uint64_t target_seq,
                               target_seq, target_seq));
 
   // Step 2: an empty overlay on it, then only the records after it.
-  std::string tmp = out_path + ".kvmcdp-partial";
-  ::unlink(tmp.c_str());
-  auto fail = [&](Status s) -> Result<NearestRestore> {
-    ::unlink(tmp.c_str());
-    return s;
-  };
+  const std::string& tmp = out_path;
   std::string backing = std::filesystem::absolute(tree->path_of(*node)).lexically_normal();
   // Whole 4 KiB clusters (what guests write): written by us in one pass;
   // anything else through QEMU (qemu-nbd), which fills partial clusters
   // from the node.
   auto direct = write_qcow2_overlay(*view.reader, *node->point, target_seq,
                                     view.manifest.disk_size, backing, node->format, tmp);
-  if (!direct) return fail(direct.status());
+  if (!direct) return direct.status();
   DeltaStats delta;
   if (*direct) {
     delta = **direct;
@@ -246,19 +223,16 @@ Result<NearestRestore> restore_overlay(StoreView& view, uint64_t target_seq,
     if (auto s = create_overlay(tmp, backing, node->format, view.manifest.disk_size,
                                kSmallWriteOverlay);
         !s)
-      return fail(s);
+      return s;
     auto via_qemu = write_delta_into(view, *node->point, target_seq, tmp);
-    if (!via_qemu) return fail(via_qemu.status());
+    if (!via_qemu) return via_qemu.status();
     delta = *via_qemu;
   }
 
-  // Step 3: durable, then in place.
+  // Step 3: durable (the caller renames it into place).
   fsutil::Fd f(::open(tmp.c_str(), O_RDONLY | O_CLOEXEC));
   if (!f.valid() || ::fsync(f.get()) != 0)
-    return fail({ErrorKind::kFailure, fsutil::errno_message("fsync", tmp)});
-  if (::rename(tmp.c_str(), out_path.c_str()) != 0)
-    return fail({ErrorKind::kFailure, fsutil::errno_message("rename", tmp)});
-  if (auto s = fsutil::fsync_dir(fsutil::dirname_of(out_path)); !s) return s;
+    return Status(ErrorKind::kFailure, fsutil::errno_message("fsync", tmp));
 
   NearestRestore result;
   result.from_node = node->name;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "journal_reader.h"
+#include "output_target.h"
 #include "point.h"
 #include "restore_engine.h"
 #include "status.h"
@@ -47,11 +48,12 @@ struct NearestRestore {
   uint64_t from_seq = 0;
 };
 // `view` is the caller's open store (opening the journal again would
-// scan its open segment again).
-Result<NearestRestore> restore_nearest(StoreView& view, uint64_t target_seq,
-                                       const std::string& out_path,
+// scan its open segment again).  Writes into `out` (sized to the disk),
+// which the caller commits.
+Result<NearestRestore> restore_nearest(StoreView& view, uint64_t target_seq, ImageOutput& out,
                                        const RestoreProgressFn& progress = nullptr,
                                        NodeUse use = NodeUse::kIfCheaper);
+// The same to a file at `out_path`, replaced if there.
 Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t target_seq,
                                        const std::string& out_path,
                                        const RestoreProgressFn& progress = nullptr,
@@ -61,7 +63,9 @@ Result<NearestRestore> restore_nearest(const std::string& store_dir, uint64_t ta
 // the journal after that node: its cost grows with the changes since the
 // node, not with the disk.  The image reads through to the node by an
 // absolute backing path, so it lives only as long as that node does.
-// kNotFound if no built node is at or before the point.
+// kNotFound if no built node is at or before the point.  `out_path` (the
+// caller's temp file, which it renames into place) is written and made
+// durable.
 Result<NearestRestore> restore_overlay(StoreView& view, uint64_t target_seq,
                                        const std::string& out_path);
 

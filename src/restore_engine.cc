@@ -15,8 +15,10 @@
 //     SEEK_HOLE) are copied, with copy_file_range, into whatever the
 //     journal did not cover.  Holes stay holes.
 //
-// Every output byte is thus written at most once, and the output is the
-// temp file truncated to the disk size, so untouched bytes are holes.
+// Every output byte is thus written at most once, and the output is a
+// temp file truncated to the disk size, so untouched bytes are holes.  On
+// a block device written in place (output_target.h) there are no holes:
+// the zero ranges and whatever neither pass wrote are zeroed instead.
 #include "restore_engine.h"
 
 #include <fcntl.h>
@@ -72,6 +74,18 @@ Status copy_range(int in, int out, uint64_t b, uint64_t e,
 Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
                              const std::string& out_path,
                              const RestoreProgressFn& progress) {
+  auto m = read_manifest(store_dir);
+  if (!m) return m.status();
+  auto out = ImageOutput::replace_file(out_path, m->disk_size);
+  if (!out) return out.status();
+  auto st = restore_into(store_dir, target_seq, *out, progress);
+  if (!st) return st;
+  if (auto s = out->commit(); !s) return s;
+  return st;
+}
+
+Result<RestoreStats> restore_into(const std::string& store_dir, uint64_t target_seq,
+                                  ImageOutput& out, const RestoreProgressFn& progress) {
   // Step 1: is the point recoverable?
   auto m = read_manifest(store_dir);
   if (!m) return m.status();
@@ -86,20 +100,13 @@ Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
   if (!ranges) return ranges.status();
   if (auto s = journal::check_recoverable(*ranges, target_seq); !s) return s;
 
-  // Step 2: the output, a sparse file of the disk's size.
+  // Step 2: the output, of the disk's size: a sparse temp file, or a
+  // device written in place, where every byte meant to read as zero has
+  // to be zeroed (its old content is there).
   RestoreStats st;
   st.disk_size = m->disk_size;
   const uint64_t size = m->disk_size;
-  std::string tmp = out_path + ".kvmcdp-partial";
-  fsutil::Fd out(::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!out.valid())
-    return Status(ErrorKind::kFailure, fsutil::errno_message("create", tmp));
-  auto fail = [&](Status s) -> Result<RestoreStats> {
-    ::unlink(tmp.c_str());
-    return s;
-  };
-  if (::ftruncate(out.get(), off_t(size)) != 0)
-    return fail({ErrorKind::kFailure, fsutil::errno_message("truncate", tmp)});
+  const std::string& tmp = out.path();
 
   // Step 3: journal pass, newest first, down to what a fold put into the
   // base (records <= folded_seq are already there).
@@ -115,7 +122,7 @@ Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
   while (!done.covers(size)) {
     journal::FramePrefetcher::Frame* f = frames.next();
     if (!f) break;
-    if (!f->status) return fail(f->status);
+    if (!f->status) return f->status;
     const size_t i = f->index;
     const std::vector<RecordView>& recs = f->records;
     st.frames_read++;
@@ -133,13 +140,14 @@ Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
       done.cover(v.offset, end, [&](uint64_t b, uint64_t e) {
         if (!write) {
           st.zero_bytes += e - b;
+          if (err && out.in_place()) err = out.zero(b, e - b);
           return;
         }
-        if (err) err = fsutil::pwrite_all(out.get(), v.data + (b - v.offset),
+        if (err) err = fsutil::pwrite_all(out.fd(), v.data + (b - v.offset),
                                            e - b, b, tmp);
         st.journal_bytes += e - b;
       });
-      if (!err) return fail(err);
+      if (!err) return err;
     }
     frames.release(f);
     if (progress) progress({"journal", first - i, first});
@@ -149,7 +157,7 @@ Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
   std::string base_path = store_dir + "/" + m->base_image;
   fsutil::Fd base(::open(base_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!base.valid())
-    return fail({ErrorKind::kNotFound, fsutil::errno_message("open", base_path)});
+    return Status(ErrorKind::kNotFound, fsutil::errno_message("open", base_path));
   std::vector<uint8_t> buf;
   uint64_t pos = 0;
   while (pos < size && !done.covers(size)) {
@@ -160,21 +168,24 @@ Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
     uint64_t b = uint64_t(d), e = std::min<uint64_t>(size, uint64_t(h));
     if (b >= size) break;
     Status err;
-    done.uncovered(b, e, [&](uint64_t cb, uint64_t ce) {
-      if (err) err = copy_range(base.get(), out.get(), cb, ce, base_path, tmp, &buf);
+    done.cover(b, e, [&](uint64_t cb, uint64_t ce) {
+      if (err) err = copy_range(base.get(), out.fd(), cb, ce, base_path, tmp, &buf);
       st.base_bytes += ce - cb;
     });
-    if (!err) return fail(err);
+    if (!err) return err;
     pos = e;
     if (progress) progress({"base", pos, size});
   }
 
-  // Step 5: durable, then in place.
-  if (::fsync(out.get()) != 0)
-    return fail({ErrorKind::kFailure, fsutil::errno_message("fsync", tmp)});
-  if (::rename(tmp.c_str(), out_path.c_str()) != 0)
-    return fail({ErrorKind::kFailure, fsutil::errno_message("rename", tmp)});
-  if (auto s = fsutil::fsync_dir(fsutil::dirname_of(out_path)); !s) return s;
+  // Step 5: on a device, what neither the journal nor the base's data
+  // covered is a hole of the base: zeroes.
+  if (out.in_place()) {
+    Status err;
+    done.uncovered(0, size, [&](uint64_t b, uint64_t e) {
+      if (err) err = out.zero(b, e - b);
+    });
+    if (!err) return err;
+  }
   return st;
 }
 

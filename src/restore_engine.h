@@ -5,6 +5,7 @@
 #include <functional>
 #include <string>
 
+#include "output_target.h"
 #include "status.h"
 
 namespace kvmcdp {
@@ -26,11 +27,16 @@ struct RestoreStats {
 };
 
 // Writes a raw, sparse image of the disk as it was right after record
-// `target_seq` to `out_path` (through a temp file renamed into place).
+// `target_seq` to `out_path` (through a temp file renamed into place,
+// replacing what is there).
 // Refuses with ErrorKind::kNotRecoverable a seq outside every recoverable
 // range (journal_ranges.h), naming the nearest recoverable points.
 Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
                              const std::string& out_path,
                              const RestoreProgressFn& progress = nullptr);
+// The same into `out`, sized to the disk, which the caller commits.
+Result<RestoreStats> restore_into(const std::string& store_dir, uint64_t target_seq,
+                                  ImageOutput& out,
+                                  const RestoreProgressFn& progress = nullptr);
 
 }  // namespace kvmcdp

@@ -108,11 +108,11 @@ GUEST
     "$KVMCDP" journal verify --store "$store" >/dev/null || kit_fail "journal verify failed"
     local i out=$KIT_TMPDIR/restored.raw
     for i in "${!seqs[@]}"; do
-        "$KVMCDP" restore --quiet --store "$store" --seq "${seqs[$i]}" -o "$out" >/dev/null ||
+        "$KVMCDP" restore --quiet --force --store "$store" --seq "${seqs[$i]}" -o "$out" >/dev/null ||
             kit_fail "restore --seq ${seqs[$i]} failed"
         [[ $(md5sum "$out" | cut -d' ' -f1) == "${md5s[$i]}" ]] ||
             kit_fail "$fmt: seq ${seqs[$i]}: restored MD5 differs from the disk's"
-        "$KVMCDP" restore --quiet --store "$store" --at "${times[$i]}" -o "$out" >/dev/null ||
+        "$KVMCDP" restore --quiet --force --store "$store" --at "${times[$i]}" -o "$out" >/dev/null ||
             kit_fail "restore --at ${times[$i]} failed"
         [[ $(md5sum "$out" | cut -d' ' -f1) == "${md5s[$i]}" ]] ||
             kit_fail "$fmt: time ${times[$i]}: restored MD5 differs from the disk's"

@@ -139,7 +139,7 @@ gaps=$("$KVMCDP" points --json --store "$store" | json_field '["gaps"].__len__()
 [[ $gaps == 0 ]] || kit_fail "the server's journal has $gaps gaps"
 out=$KIT_TMPDIR/restored.raw
 for i in "${!seqs[@]}"; do
-    "$KVMCDP" restore --quiet --store "$store" --seq "${seqs[$i]}" -o "$out" >/dev/null ||
+    "$KVMCDP" restore --quiet --force --store "$store" --seq "${seqs[$i]}" -o "$out" >/dev/null ||
         kit_fail "restore --seq ${seqs[$i]} on the server failed"
     [[ $(md5sum "$out" | cut -d' ' -f1) == "${md5s[$i]}" ]] ||
         kit_fail "seq ${seqs[$i]}: the server's restore differs from the disk"

@@ -72,7 +72,7 @@ std::string iso_now() {
 void check_restore(const TempDir& dir, const std::string& store, uint64_t seq,
                    const std::string& md5) {
   std::string out = dir.file("restored.raw");
-  auto r = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
+  auto r = run_command({KVMCDP_BINARY, "restore", "--force", "--quiet", "--store", store, "--seq",
                         std::to_string(seq), "-o", out});
   REQUIRE_MESSAGE(r.status == 0, r.output);
   CHECK_MESSAGE(md5_of_file(out) == md5, "seq ", seq);

@@ -121,7 +121,7 @@ struct Restored {
 Restored restore_seq(TempDir& dir, const std::string& store, uint64_t seq,
                      std::vector<std::string> extra = {}) {
   std::string out = dir.file(fmt::format("r-{}.raw", seq));
-  std::vector<std::string> argv = {KVMCDP_BINARY, "restore", "--store", store,
+  std::vector<std::string> argv = {KVMCDP_BINARY, "restore", "--force", "--store", store,
                                    "--seq", std::to_string(seq), "-o", out};
   argv.insert(argv.end(), extra.begin(), extra.end());
   auto r = run_command(argv);

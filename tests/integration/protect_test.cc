@@ -103,11 +103,11 @@ TEST_CASE("protect: restore by --seq and --at matches the disk's MD5 at 10 point
 
   for (const auto& c : points) {
     std::string out = dir.file(fmt::format("r-{}.raw", c.seq));
-    auto by_seq = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
+    auto by_seq = run_command({KVMCDP_BINARY, "restore", "--force", "--quiet", "--store", store, "--seq",
                                std::to_string(c.seq), "-o", out});
     REQUIRE_MESSAGE(by_seq.status == 0, by_seq.output);
     CHECK_MESSAGE(md5_of_file(out) == c.md5, "seq ", c.seq);
-    auto by_time = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--at",
+    auto by_time = run_command({KVMCDP_BINARY, "restore", "--force", "--quiet", "--store", store, "--at",
                                 c.time, "-o", out});
     REQUIRE_MESSAGE(by_time.status == 0, by_time.output);
     CHECK_MESSAGE(by_time.output.find(std::to_string(c.seq)) != std::string::npos,
@@ -115,17 +115,17 @@ TEST_CASE("protect: restore by --seq and --at matches the disk's MD5 at 10 point
     CHECK_MESSAGE(md5_of_file(out) == c.md5, "time ", c.time);
   }
   std::string out = dir.file("mark.raw");
-  auto by_mark = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--mark",
+  auto by_mark = run_command({KVMCDP_BINARY, "restore", "--force", "--quiet", "--store", store, "--mark",
                               "after-rounds", "-o", out});
   REQUIRE_MESSAGE(by_mark.status == 0, by_mark.output);
   CHECK(md5_of_file(out) == points.back().md5);
 
   // Points the journal cannot vouch for are refused with exit code 6.
-  auto future = run_command({KVMCDP_BINARY, "restore", "--store", store, "--seq",
+  auto future = run_command({KVMCDP_BINARY, "restore", "--force", "--store", store, "--seq",
                              std::to_string(points.back().seq + 1000), "-o", out});
   CHECK(future.status == 6);
   CHECK(future.output.rfind("kvmcdp: error: ", 0) == 0);
-  auto early = run_command({KVMCDP_BINARY, "restore", "--store", store, "--at",
+  auto early = run_command({KVMCDP_BINARY, "restore", "--force", "--store", store, "--at",
                             "2001-01-01T00:00:00Z", "-o", out});
   CHECK(early.status == 6);
 
@@ -268,11 +268,11 @@ TEST_CASE("protect: a damaged journal: verify names the place, restore stops bef
     CHECK(j["records"].get<uint64_t>() > 0);
 
     std::string out = dir.file("r.raw");
-    auto before = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, "--seq",
+    auto before = run_command({KVMCDP_BINARY, "restore", "--force", "--quiet", "--store", store, "--seq",
                                std::to_string(early.seq), "-o", out});
     REQUIRE_MESSAGE(before.status == 0, before.output);
     CHECK(md5_of_file(out) == early.md5);
-    auto after = run_command({KVMCDP_BINARY, "restore", "--store", store, "--seq",
+    auto after = run_command({KVMCDP_BINARY, "restore", "--force", "--store", store, "--seq",
                               std::to_string(last_seq), "-o", out});
     CHECK_MESSAGE(after.status == 6, after.output);
     CHECK(after.output.rfind("kvmcdp: error: ", 0) == 0);
@@ -363,7 +363,7 @@ TEST_CASE("protect: receiver gone past the queue budget: gap, resync, exact agai
 
   std::string out = dir.file("r.raw");
   check_restores_by_seq(dir, store, {before_gap, resynced});
-  auto in_gap = run_command({KVMCDP_BINARY, "restore", "--store", store, "--seq",
+  auto in_gap = run_command({KVMCDP_BINARY, "restore", "--force", "--store", store, "--seq",
                              std::to_string(seq_in_gap), "-o", out});
   CHECK_MESSAGE(in_gap.status == 6, in_gap.output);
   CHECK(in_gap.output.find("nearest") != std::string::npos);
@@ -466,7 +466,7 @@ TEST_CASE("protect: stopped cleanly, restarted later: the stream continues after
   std::string out = dir.file("r.raw");
   for (const auto& c : {first_run, second_run}) {
     for (std::string how : {"--seq", "--at"}) {
-      auto r = run_command({KVMCDP_BINARY, "restore", "--quiet", "--store", store, how,
+      auto r = run_command({KVMCDP_BINARY, "restore", "--force", "--quiet", "--store", store, how,
                             how == "--seq" ? std::to_string(c.seq) : c.time, "-o", out});
       REQUIRE_MESSAGE(r.status == 0, how, " ", r.output);
       CHECK_MESSAGE(md5_of_file(out) == c.md5, how, " ", c.seq);
@@ -474,7 +474,7 @@ TEST_CASE("protect: stopped cleanly, restarted later: the stream continues after
   }
   // While nothing protected the disk, nothing can be restored.
   auto blind = run_command(
-      {KVMCDP_BINARY, "restore", "--store", store, "--at", unprotected.time, "-o", out});
+      {KVMCDP_BINARY, "restore", "--force", "--store", store, "--at", unprotected.time, "-o", out});
   CHECK_MESSAGE(blind.status == 6, blind.output);
 }
 
