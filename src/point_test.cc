@@ -257,16 +257,16 @@ TEST_CASE("points: damage that journal verify found ends what is recoverable") {
                 text_run.out);
   for (uint64_t seq : listed) {
     CAPTURE(seq);
-    auto run = cli({"restore", "--quiet", "--store", store, "--seq", std::to_string(seq), "-o",
+    auto run = cli({"restore", "--quiet", "--force", "--store", store, "--seq", std::to_string(seq), "-o",
                     d.path + "/out.raw"},
                    d.path);
     CHECK(run.code == 0);
   }
-  CHECK(cli({"restore", "--quiet", "--store", store, "--latest", "-o", d.path + "/out.raw"},
+  CHECK(cli({"restore", "--quiet", "--force", "--store", store, "--latest", "-o", d.path + "/out.raw"},
             d.path)
             .code == 0);
   // Past the damage: refused before anything is read, exit 6.
-  CHECK(cli({"restore", "--quiet", "--store", store, "--seq", std::to_string(bad_first_seq),
+  CHECK(cli({"restore", "--quiet", "--force", "--store", store, "--seq", std::to_string(bad_first_seq),
              "-o", d.path + "/out.raw"},
             d.path)
             .code == 6);
