@@ -168,6 +168,8 @@ struct Session {
   std::atomic<bool> stop{false};     // give up at once (fatal error)
   std::atomic<bool> detaching{false};
   std::atomic<bool> vm_gone{false};  // the stream ended because QEMU went away
+  std::atomic<bool> filter_lost{false};  // someone else's now: not ours to detach
+  uint64_t stream_id = 0;
   AckGate* gate = nullptr;           // with --remote
   Shipper* shipper = nullptr;        // with --remote
   std::atomic<uint64_t> durable_seq{0};  // live, for the shipper
@@ -201,6 +203,28 @@ Result<int> reconnect_filter(Session* s) {
     if (!qmp) {
       last = qmp.status();
       continue;
+    }
+    // A filter that streams to another receiver was taken over: taking it
+    // back would only make the two take it from each other again and
+    // again, each time resending the disk.  Just after our own
+    // disconnection the filter may still say connected for a moment.
+    for (int check = 0;; ++check) {
+      auto f = query_cdp(**qmp, s->filter);
+      if (!f) return f.status();
+      if (!f->has_value() || (*f)->stream_id != s->stream_id) {
+        s->filter_lost = true;
+        return Status(ErrorKind::kQemu,
+                      fmt::format("the cdp filter {} was removed from the VM", s->filter));
+      }
+      if (!(*f)->connected) break;
+      if (check == 10) {
+        s->filter_lost = true;
+        return Status(ErrorKind::kBusy,
+                      fmt::format("another receiver took the cdp filter {} over; this protect "
+                                  "leaves the drive to it",
+                                  s->filter));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
     return connect_filter(**qmp, s->opts, s->node, s->filter, true);
   }
@@ -461,6 +485,7 @@ Status run_protect(const ProtectOptions& o) {
   s.filter = filter;
   s.writer = writer.get();
   s.durable_seq = writer->last_durable_seq();
+  s.stream_id = m.stream_id;
   ProtectState state{getpid(), o.qmp_socket, o.drive, filter, o.mode, now_ns()};
   state.store = o.store;
   state.stream_id = m.stream_id;
@@ -545,7 +570,7 @@ Status run_protect(const ProtectOptions& o) {
     if (!result || gone) s.stop = true;
   }
   receiver.join();
-  if (!stopped && !s.vm_gone) detach_after_failure(o, filter, nullptr);
+  if (!stopped && !s.vm_gone && !s.filter_lost) detach_after_failure(o, filter, nullptr);
   if (Status c = s.writer->close(); !c && result) result = c;
   if (shipper) {
     // The last records and the sealed segment go out too, if the server

@@ -15,6 +15,7 @@
 
 #include "harness/protect_process.h"
 #include "harness/qemu_process.h"
+#include "harness/test_receiver.h"
 #include "harness/vm_io.h"
 
 namespace kvmcdp::test {
@@ -114,6 +115,33 @@ TEST_CASE("protect: a second protect of a protected drive into another store is 
   auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", store_a});
   CHECK_MESSAGE(verify.status == 0, verify.output);
   for (const auto& [seq, md5] : points) check_restore(dir, store_a, seq, md5);
+}
+
+TEST_CASE("protect: a filter taken over by another receiver is not taken back") {
+  TempDir dir;
+  std::string disk = dir.file("disk.raw");
+  REQUIRE(run_command({"truncate", "-s", "16M", disk}).status == 0);
+  auto vm = start_vm(dir, disk);
+  std::string store = dir.file("store");
+  ProtectProcess protect(vm->tool_socket(), "vd0", store);
+  REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
+  // What an older kvmcdp, or someone by hand, does: cdp-connect elsewhere.
+  TestReceiver other(dir.file("other.sock"), true);
+  QmpReply r = vm->qmp().execute(
+      "cdp-connect",
+      {{"node-name", "kvmcdp-vd0"}, {"addr", {{"type", "unix"}, {"path", dir.file("other.sock")}}}});
+  REQUIRE_MESSAGE(r.ok(), r.message);
+  int rc = protect.wait_exit(std::chrono::seconds(30));
+  CHECK_MESSAGE(rc == 5, protect.output());
+  CHECK_MESSAGE(protect.output().find("took the cdp filter kvmcdp-vd0 over") != std::string::npos,
+                protect.output());
+  // The filter stays where it was taken, and keeps streaming there.
+  json f = filters(*vm);
+  REQUIRE(f.size() == 1);
+  CHECK(f[0]["connected"] == true);
+  qemu_io(*vm, "write -P 9 0 65536");
+  wait_acked(*vm);
+  CHECK(other.last_seq() == filter_seq(*vm));
 }
 
 TEST_CASE("protect: started with relative paths, mark and status work from anywhere") {
