@@ -23,7 +23,7 @@ bool exists(const std::string& p) {
 
 }  // namespace
 
-TEST_CASE("store lock: busy while held; removed, the next holder gets a fresh file") {
+TEST_CASE("store lock: busy while held, and once removed the next holder makes a fresh file") {
   TempDir d;
   auto first = StoreLock::acquire(d.path);
   REQUIRE(first);

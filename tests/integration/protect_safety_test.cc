@@ -180,7 +180,7 @@ TEST_CASE("protect: started with relative paths, mark and status work from anywh
   CHECK_MESSAGE(marked, points.output);
 }
 
-TEST_CASE("protect: the VM shutting down ends protect with 0; status --check says so with 9") {
+TEST_CASE("protect: the VM shutting down ends protect with 0, and status --check then exits 9") {
   TempDir dir;
   std::string disk = dir.file("disk.raw");
   REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
