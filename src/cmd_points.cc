@@ -124,7 +124,8 @@ uint64_t dir_bytes(const std::string& dir, const std::vector<uint64_t>& segments
   return total;
 }
 
-Status run_status(const std::string& store, bool as_json) {
+// `check`: exit kNotProtected unless something protects the drive now.
+Status run_status(const std::string& store, bool as_json, bool check) {
   auto view = open_store_view(store);
   if (!view) return view.status();
   auto state = read_protect_state(store);
@@ -144,6 +145,8 @@ Status run_status(const std::string& store, bool as_json) {
             {"recoverable", ranges_json(*view)},
             {"gaps", gaps_json(*view)}};
   if (view->manifest.folded_seq) j["folded_seq"] = view->manifest.folded_seq;
+  bool shut_down = state && !running && state->shutdown_ns;
+  if (shut_down) j["vm_shutdown"] = format_time_ns(state->shutdown_ns);
   if (state) {
     uint64_t lag_records = state->received_seq - state->durable_seq;
     double lag_seconds =
@@ -186,12 +189,20 @@ Status run_status(const std::string& store, bool as_json) {
                                                                     : served->ended}};
   if (view->reader->damage()) j["damage"] = view->reader->damage()->to_string();
   j["verified"] = verified_json(*view);
+  Status verdict = !check || running || receiving
+                       ? Status::ok()
+                       : Status(ErrorKind::kNotProtected,
+                                shut_down ? fmt::format("{} is not protected: the VM shut down at {}",
+                                                        store, format_time_human(state->shutdown_ns))
+                                          : fmt::format("{} is not protected", store));
   if (as_json) {
     std::printf("%s\n", j.dump(2).c_str());
-    return Status::ok();
+    return verdict;
   }
   std::printf("store:       %s\n", store.c_str());
-  std::string prot = "no";
+  std::string prot = shut_down ? fmt::format("no (the VM shut down at {})",
+                                             format_time_human(state->shutdown_ns))
+                               : "no";
   if (running)
     prot = fmt::format("yes (pid {}, drive {}, {})", state->pid, state->drive,
                        state->connected ? "connected" : "reconnecting");
@@ -240,7 +251,7 @@ Status run_status(const std::string& store, bool as_json) {
   if (view->reader->damage())
     std::printf("damage:      %s\n", view->reader->damage()->to_string().c_str());
   std::printf("verified:    %s\n", verified_line(*view).c_str());
-  return Status::ok();
+  return verdict;
 }
 
 }  // namespace
@@ -256,9 +267,12 @@ CommandRunner setup_points_command(CLI::App* app) {
 CommandRunner setup_status_command(CLI::App* app) {
   auto store = std::make_shared<std::string>();
   auto as_json = std::make_shared<bool>(false);
+  auto check = std::make_shared<bool>(false);
   app->add_option("--store", *store, "the store")->required();
   app->add_flag("--json", *as_json, "print JSON");
-  return [store, as_json]() { return run_status(*store, *as_json); };
+  app->add_flag("--check", *check,
+                "for monitoring: exit 9 if the drive is not protected right now");
+  return [store, as_json, check]() { return run_status(*store, *as_json, *check); };
 }
 
 }  // namespace kvmcdp

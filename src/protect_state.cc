@@ -1,8 +1,15 @@
 #include "protect_state.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "fsutil.h"
 #include "run_state_file.h"
 
 namespace kvmcdp {
@@ -19,7 +26,9 @@ Status write_protect_state(const std::string& store_dir, const ProtectState& s) 
       {"updated_ns", s.updated_ns}, {"connected", s.connected},
       {"records", s.records},   {"bytes", s.bytes},
       {"received_seq", s.received_seq}, {"durable_seq", s.durable_seq},
-      {"durable_time_ns", s.durable_time_ns}};
+      {"durable_time_ns", s.durable_time_ns},
+      {"store", s.store},       {"stream_id", fmt::format("{:016x}", s.stream_id)}};
+  if (s.shutdown_ns) j["vm_shutdown_ns"] = s.shutdown_ns;
   if (!s.remote_url.empty())
     j["remote"] = {{"url", s.remote_url},
                    {"connected", s.remote_connected},
@@ -52,6 +61,9 @@ Result<ProtectState> read_protect_state(const std::string& store_dir) {
     s.received_seq = j.value("received_seq", uint64_t{0});
     s.durable_seq = j.value("durable_seq", uint64_t{0});
     s.durable_time_ns = j.value("durable_time_ns", uint64_t{0});
+    s.store = j.value("store", "");
+    s.stream_id = std::strtoull(j.value("stream_id", "0").c_str(), nullptr, 16);
+    s.shutdown_ns = j.value("vm_shutdown_ns", uint64_t{0});
     if (j.contains("remote") && j["remote"].is_object()) {
       const auto& r = j["remote"];
       s.remote_url = r.value("url", "");
@@ -71,5 +83,44 @@ Result<ProtectState> read_protect_state(const std::string& store_dir) {
 }
 
 bool protect_running(const ProtectState& s) { return pid_alive(s.pid); }
+
+std::string protect_registry_dir() {
+  if (const char* d = getenv("KVMCDP_RUN_DIR"); d && *d) return d;
+  if (geteuid() == 0) return "/run/kvmcdp";
+  if (const char* x = getenv("XDG_RUNTIME_DIR"); x && *x) return std::string(x) + "/kvmcdp";
+  return fmt::format("/tmp/kvmcdp-{}", geteuid());
+}
+
+namespace {
+
+std::string stream_entry(uint64_t stream_id) {
+  return fmt::format("{}/streams/{:016x}.json", protect_registry_dir(), stream_id);
+}
+
+}  // namespace
+
+Status register_stream(uint64_t stream_id, const std::string& store) {
+  std::string dir = protect_registry_dir();
+  for (const std::string& d : {dir, dir + "/streams"})
+    if (mkdir(d.c_str(), 0755) != 0 && errno != EEXIST)
+      return {ErrorKind::kFailure, fsutil::errno_message("mkdir", d)};
+  return write_run_state(stream_entry(stream_id), {{"store", store}, {"pid", getpid()}});
+}
+
+void unregister_stream(uint64_t stream_id) {
+  auto owner = stream_owner(stream_id);
+  if (owner && owner->pid == getpid()) unlink(stream_entry(stream_id).c_str());
+}
+
+Result<StreamOwner> stream_owner(uint64_t stream_id) {
+  auto j = read_run_state(stream_entry(stream_id),
+                          fmt::format("stream {:016x} is not registered", stream_id));
+  if (!j) return j.status();
+  StreamOwner o;
+  o.store = j->value("store", "");
+  o.pid = j->value("pid", 0);
+  o.running = pid_alive(o.pid);
+  return o;
+}
 
 }  // namespace kvmcdp

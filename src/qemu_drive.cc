@@ -61,7 +61,7 @@ Result<std::string> resolve_image_node(QmpClient& qmp, const std::string& name) 
   return cur;
 }
 
-Result<std::optional<CdpInfo>> query_cdp(QmpClient& qmp, const std::string& filter_node) {
+Result<std::vector<CdpInfo>> list_cdp(QmpClient& qmp) {
   QmpReply r = qmp.execute("query-cdp");
   if (!r.ok()) {
     if (r.error_class == "CommandNotFound")
@@ -69,10 +69,10 @@ Result<std::optional<CdpInfo>> query_cdp(QmpClient& qmp, const std::string& filt
                     "this QEMU has no cdp filter (query-cdp unknown): use the patched QEMU");
     return r.status();
   }
+  std::vector<CdpInfo> out;
   for (const auto& f : r.value) {
-    if (f.value("node-name", "") != filter_node) continue;
     CdpInfo info;
-    info.node_name = filter_node;
+    info.node_name = f.value("node-name", "");
     info.child = f.value("child", "");
     info.connected = f.value("connected", false);
     info.seq = f.value("seq", uint64_t{0});
@@ -81,8 +81,16 @@ Result<std::optional<CdpInfo>> query_cdp(QmpClient& qmp, const std::string& filt
     info.gap = f.value("gap", false);
     info.dirty_bytes = f.value("dirty-bytes", uint64_t{0});
     info.stream_id = f.value("stream-id", uint64_t{0});
-    return std::optional<CdpInfo>(info);
+    out.push_back(std::move(info));
   }
+  return out;
+}
+
+Result<std::optional<CdpInfo>> query_cdp(QmpClient& qmp, const std::string& filter_node) {
+  auto all = list_cdp(qmp);
+  if (!all) return all.status();
+  for (auto& f : *all)
+    if (f.node_name == filter_node) return std::optional<CdpInfo>(std::move(f));
   return std::optional<CdpInfo>();
 }
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "qmp_client.h"
 #include "status.h"
@@ -32,6 +33,8 @@ struct CdpInfo {
   uint64_t stream_id = 0;
 };
 
+// Every cdp filter QEMU has.
+Result<std::vector<CdpInfo>> list_cdp(QmpClient& qmp);
 // The filter named `filter_node`, if QEMU has it.
 Result<std::optional<CdpInfo>> query_cdp(QmpClient& qmp, const std::string& filter_node);
 

@@ -14,6 +14,8 @@
 
 #include <fmt/format.h>
 
+#include "fsutil.h"
+
 namespace kvmcdp {
 namespace {
 
@@ -50,18 +52,29 @@ Status QmpReply::status() const {
 }
 
 Result<std::unique_ptr<QmpClient>> QmpClient::connect(
-    const std::string& socket_path, Millis timeout) {
+    const std::string& socket_path, Millis timeout, bool* gone) {
+  if (gone) *gone = false;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (socket_path.size() >= sizeof(addr.sun_path))
+  // A path longer than sun_path is reached through its directory's fd.
+  fsutil::Fd dir;
+  std::string path = socket_path;
+  if (path.size() >= sizeof(addr.sun_path)) {
+    size_t slash = path.rfind('/');
+    if (slash != std::string::npos && slash > 0)
+      dir = fsutil::Fd(::open(path.substr(0, slash).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (dir.valid()) path = fmt::format("/proc/self/fd/{}{}", dir.get(), path.substr(slash));
+  }
+  if (path.size() >= sizeof(addr.sun_path))
     return Result<std::unique_ptr<QmpClient>>(
         ErrorKind::kUsage, fmt::format("QMP socket path too long: {}", socket_path));
-  std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
 
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
     int err = errno;
     if (fd >= 0) close(fd);
+    if (gone) *gone = err == ENOENT || err == ECONNREFUSED;
     return Result<std::unique_ptr<QmpClient>>(
         ErrorKind::kQemu, fmt::format("cannot connect to QMP socket {}: {}",
                                       socket_path, std::strerror(err)));
@@ -71,6 +84,7 @@ Result<std::unique_ptr<QmpClient>> QmpClient::connect(
   auto deadline = Clock::now() + timeout;
   json greeting;
   QmpReply r = client->read_message(&greeting, deadline);
+  if (gone) *gone = r.failure == QmpFailure::kTransport;
   if (r.ok() && !greeting.contains("QMP"))
     r = client->fail(QmpFailure::kProtocol, "the peer's first message is not a QMP greeting");
   if (r.ok()) {

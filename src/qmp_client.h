@@ -47,9 +47,13 @@ class QmpClient {
  public:
   static constexpr Millis kDefaultTimeout{10000};
 
-  // Connects, reads the greeting and negotiates capabilities.
+  // Connects, reads the greeting and negotiates capabilities.  `gone`, if
+  // given, says whether a failure means that no QEMU is there any more:
+  // the socket is missing, refuses connections, or is closed before the
+  // greeting (QEMU exiting).  A QEMU busy with another QMP client is not
+  // gone: that is a timeout.
   static Result<std::unique_ptr<QmpClient>> connect(
-      const std::string& socket_path, Millis timeout = kDefaultTimeout);
+      const std::string& socket_path, Millis timeout = kDefaultTimeout, bool* gone = nullptr);
   ~QmpClient();
   QmpClient(const QmpClient&) = delete;
   QmpClient& operator=(const QmpClient&) = delete;

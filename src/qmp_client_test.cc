@@ -3,10 +3,13 @@
 // failure within its timeout: no hang, no crash.
 #include "qmp_client.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -175,6 +178,85 @@ TEST_CASE("qmp fake: an error reply is a command error with its class") {
   CHECK(r.failure == QmpFailure::kCommand);
   CHECK(r.error_class == "DeviceNotFound");
   CHECK(r.status().message() == "DeviceNotFound: no such device");
+}
+
+TEST_CASE("qmp fake: gone says that no QEMU is there, not that it is busy") {
+  bool gone = false;
+  auto missing = QmpClient::connect("/tmp/kvmcdp-no-such-dir/qmp.sock", Millis(300), &gone);
+  REQUIRE(!missing);
+  CHECK(gone);
+  {
+    // A socket file nobody listens on: QEMU exited without removing it.
+    char tmpl[] = "/tmp/kvmcdp-fakeqmp-XXXXXX";
+    std::string dir = mkdtemp(tmpl), path = dir + "/qmp.sock";
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strcpy(addr.sun_path, path.c_str());
+    REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    auto refused = QmpClient::connect(path, Millis(300), &gone);
+    REQUIRE(!refused);
+    CHECK(gone);
+    close(fd);
+    unlink(path.c_str());
+    rmdir(dir.c_str());
+  }
+  {
+    FakePeer exiting([](int) {});  // closes before its greeting
+    auto c = QmpClient::connect(exiting.path(), Millis(2000), &gone);
+    REQUIRE(!c);
+    CHECK(gone);
+  }
+  {
+    FakePeer busy([](int fd) { hear_line(fd); });  // never greets
+    auto c = QmpClient::connect(busy.path(), Millis(300), &gone);
+    REQUIRE(!c);
+    CHECK(!gone);
+  }
+  {
+    FakePeer qemu([](int fd) {
+      handshake(fd);
+      hear_line(fd);
+    });
+    auto c = QmpClient::connect(qemu.path(), Millis(2000), &gone);
+    CHECK(c);
+    CHECK(!gone);
+  }
+}
+
+TEST_CASE("qmp fake: a socket path longer than sun_path is reached through its directory") {
+  char tmpl[] = "/tmp/kvmcdp-longqmp-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  std::string deep = dir + "/" + std::string(100, 'd');
+  REQUIRE(mkdir(deep.c_str(), 0700) == 0);
+  std::string path = deep + "/qmp.sock";
+  REQUIRE(path.size() >= sizeof(sockaddr_un::sun_path));
+  int dfd = open(deep.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  REQUIRE(dfd >= 0);
+  int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "/proc/self/fd/%d/qmp.sock", dfd);
+  REQUIRE(bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(listen(lfd, 1) == 0);
+  std::thread server([lfd] {
+    int fd = accept(lfd, nullptr, nullptr);
+    if (fd < 0) return;
+    handshake(fd);
+    hear_line(fd);
+    close(fd);
+  });
+  {
+    auto c = QmpClient::connect(path, Millis(2000));
+    CHECK_MESSAGE(c, (c ? "" : c.status().message()));
+  }
+  shutdown(lfd, SHUT_RDWR);
+  server.join();
+  close(lfd);
+  close(dfd);
+  unlink(path.c_str());
+  rmdir(deep.c_str());
+  rmdir(dir.c_str());
 }
 
 }  // namespace kvmcdp

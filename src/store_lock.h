@@ -18,10 +18,19 @@ class StoreLock {
   static Result<StoreLock> acquire(const std::string& store_dir);
   StoreLock(StoreLock&&) = default;
   StoreLock& operator=(StoreLock&&) = default;
+  // Whether acquire() made the lock file (it was not there before).
+  bool created() const { return created_; }
+  // Deletes the lock file, then lets go: for a command that failed before
+  // it put anything else into the store.  acquire() checks that the file
+  // it locked is still the one at the path, so this cannot let two
+  // processes hold the store.
+  void remove();
   // Releasing is closing the fd.
  private:
   StoreLock() = default;
   fsutil::Fd fd_;
+  std::string path_;
+  bool created_ = false;
 };
 
 }  // namespace kvmcdp

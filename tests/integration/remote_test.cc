@@ -477,6 +477,8 @@ TEST_CASE("remote: ssh:// through a real sshd on loopback") {
   CHECK_MESSAGE(served["server"]["client"].get<std::string>().rfind("ssh 127.0.0.1:", 0) == 0,
                 served.dump());
   REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
+  // An "error:" line means the command failed: this run did not.
+  CHECK_MESSAGE(protect.output().find("error:") == std::string::npos, protect.output());
   unsetenv("KVMCDP_RSH");
   auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", remote_store});
   CHECK_MESSAGE(verify.status == 0, verify.output);
