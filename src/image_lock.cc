@@ -26,6 +26,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <string>
 
@@ -36,19 +37,6 @@ namespace {
 
 constexpr off_t kQemuLockFirstByte = 100;  // RAW_LOCK_PERM_BASE
 constexpr off_t kQemuLockBytes = 200;      // through RAW_LOCK_SHARED_BASE + 99
-
-bool qemu_lock_held(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  struct flock fl {};
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = kQemuLockFirstByte;
-  fl.l_len = kQemuLockBytes;
-  bool held = ::fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;
-  ::close(fd);
-  return held;
-}
 
 std::string read_comm(const std::string& pid) {
   std::string comm;
@@ -93,10 +81,34 @@ std::optional<std::string> open_by_process(dev_t dev, ino_t ino) {
 
 }  // namespace
 
+int qemu_image_locked(int fd) {
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = kQemuLockFirstByte;
+  fl.l_len = kQemuLockBytes;
+  int rc = ::fcntl(fd, F_OFD_GETLK, &fl);
+  if (rc != 0 && errno == EINVAL) {  // a kernel without OFD locks: QEMU uses POSIX ones
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = kQemuLockFirstByte;
+    fl.l_len = kQemuLockBytes;
+    fl.l_pid = 0;
+    rc = ::fcntl(fd, F_GETLK, &fl);
+  }
+  if (rc != 0) return -1;
+  return fl.l_type != F_UNLCK;
+}
+
 std::optional<std::string> image_holder(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return std::nullopt;
-  bool locked = qemu_lock_held(path);
+  bool locked = false;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    locked = qemu_image_locked(fd) == 1;
+    ::close(fd);
+  }
   auto proc = open_by_process(st.st_dev, st.st_ino);
   if (proc) return proc;
   if (locked) return std::string("a QEMU image lock");

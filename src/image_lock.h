@@ -14,4 +14,9 @@ namespace kvmcdp {
 // in use.  Processes of other users are seen only when we run as root.
 std::optional<std::string> image_holder(const std::string& path);
 
+// Whether a QEMU process (VM, qemu-img, qemu-nbd, qemu-storage-daemon)
+// holds its image lock on the file open as `fd`; -1 with errno set when
+// the kernel cannot say.  Takes no lock itself.
+int qemu_image_locked(int fd);
+
 }  // namespace kvmcdp

@@ -27,22 +27,12 @@
 
 #include <fmt/format.h>
 
+#include "image_lock.h"
+
 namespace kvmcdp {
 namespace {
 
 constexpr char kPartialSuffix[] = ".kvmcdp-partial";
-
-// QEMU's file-posix driver (block/file-posix.c, RAW_LOCK_PERM_BASE and
-// RAW_LOCK_SHARED_BASE) marks an open image with fcntl locks on single
-// bytes: 100 + i for each permission i it holds, 200 + i for each it does
-// not share.  Any QEMU process with the image open (VM, qemu-img,
-// qemu-nbd, qemu-storage-daemon) holds at least byte 100 (consistent
-// read).  Asking F_OFD_GETLK whether a write lock on [100, 300) would
-// conflict finds them without taking a lock ourselves, so it cannot
-// disturb the VM, needs no qemu-img run and no guess at its output; it
-// misses only a QEMU started with locking=off.
-constexpr off_t kQemuLockFirst = 100;
-constexpr off_t kQemuLockEnd = 300;
 
 uint64_t block_device_size(int fd) {
   uint64_t size = 0;
@@ -77,22 +67,11 @@ std::string basename_of(const std::string& path) {
 }  // namespace
 
 Status check_not_locked_by_qemu(int fd, const std::string& path) {
-  struct flock fl {};
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = kQemuLockFirst;
-  fl.l_len = kQemuLockEnd - kQemuLockFirst;
-  int rc = ::fcntl(fd, F_OFD_GETLK, &fl);
-  if (rc != 0 && errno == EINVAL) {  // no OFD locks: QEMU then uses POSIX ones
-    fl = {};
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = kQemuLockFirst;
-    fl.l_len = kQemuLockEnd - kQemuLockFirst;
-    rc = ::fcntl(fd, F_GETLK, &fl);
-  }
-  if (rc != 0) return Status(ErrorKind::kFailure, fsutil::errno_message("check the locks of", path));
-  if (fl.l_type != F_UNLCK)
+  // QEMU's image lock (image_lock.h) rather than `qemu-img info`: no
+  // process to run, no output to parse, and it sees read-only holders too.
+  int locked = qemu_image_locked(fd);
+  if (locked < 0) return Status(ErrorKind::kFailure, fsutil::errno_message("check the locks of", path));
+  if (locked)
     return Status(ErrorKind::kExists,
                   fmt::format("{} is open in QEMU (a VM, qemu-img, qemu-nbd or "
                               "qemu-storage-daemon holds its image lock): stop that first",

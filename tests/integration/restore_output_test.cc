@@ -236,7 +236,7 @@ TEST_CASE("restore -o: files, devices, standard output, and what is refused") {
                 .status == 0);
     auto node = run_command(restore_argv(s, {"--force", "--from-node", "-o", loop.dev()}));
     REQUIRE_MESSAGE(node.status == 0, node.output);
-    CHECK(node.output.find("built node") != std::string::npos);
+    CHECK(node.output.find("restore point") != std::string::npos);
     CHECK(md5_head(loop.dev(), kDiskSize) == s.md5);
   }
 
