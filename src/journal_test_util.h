@@ -7,6 +7,9 @@
 #include <string>
 #include <vector>
 
+#include <doctest/doctest.h>
+
+#include "manifest.h"
 #include "record.h"
 
 namespace kvmcdp::journal::testing {
@@ -57,6 +60,18 @@ inline void write_bytes(const std::string& p, const std::vector<uint8_t>& b) {
   FILE* f = std::fopen(p.c_str(), "wb");
   if (!b.empty()) std::fwrite(b.data(), 1, b.size(), f);
   std::fclose(f);
+}
+
+// A complete manifest for a test store of `size` bytes whose base copy
+// completed at `base_seq`.
+inline void write_store_manifest(const std::string& store, uint64_t size, uint64_t base_seq) {
+  Manifest m;
+  m.stream_id = 5;
+  m.disk_size = size;
+  m.base_complete = true;
+  m.base_complete_seq = base_seq;
+  m.base_complete_time_ns = 1000 + base_seq * 10;
+  REQUIRE(write_manifest(store, m));
 }
 
 }  // namespace kvmcdp::journal::testing

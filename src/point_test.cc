@@ -27,16 +27,6 @@ using namespace journal::testing;
 
 namespace {
 
-void write_manifest_at(const std::string& store, uint64_t size, uint64_t base_seq) {
-  Manifest m;
-  m.stream_id = 5;
-  m.disk_size = size;
-  m.base_complete = true;
-  m.base_complete_seq = base_seq;
-  m.base_complete_time_ns = 1000 + base_seq * 10;
-  REQUIRE(write_manifest(store, m));
-}
-
 void write_base(const std::string& store, uint64_t size) {
   write_bytes(store + "/base.raw", std::vector<uint8_t>(size, 0x11));
 }
@@ -102,7 +92,7 @@ TEST_CASE("points: restore says which instant --at was read as (TZ=Europe/Berlin
       REQUIRE((*w)->append(write_rec(s, s * 8, {1, 2}, t0 + s * 1000000000ull)));
     REQUIRE((*w)->commit());
   }
-  write_manifest_at(store, 4096, 1);
+  write_store_manifest(store, 4096, 1);
   auto run = cli({"restore", "--store", store, "--at", "2026-11-25 20:52:10", "-o",
                   d.path + "/out.raw"},
                  d.path);
@@ -148,7 +138,7 @@ TEST_CASE("points: --mark refuses a name that several marks share") {
     }
     REQUIRE((*w)->commit());
   }
-  write_manifest_at(store, 4096, 1);
+  write_store_manifest(store, 4096, 1);
   auto view = open_store_view(store);
   REQUIRE(view);
   PointSpec dup;
@@ -196,7 +186,7 @@ TEST_CASE("points: damage that journal verify found ends what is recoverable") {
     }
     REQUIRE((*w)->commit());
   }
-  write_manifest_at(store, size, 3);
+  write_store_manifest(store, size, 3);
   // A bad byte in the payload of a frame in a sealed (indexed) middle
   // segment: opening the journal does not read it.
   auto segs = list_segments(store);

@@ -43,16 +43,6 @@ void replay(std::vector<uint8_t>& img, const Record& r) {
     img[i] = r.type == RecordType::kWrite ? r.data[i - r.offset] : 0;
 }
 
-void write_store_manifest(const std::string& store, uint64_t size, uint64_t base_seq) {
-  Manifest m;
-  m.stream_id = 5;
-  m.disk_size = size;
-  m.base_complete = true;
-  m.base_complete_seq = base_seq;
-  m.base_complete_time_ns = 1000 + base_seq * 10;
-  REQUIRE(write_manifest(store, m));
-}
-
 }  // namespace
 
 TEST_CASE("restore equals naive replay at many points") {
