@@ -167,10 +167,10 @@ CommandRunner setup_prune_command(CLI::App* app) {
   app->add_flag("--dry-run", o->dry_run, "print what would be removed and kept; change nothing");
   app->add_flag("--wait", o->wait, "wait for the tree lock instead of failing with exit 5");
   app->footer(
-      "prune also deletes journal history: the journal before the oldest kept node is folded\n"
-      "into a new base, so no point before that node can be restored any more.\n"
-      "A node in use (a VM or an export reads it, e.g. through a restore --overlay image) is\n"
-      "kept, with the nodes it backs onto, and listed as kept with who uses it.");
+      "prune also deletes journal history: the journal before the oldest kept restore point\n"
+      "is merged into a new base copy, so no moment before that point can be restored any more.\n"
+      "A restore point in use (a VM or an export reads it, e.g. through a restore --overlay\n"
+      "image) is kept, with the points it builds on, and listed as kept with who uses it.");
   return [o]() { return run_prune(*o); };
 }
 

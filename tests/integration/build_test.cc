@@ -472,7 +472,7 @@ TEST_CASE("prune keeps the nodes a running QEMU reads through a restore --overla
   // deletes history too.
   auto help = run_command({KVMCDP_BINARY, "prune", "--help"});
   CHECK(help.output.find("prune also deletes journal history") != std::string::npos);
-  CHECK(help.output.find("A node in use") != std::string::npos);
+  CHECK(help.output.find("A restore point in use") != std::string::npos);
   auto again = run_command({KVMCDP_BINARY, "prune", "--store", p.store, "--keep-last", "1"});
   REQUIRE_MESSAGE(again.status == 0, again.output);
   CHECK_MESSAGE(again.output.find("removed 3 of 4 restore points, kept 1\n") != std::string::npos,
