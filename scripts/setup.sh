@@ -28,7 +28,7 @@ packages=(
   libcli11-dev libfmt-dev libzstd-dev zstd doctest-dev libnbd-dev libssl-dev
   # tests and tools
   qemu-utils busybox-static fio cpio kmod mandoc xz-utils openssh-server
-  openssh-client seabios qemu-system-data dpkg-dev python3 man-db
+  openssh-client seabios qemu-system-data dpkg-dev python3 man-db strace
   systemd  # systemd-analyze verify (no running systemd needed)
   # QEMU's build dependencies (minimal configuration below)
   meson libglib2.0-dev libpixman-1-dev libfdt-dev libslirp-dev flex bison

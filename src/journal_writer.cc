@@ -148,8 +148,15 @@ Status JournalWriter::append(Record&& r) {
   return append(view_of(r));
 }
 
-Status JournalWriter::append(const RecordView& r) {
+Status JournalWriter::append(const RecordView& in) {
   if (failed_) return *failed_;
+  // A filter that lost its receiver before an ack arrived counts its gap
+  // from its last ack, though the journal may hold records past it: they
+  // are durable, so the gap really starts after the journal's last record.
+  RecordView r = in;
+  if (have_appended_ && r.type == RecordType::kGap && r.seq > appended_seq_ &&
+      r.offset <= appended_seq_)
+    r.offset = appended_seq_ + 1;
   if (have_appended_)
     if (auto e = continuity_error(appended_seq_, r.seq, r.type, r.offset))
       return {ErrorKind::kFailure, "append: " + *e};

@@ -72,7 +72,9 @@ class JournalWriter {
 
   // Buffers a record.  Its seq must follow the last one (see
   // continuity_error); the first record of an empty journal may have any
-  // seq.  A full frame goes to the compression threads, which also write
+  // seq.  A gap record announcing missing seqs from one the journal holds
+  // already is stored as a gap starting after the journal's last record.
+  // A full frame goes to the compression threads, which also write
   // it to the segment (not yet durable); append waits only if
   // opts.frames_in_flight frames are still unwritten.  No I/O here.
   Status append(Record&& r);

@@ -34,6 +34,19 @@ struct FilterEnd {
     h.length = type == MsgType::kHello ? 1 << 30 : payload.size();
     h.payload_len = uint32_t(payload.size());
     if (type == MsgType::kHello) h.aux = wire::kVersion;
+    send_header(h, payload);
+  }
+  // A GAP record: seqs from `from` on were lost.
+  void gap(uint64_t seq, uint64_t from) {
+    MsgHeader h{};
+    h.magic = wire::kMagic;
+    h.type = static_cast<uint16_t>(MsgType::kGap);
+    h.seq = seq;
+    h.time_ns = seq * 1000;
+    h.offset = from;
+    send_header(h, {});
+  }
+  void send_header(const MsgHeader& h, const std::vector<uint8_t>& payload) {
     uint8_t b[wire::kHeaderSize];
     wire::encode_header(h, b);
     REQUIRE(::send(fd, b, sizeof b, MSG_NOSIGNAL) == ssize_t(sizeof b));
@@ -164,6 +177,63 @@ TEST_CASE("receiver: a long stream with commits running beside it: every record 
     CHECK(rig.rx->counters().durable_seq == 3000);
     CHECK(rig.journal_records() == 3000);
   }
+}
+
+// The receiver died after its commit of 406..407 but before the filter saw
+// the ack (it last saw 405), and stayed away past the filter's timeout:
+// the filter dropped its queue and announces a gap from 406 (its ack + 1),
+// while the journal, which is the truth, holds 407.
+TEST_CASE("receiver: a gap announced from a seq the journal holds starts after the journal's end") {
+  TempDir dir;
+  journal::WriterOptions o;
+  o.stream_id = 7;
+  {
+    auto w = journal::JournalWriter::open(dir.path, o);
+    REQUIRE(w);
+    for (uint64_t s = 400; s <= 407; s++)
+      REQUIRE((*w)->append(journal::testing::write_rec(s, s * 4096, std::vector<uint8_t>(4096, 1))));
+    REQUIRE((*w)->commit());
+    REQUIRE((*w)->close());
+  }
+  auto w = journal::JournalWriter::open(dir.path, o);
+  REQUIRE(w);
+  int sv[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  FilterEnd filter{sv[1]};
+  StreamReceiver rx(sv[0], w->get());
+  filter.send(MsgType::kHello, 410, wire::kFlagGap);
+  REQUIRE(rx.handshake((*w)->last_durable_seq(), 10000));
+  MsgHeader reply = filter.receive();
+  CHECK(reply.type == static_cast<uint16_t>(MsgType::kHelloReply));
+  CHECK(reply.seq == 407);
+  std::atomic<bool> stop{false};
+  Result<StreamReceiver::End> end = Status(ErrorKind::kFailure, "not run");
+  std::thread thread([&] { end = rx.run(stop); });
+  filter.write(407);  // a resend of what the journal has: skipped
+  filter.gap(411, 406);
+  filter.write(412, wire::kFlagResync);
+  filter.send(MsgType::kResyncDone, 413);
+  filter.write(414);
+  uint64_t acked = filter.ack_covering(414);
+  stop = true;
+  thread.join();
+  ::close(sv[0]);
+  ::close(sv[1]);
+  CHECK(acked == 414);
+  REQUIRE_MESSAGE(end, end.status().message());
+  REQUIRE(w->get()->close());
+
+  auto r = journal::JournalReader::open(dir.path);
+  REQUIRE(r);
+  std::vector<uint64_t> seqs;
+  uint64_t gap_from = 0;
+  REQUIRE((*r)->for_each_record(1, [&](const journal::RecordView& v) {
+    seqs.push_back(v.seq);
+    if (v.type == RecordType::kGap) gap_from = v.offset;
+    return true;
+  }));
+  CHECK(seqs == std::vector<uint64_t>{400, 401, 402, 403, 404, 405, 406, 407, 411, 412, 413, 414});
+  CHECK(gap_from == 408);
 }
 
 }  // namespace kvmcdp
