@@ -4,8 +4,10 @@
 // reported and then lost with a crashing protect would send a later
 // `restore --mark` looking for a point that never existed.  QEMU's
 // filter counts a record as acknowledged only after protect's group
-// commit, so mark waits for the filter's acked seq to pass the mark's, then
-// checks that the journal really holds it (a gap may have dropped it).
+// commit, so mark waits for the filter's acked seq (or the durable seq
+// protect publishes, when acks wait for a backup server) to pass the
+// mark's, then checks that the journal really holds it (a gap may have
+// dropped it).
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -49,6 +51,10 @@ Status wait_durable(QmpClient& qmp, const std::string& store, const std::string&
                           "journal",
                           node, name, seq)};
     if (*acked >= seq) break;
+    // With --ack-from remote the filter's acks wait for the server; the
+    // local journal's durable seq is in protect.json (about once a second).
+    auto state = read_protect_state(store);
+    if (state && state->durable_seq >= seq) break;
     if (std::chrono::steady_clock::now() >= deadline)
       return {ErrorKind::kFailure,
               fmt::format("mark '{}' (seq {}) is not in the journal after {} s (is kvmcdp "
