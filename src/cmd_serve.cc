@@ -174,12 +174,15 @@ Status run_listen(const ServeOptions& o) {
       ++strangers;
       if (c.host == host) ++from_host;
     }
-    const char* full = clients.size() >= kMaxConnections     ? "too many connections"
-                       : from_host >= kMaxStrangersPerAddress ? "too many connections from it not logged in"
-                       : strangers >= kMaxStrangers           ? "too many connections not logged in"
-                                                              : nullptr;
+    const char* full = nullptr;
+    if (clients.size() >= kMaxConnections)
+      full = "too many connections";
+    else if (from_host >= kMaxStrangersPerAddress)
+      full = "too many connections from this address that have not logged in";
+    else if (strangers >= kMaxStrangers)
+      full = "too many connections that have not logged in";
     if (full) {
-      log_line(fmt::format("{}: refused: {}", peer_name(fd), full));
+      log_line(fmt::format("{}: closed at once: {}", peer_name(fd), full));
       close(fd);
       continue;
     }

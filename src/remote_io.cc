@@ -137,8 +137,10 @@ Result<bool> Conn::fill(int timeout_ms) {
     // once, so a peer that announces a large message and then sends
     // nothing makes us allocate nothing.
     size_t grow = buf_.size() * 2;
-    if (end_ >= kHeaderSize)
-      grow = std::min(grow, std::max(buf_.size() + 1, kHeaderSize + size_t{get32(buf_.data() + 8)}));
+    if (end_ >= kHeaderSize) {
+      size_t whole = kHeaderSize + size_t{get32(buf_.data() + 8)};
+      grow = std::min(grow, std::max(buf_.size() + 1, whole));
+    }
     buf_.resize(grow);
   }
   pollfd p{in_, POLLIN, 0};

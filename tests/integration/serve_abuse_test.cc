@@ -170,7 +170,7 @@ TEST_CASE("serve abuse: connections beyond the not-logged-in limit are closed at
   for (int i = 0; i < 8; ++i) idle.push_back(dial(rig.server.port));
   auto excess = dial(rig.server.port);
   CHECK(closed_by_server(*excess));
-  CHECK(rig.server.proc->wait_output("not logged in", std::chrono::seconds(10)));
+  CHECK(rig.server.proc->wait_output("that have not logged in", std::chrono::seconds(10)));
   REQUIRE_MESSAGE(serving(rig.server), rig.server.proc->output());
   // Once they go, there is room again.
   idle.clear();
