@@ -3,6 +3,13 @@
 // fdatasync, so threads are the simple and sufficient design); each writes
 // its own store under --store-root, guarded by that store's lock.
 // `--stdio` serves one connection on stdin/stdout for ssh.
+//
+// Anyone who can reach the port can connect, so what a connection costs
+// before it has logged in is bounded: few such connections per address
+// and in all (the excess is closed at accept), small messages only (see
+// remote_server.cc), and a receive buffer that grows with the bytes that
+// actually arrive, so an idle connection costs its thread and little
+// more.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -45,6 +52,13 @@ struct ServeOptions {
   std::string secret_out;
 };
 
+// Connections that have not logged in yet, from one address and in all;
+// and connections of any kind.  A backup server has one connection per
+// protected disk, and a client logs in within a round trip or two.
+constexpr int kMaxStrangersPerAddress = 8;
+constexpr int kMaxStrangers = 64;
+constexpr size_t kMaxConnections = 1024;
+
 void log_line(const std::string& s) { std::fprintf(stderr, "kvmcdp: %s\n", s.c_str()); }
 
 // "host:port", "[v6]:port" or ":port" (every address).
@@ -79,6 +93,26 @@ Result<int> listen_on(const std::string& addr, std::string* bound) {
   return fd.release();
 }
 
+// The client's address without its port: what one machine shares.
+std::string peer_host(int fd) {
+  sockaddr_storage sa{};
+  socklen_t len = sizeof sa;
+  char h[NI_MAXHOST] = "?";
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&sa), &len) == 0)
+    getnameinfo(reinterpret_cast<sockaddr*>(&sa), len, h, sizeof h, nullptr, 0, NI_NUMERICHOST);
+  return h;
+}
+
+// A message that breaks the code reading it (it should not: every field
+// is checked) ends that connection, never the server.
+Status serve_guarded(remote::Conn& conn, const ServeConfig& cfg) {
+  try {
+    return serve_connection(conn, cfg);
+  } catch (const std::exception& e) {
+    return {ErrorKind::kFailure, fmt::format("the connection failed: {}", e.what())};
+  }
+}
+
 std::string peer_name(int fd) {
   sockaddr_storage sa{};
   socklen_t len = sizeof sa;
@@ -109,6 +143,8 @@ Status run_listen(const ServeOptions& o) {
   struct Client {
     std::thread thread;
     int fd;
+    std::string host;
+    std::atomic<bool> authenticated{false};
     std::atomic<bool> done{false};
   };
   std::list<Client> clients;
@@ -131,9 +167,29 @@ Status run_listen(const ServeOptions& o) {
     if (poll(&p, 1, 200) <= 0) continue;
     int fd = accept4(lfd.get(), nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) continue;
+    std::string host = peer_host(fd);
+    int strangers = 0, from_host = 0;
+    for (const auto& c : clients) {
+      if (c.done || c.authenticated) continue;
+      ++strangers;
+      if (c.host == host) ++from_host;
+    }
+    const char* full = nullptr;
+    if (clients.size() >= kMaxConnections)
+      full = "too many connections";
+    else if (from_host >= kMaxStrangersPerAddress)
+      full = "too many connections from this address that have not logged in";
+    else if (strangers >= kMaxStrangers)
+      full = "too many connections that have not logged in";
+    if (full) {
+      log_line(fmt::format("{}: closed at once: {}", peer_name(fd), full));
+      close(fd);
+      continue;
+    }
     keep_alive(fd);
     Client& c = clients.emplace_back();
     c.fd = fd;
+    c.host = host;
     c.thread = std::thread([&c, &o, &owners, &owners_mu] {
       ServeConfig cfg;
       cfg.store_root = o.store_root;
@@ -147,6 +203,7 @@ Status run_listen(const ServeOptions& o) {
           shutdown(it->second->fd, SHUT_RDWR);
         }
       };
+      cfg.authenticated = [&c] { c.authenticated = true; };
       cfg.claimed = [&](const std::string& store) {
         std::lock_guard l(owners_mu);
         owners[store] = &c;
@@ -154,7 +211,7 @@ Status run_listen(const ServeOptions& o) {
       };
       {
         remote::Conn conn(c.fd, c.fd);
-        Status st = serve_connection(conn, cfg);
+        Status st = serve_guarded(conn, cfg);
         log_line(fmt::format("{}: {}", cfg.peer, st ? "connection ended" : st.message()));
         std::lock_guard l(owners_mu);
         if (!mine.empty() && owners[mine] == &c) owners.erase(mine);
@@ -196,7 +253,7 @@ Status run_stdio(const ServeOptions& o) {
   dup2(devnull, 1);
   close(devnull);
   remote::Conn conn(in, out);
-  return serve_connection(conn, cfg);
+  return serve_guarded(conn, cfg);
 }
 
 // Creates `path` mode 0600 whatever the umask, refusing one that exists:

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -35,6 +36,14 @@ void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOC
 
 }  // namespace
 
+std::string Message::reason() const {
+  std::string_view t = text().substr(0, 300);
+  std::string out(t);
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  return out;
+}
+
 void encode_header(const MsgHeader& h, uint8_t out[kHeaderSize]) {
   put32(out + 0, kMagic);
   put16(out + 4, h.type);
@@ -60,7 +69,11 @@ Status decode_header(const uint8_t in[kHeaderSize], MsgHeader* h) {
   return Status::ok();
 }
 
-Conn::Conn(int in, int out) : in_(in), out_(out), buf_(1u << 20) {
+// Small: an idle connection costs little, and the buffer grows with what
+// arrives.
+constexpr size_t kInitialBuffer = 16u << 10;
+
+Conn::Conn(int in, int out) : in_(in), out_(out), buf_(kInitialBuffer) {
   set_nonblocking(in_);
   if (out_ != in_) set_nonblocking(out_);
 }
@@ -118,12 +131,18 @@ Result<bool> Conn::fill(int timeout_ms) {
     end_ -= start_;
     start_ = 0;
   }
-  if (end_ >= kHeaderSize) {
-    // Grow for the announced message; the header was checked already.
-    size_t want = kHeaderSize + get32(buf_.data() + 8);
-    if (buf_.size() < want) buf_.resize(want);
+  if (end_ == buf_.size()) {
+    // Full, and the message at its start is not whole: grow by doubling
+    // towards the announced length (checked already), never to it at
+    // once, so a peer that announces a large message and then sends
+    // nothing makes us allocate nothing.
+    size_t grow = buf_.size() * 2;
+    if (end_ >= kHeaderSize) {
+      size_t whole = kHeaderSize + size_t{get32(buf_.data() + 8)};
+      grow = std::min(grow, std::max(buf_.size() + 1, whole));
+    }
+    buf_.resize(grow);
   }
-  if (end_ == buf_.size()) buf_.resize(buf_.size() * 2);
   pollfd p{in_, POLLIN, 0};
   int r = poll(&p, 1, timeout_ms);
   if (r < 0 && errno != EINTR) return io_error("poll");
@@ -143,6 +162,10 @@ Result<bool> Conn::receive(Message* m, int timeout_ms) {
       // Judge the header as soon as it is here, so a lying length is
       // refused instead of waited for.
       if (Status s = decode_header(buf_.data() + start_, &m->h); !s) return s;
+      if (m->h.payload_len > max_payload_)
+        return Status(ErrorKind::kFailure,
+                      fmt::format("remote: a payload of {} bytes exceeds the limit of {} here",
+                                  m->h.payload_len, max_payload_));
       if (end_ - start_ >= kHeaderSize + size_t{m->h.payload_len}) {
         m->payload = buf_.data() + start_ + kHeaderSize;
         start_ += kHeaderSize + m->h.payload_len;
@@ -165,7 +188,7 @@ Result<Message> Conn::expect(MsgType want, int timeout_ms) {
   if (!*got) return Status(ErrorKind::kFailure, "remote: the peer did not answer in time");
   if (m.h.type == static_cast<uint16_t>(MsgType::kError)) {
     refused_ = true;
-    return Status(ErrorKind::kFailure, fmt::format("the server refused: {}", m.text()));
+    return Status(ErrorKind::kFailure, fmt::format("the server refused: {}", m.reason()));
   }
   if (m.h.type != static_cast<uint16_t>(want))
     return Status(ErrorKind::kFailure,

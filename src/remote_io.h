@@ -23,6 +23,9 @@ struct Message {
   std::string_view text() const {
     return {reinterpret_cast<const char*>(payload), h.payload_len};
   }
+  // An ERROR's reason, fit for one log or error line: the peer chose
+  // these bytes, so control characters become spaces and it is cut short.
+  std::string reason() const;
 };
 
 // Owns the descriptors (closes them).  `in` and `out` may be the same fd.
@@ -47,6 +50,10 @@ class Conn {
   // Status carrying the peer's reason.
   Result<Message> expect(MsgType want, int timeout_ms);
   bool buffered() const;
+  // Refuses, on its header, any later message with a larger payload (at
+  // most kMaxPayload, the default): a stranger may not make us wait for,
+  // or hold, more than a login needs.
+  void set_max_payload(uint32_t n) { max_payload_ = n; }
   int in_fd() const { return in_; }
   // The last expect() failed because the peer said ERROR (it refused us),
   // not because the connection failed.
@@ -57,6 +64,7 @@ class Conn {
   int in_, out_;
   std::vector<uint8_t> buf_;
   size_t start_ = 0, end_ = 0;
+  uint32_t max_payload_ = kMaxPayload;
   bool refused_ = false;
 };
 

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fsutil.h"
+#include "json_field.h"
 #include "remote_auth.h"
 
 namespace kvmcdp {
@@ -118,9 +119,14 @@ Result<ServerState> hello(remote::Conn& c, const RemoteOptions& o, int timeout_m
   if (Status s = c.send(MsgType::kHello, remote::kVersion, 0, h.dump()); !s) return s;
   auto ch = c.expect(MsgType::kChallenge, timeout_ms);
   if (!ch) return ch.status();
-  json cj = json::parse(ch->text(), nullptr, false);
-  std::string auth = cj.is_object() ? cj.value("auth", "") : "";
-  std::string server_nonce = cj.is_object() ? cj.value("nonce", "") : "";
+  auto cj = json_field::parse_object(ch->text(), "challenge");
+  if (!cj) return Status(ErrorKind::kFailure, "remote: " + cj.status().message());
+  auto auth_field = json_field::get_string(*cj, "auth", "challenge");
+  if (!auth_field) return Status(ErrorKind::kFailure, "remote: " + auth_field.status().message());
+  const std::string& auth = *auth_field;
+  // Only a secret challenge needs the server's nonce.
+  auto nonce_field = json_field::get_string(*cj, "nonce", "challenge");
+  std::string server_nonce = nonce_field ? *nonce_field : "";
   bool secret = auth == "secret";
   if (secret && o.secret.empty())
     return Status(ErrorKind::kUsage, "the server wants the store's secret: --secret-file");
@@ -134,28 +140,34 @@ Result<ServerState> hello(remote::Conn& c, const RemoteOptions& o, int timeout_m
   if (Status s = c.send(MsgType::kAuth, 0, 0, a.dump()); !s) return s;
   auto w = c.expect(MsgType::kWelcome, timeout_ms);
   if (!w) return w.status();
-  json wj = json::parse(w->text(), nullptr, false);
-  if (!wj.is_object() || !wj.contains("state") || !wj["state"].is_object())
-    return Status(ErrorKind::kFailure, "remote: malformed welcome");
+  auto wj = json_field::parse_object(w->text(), "welcome");
+  if (!wj) return Status(ErrorKind::kFailure, "remote: " + wj.status().message());
   // The server proves it holds the secret too: a stolen address cannot
   // collect a VM's disk by posing as its backup server.
-  if (secret && !remote::proofs_equal(wj.value("proof", ""),
-                                      remote::auth_proof(o.secret, "kvmcdp-server", store, nonce,
-                                                         server_nonce)))
-    return Status(ErrorKind::kFailure, "remote: the server could not prove it holds the secret");
-  const json& st = wj["state"];
-  ServerState s;
-  try {
-    s.segment = st.at("segment").get<uint64_t>();
-    s.size = st.at("size").get<uint64_t>();
-    s.sealed = st.at("sealed").get<bool>();
-    s.last_seq = st.at("last_seq").get<uint64_t>();
-    s.last_ns = st.at("last_ns").get<uint64_t>();
-    s.stream_id = st.at("stream_id").get<std::string>();
-    s.base_complete = st.at("base_complete").get<bool>();
-  } catch (const json::exception&) {
-    return Status(ErrorKind::kFailure, "remote: malformed welcome state");
+  if (secret) {
+    auto proof = json_field::get_string(*wj, "proof", "welcome");
+    if (!proof || !remote::proofs_equal(*proof, remote::auth_proof(o.secret, "kvmcdp-server",
+                                                                   store, nonce, server_nonce)))
+      return Status(ErrorKind::kFailure, "remote: the server could not prove it holds the secret");
   }
+  auto st = json_field::get_object(*wj, "state", "welcome");
+  if (!st) return Status(ErrorKind::kFailure, "remote: " + st.status().message());
+  const char* what = "welcome state";
+  ServerState s;
+  Status bad = Status::ok();
+  auto take = [&](auto got, auto* out) {
+    if (!bad) return;
+    if (got) *out = *got;
+    else bad = got.status();
+  };
+  take(json_field::get_u64(*st, "segment", what), &s.segment);
+  take(json_field::get_u64(*st, "size", what), &s.size);
+  take(json_field::get_bool(*st, "sealed", what), &s.sealed);
+  take(json_field::get_u64(*st, "last_seq", what), &s.last_seq);
+  take(json_field::get_u64(*st, "last_ns", what), &s.last_ns);
+  take(json_field::get_string(*st, "stream_id", what), &s.stream_id);
+  take(json_field::get_bool(*st, "base_complete", what), &s.base_complete);
+  if (!bad) return Status(ErrorKind::kFailure, "remote: " + bad.message());
   return s;
 }
 

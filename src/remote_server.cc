@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fsutil.h"
+#include "json_field.h"
 #include "journal_mirror.h"
 #include "manifest.h"
 #include "remote_auth.h"
@@ -36,7 +37,12 @@ namespace {
 constexpr int kHandshakeMs = 30000;
 constexpr uint64_t kSyncBytes = 8u << 20;
 
-json parse_json(const Message& m) { return json::parse(m.text(), nullptr, false); }
+// What a client may send before it has proven it holds the store's
+// secret: the hello and the proof are a few dozen bytes, so anything
+// large is refused on its header, before it costs memory.
+constexpr uint32_t kPreAuthPayload = 4096;
+// A manifest is a few hundred bytes; this leaves room for extra keys.
+constexpr uint32_t kMaxManifest = 1u << 20;
 
 struct Session {
   Conn& conn;
@@ -81,12 +87,14 @@ Status handshake(Session& s) {
   if (hello->h.a != remote::kVersion)
     return refuse(s, {ErrorKind::kFailure, fmt::format("protocol version {} is not {}",
                                                         hello->h.a, remote::kVersion)});
-  json hj = parse_json(*hello);
-  if (!hj.is_object() || !hj.value("store", json()).is_string() ||
-      !hj.value("nonce", json()).is_string())
-    return refuse(s, {ErrorKind::kFailure, "malformed hello"});
-  s.name = hj["store"];
-  std::string client_nonce = hj["nonce"];
+  auto hj = json_field::parse_object(hello->text(), "hello");
+  if (!hj) return refuse(s, hj.status());
+  auto name = json_field::get_string(*hj, "store", "hello");
+  if (!name) return refuse(s, name.status());
+  auto nonce = json_field::get_string(*hj, "nonce", "hello");
+  if (!nonce) return refuse(s, nonce.status());
+  s.name = *name;
+  std::string client_nonce = *nonce;
 
   bool use_secret = s.cfg.fixed_store.empty();
   std::string secret;
@@ -110,12 +118,18 @@ Status handshake(Session& s) {
   if (Status st = s.conn.send(MsgType::kChallenge, 0, 0, challenge.dump()); !st) return st;
   auto auth = s.conn.expect(MsgType::kAuth, kHandshakeMs);
   if (!auth) return auth.status();
-  json aj = parse_json(*auth);
-  std::string proof = aj.is_object() ? aj.value("proof", "") : "";
+  auto aj = json_field::parse_object(auth->text(), "auth");
+  if (!aj) return refuse(s, aj.status());
+  auto proof_field = json_field::get_string(*aj, "proof", "auth");
+  if (!proof_field) return refuse(s, proof_field.status());
+  const std::string& proof = *proof_field;
   if (use_secret &&
       (!known || !remote::proofs_equal(proof, remote::auth_proof(secret, "kvmcdp-client", s.name,
                                                                  client_nonce, server_nonce))))
     return refuse(s, {ErrorKind::kFailure, "authentication failed (unknown store or wrong secret)"});
+  // Logged in: whole frames may follow, each in one message.
+  s.conn.set_max_payload(remote::kMaxPayload);
+  if (s.cfg.authenticated) s.cfg.authenticated();
 
   if (mkdir(s.store.c_str(), 0700) != 0 && errno != EEXIST)
     return refuse(s, {ErrorKind::kFailure, fsutil::errno_message("mkdir", s.store)});
@@ -164,6 +178,11 @@ Status handshake(Session& s) {
 Status take_manifest(Session& s) {
   auto msg = s.conn.expect(MsgType::kManifest, kHandshakeMs);
   if (!msg) return msg.status();
+  if (msg->h.payload_len > kMaxManifest)
+    return refuse(s, {ErrorKind::kFailure, "the client's manifest is too large"});
+  // Also bounds its nesting: the manifest's unknown keys are kept and
+  // written back.
+  if (auto j = json_field::parse_object(msg->text(), "manifest"); !j) return refuse(s, j.status());
   auto theirs = manifest_from_json(std::string(msg->text()), "the client's manifest");
   if (!theirs) return refuse(s, theirs.status());
   if (s.have_manifest) {
@@ -200,6 +219,11 @@ Status base_data(Session& s, const Message& m) {
 }
 
 Status base_done(Session& s, const Message& m) {
+  // Checked before anything is renamed: a bad message changes nothing.
+  auto j = json_field::parse_object(m.text(), "base done");
+  if (!j) return j.status();
+  auto time_ns = json_field::get_u64(*j, "time_ns", "base done");
+  if (!time_ns) return time_ns.status();
   std::string final_path = s.store + "/" + s.manifest.base_image;
   std::string path = final_path + ".partial";
   if (!s.base_fd.valid()) {
@@ -216,10 +240,9 @@ Status base_done(Session& s, const Message& m) {
   if (rename(path.c_str(), final_path.c_str()) != 0)
     return Status(ErrorKind::kFailure, fsutil::errno_message("rename", path));
   if (Status st = fsutil::fsync_dir(s.store); !st) return st;
-  json j = parse_json(m);
   s.manifest.base_complete = true;
   s.manifest.base_complete_seq = m.h.b;
-  s.manifest.base_complete_time_ns = j.is_object() ? j.value("time_ns", uint64_t{0}) : 0;
+  s.manifest.base_complete_time_ns = *time_ns;
   if (Status st = write_manifest(s.store, s.manifest); !st) return st;
   return s.conn.send(MsgType::kBaseAck);
 }
@@ -288,6 +311,7 @@ Status receive_stream(Session& s) {
 
 Status serve_connection(Conn& conn, const ServeConfig& cfg) {
   Session s{conn, cfg};
+  conn.set_max_payload(kPreAuthPayload);
   if (Status st = handshake(s); !st) return st;
   Status why = receive_stream(s);
   // The store is still locked: the last word on this connection is ours.

@@ -20,6 +20,9 @@ struct ServeConfig {
   // A client whose network dropped without a FIN reconnects at once and
   // must not wait for TCP keepalive to free its own store.
   std::function<void(const std::string& store)> evict;
+  // Called once the client has proven it holds the store's secret (or,
+  // over stdio, at once): it no longer counts as a stranger.
+  std::function<void()> authenticated;
   // Tells which store this connection got (for evict's bookkeeping).
   std::function<void(const std::string& store)> claimed;
 };

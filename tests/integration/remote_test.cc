@@ -20,6 +20,7 @@
 #include "harness/protect_process.h"
 #include "harness/qemu_process.h"
 #include "harness/vm_io.h"
+#include "integration/remote_client.h"
 #include "remote_auth.h"
 #include "remote_io.h"
 
@@ -34,34 +35,6 @@ struct Checkpoint {
   uint64_t seq;
   std::string md5;
 };
-
-// A server on a free loopback port (or on `port`, to restart it there).
-struct Server {
-  std::unique_ptr<BackgroundProcess> proc;
-  std::string port;
-  Server(const TempDir& dir, const std::string& root, const std::string& want_port = "0",
-         const std::string& log_name = "serve.log") {
-    proc = std::make_unique<BackgroundProcess>(
-        std::vector<std::string>{KVMCDP_BINARY, "serve", "--listen", "127.0.0.1:" + want_port,
-                                 "--store-root", root},
-        dir.file(log_name));
-    REQUIRE_MESSAGE(proc->wait_output("serving", std::chrono::seconds(20)), proc->output());
-    std::string out = proc->output();
-    size_t at = out.find("on 127.0.0.1:");
-    REQUIRE(at != std::string::npos);
-    port = out.substr(at + 13, out.find_first_not_of("0123456789", at + 13) - at - 13);
-  }
-};
-
-// `kvmcdp serve --new-store NAME`, its secret saved as a mode 600 file.
-std::string new_store(const TempDir& dir, const std::string& root, const std::string& name) {
-  auto r = run_command({KVMCDP_BINARY, "serve", "--store-root", root, "--new-store", name});
-  REQUIRE_MESSAGE(r.status == 0, r.output);
-  std::string path = dir.file(name + ".secret");
-  std::ofstream(path) << r.output;
-  chmod(path.c_str(), 0600);
-  return path;
-}
 
 void random_writes(QemuProcess& vm, std::mt19937_64& rng, int n, uint64_t max_len = 256 << 10) {
   for (int i = 0; i < n; ++i) {
@@ -122,35 +95,6 @@ struct Rig {
   std::string port = server->port;
   std::string url = fmt::format("tcp://127.0.0.1:{}/vm1", port);
 };
-
-std::unique_ptr<remote::Conn> dial(const std::string& port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(static_cast<uint16_t>(std::stoi(port)));
-  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
-  return std::make_unique<remote::Conn>(fd, fd);
-}
-
-// A hand-made client up to WELCOME; its result says whether it got in.
-Result<remote::Message> handshake(remote::Conn& c, const std::string& store,
-                                  const std::string& secret) {
-  std::string nonce = remote::random_hex(16);
-  json hello = {{"store", store}, {"nonce", nonce}};
-  REQUIRE(c.send(remote::MsgType::kHello, remote::kVersion, 0, hello.dump()));
-  auto ch = c.expect(remote::MsgType::kChallenge, 10000);
-  REQUIRE(ch);
-  std::string server_nonce = json::parse(ch->text())["nonce"];
-  std::string proof = remote::auth_proof(secret, "kvmcdp-client", store, nonce, server_nonce);
-  REQUIRE(c.send(remote::MsgType::kAuth, 0, 0, json{{"proof", proof}}.dump()));
-  return c.expect(remote::MsgType::kWelcome, 20000);
-}
-
-std::string secret_of(const std::string& path) {
-  std::string s = read_file(path);
-  return s.substr(0, s.find('\n'));
-}
 
 }  // namespace
 
