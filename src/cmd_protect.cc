@@ -461,6 +461,8 @@ Status run_protect(const ProtectOptions& o) {
     m.created_time_ns = now_ns();
     m.extra["filter_node"] = filter;
     m.extra["drive"] = o.drive;
+    // Its shipped segments are trimmed: a journal starting late is no hole.
+    if (!o.spool.empty()) m.extra["spool"] = true;
     if (Status st = write_manifest(o.store, m); !st) return fail(st);
     new_store = false;  // it holds a stream now
     wo.stream_id = m.stream_id;

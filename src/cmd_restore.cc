@@ -35,12 +35,14 @@ struct RestoreOptions {
 
 Status run_restore(const RestoreOptions& o) {
   // 1. May the output be written at all?  Checked before anything else
-  //    (output_target.h): an existing file, a device, a terminal.
+  //    (output_target.h): inside the store, an existing file, a device,
+  //    a terminal.  The store first: --force must not reach its files.
   const bool to_stdout = o.output == "-";
   if (to_stdout && (o.format != "raw" || o.overlay))
     return Status(ErrorKind::kUsage,
                   "-o - writes a raw image to standard output: --format qcow2 and --overlay "
                   "need a file");
+  if (auto s = check_output_outside_store(o.output, o.store); !s) return s;
   auto target = check_output_target(o.output, o.force);
   if (!target) return target.status();
   if (target->kind == OutputKind::kBlockDevice && (o.format != "raw" || o.overlay))

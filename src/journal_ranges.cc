@@ -17,7 +17,11 @@ Result<std::vector<RecoverableRange>> recoverable_ranges(JournalReader& r,
   Point prev{0, 0};
   bool have_prev = false;
   const auto& frames = r.frames();
-  if (frames.empty() || base_seq < frames.front().first_seq) {
+  // The base alone is a point only when it needs no record: completed
+  // before the first seq the journal must hold.  Missing first segments
+  // otherwise leave the base looking like a point it is not.
+  if ((frames.empty() || base_seq < frames.front().first_seq) &&
+      !(r.start_missing() && base_seq >= r.start_seq())) {
     // The base copy completed before the first record we hold.
     cur = RecoverableRange{base_seq, base_time_ns, base_seq, base_time_ns};
     prev = {base_seq, base_time_ns};

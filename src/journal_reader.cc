@@ -12,13 +12,46 @@
 #include <algorithm>
 
 #include "fsutil.h"
+#include "manifest.h"
+#include "protect_state.h"
 
 namespace kvmcdp::journal {
+
+uint64_t journal_start_seq(const std::string& store_dir) {
+  auto m = read_manifest(store_dir);
+  // A spool (protect --spool) trims the segments the server holds.
+  if (!m || (m->extra.contains("spool") && m->extra["spool"] == true)) return 0;
+  return m->folded_seq ? m->folded_seq + 1 : 1;
+}
+
+uint64_t missing_tail(const std::string& store_dir, uint64_t stream_id, uint64_t last_seq) {
+  auto st = read_protect_state(store_dir);
+  if (!st || st->stream_id != stream_id || st->durable_seq <= last_seq) return 0;
+  return st->durable_seq;
+}
+
+Damage missing_tail_damage(const std::string& store_dir, uint64_t last_seq, uint64_t durable) {
+  return Damage{journal_dir(store_dir), 0,
+                "the journal ends at seq " + std::to_string(last_seq) + ", but protect wrote seq " +
+                    std::to_string(durable) +
+                    " durably (protect.json): its last segments are missing (deleted?)",
+                0};
+}
+
+Damage missing_start_damage(const std::string& first_segment_path, uint64_t start,
+                            uint64_t first, uint64_t file_size) {
+  return Damage{first_segment_path, 0,
+                "the journal starts at seq " + std::to_string(first) + ", but the records from seq " +
+                    std::to_string(start) +
+                    " on are needed: earlier segments are missing (deleted?)",
+                file_size};
+}
 
 Result<std::unique_ptr<JournalReader>> JournalReader::open(
     const std::string& store_dir) {
   std::unique_ptr<JournalReader> r(new JournalReader());
   r->store_ = store_dir;
+  r->start_seq_ = journal_start_seq(store_dir);
   auto segs = list_segments(store_dir);
   if (!segs) return segs.status();
   r->segments_ = *segs;
@@ -44,6 +77,7 @@ Result<std::unique_ptr<JournalReader>> JournalReader::open(
       break;
     }
     if (i == 0) r->stream_id_ = sf->header.stream_id;
+    const bool had_frames = !r->frames_.empty();
     bool stop = false;
     for (const auto& f : sf->frames) {
       if (!r->frames_.empty() && f.first_seq <= r->frames_.back().last_seq) {
@@ -53,11 +87,29 @@ Result<std::unique_ptr<JournalReader>> JournalReader::open(
       }
       r->frames_.push_back(f);
     }
+    // The journal's first frame must start at the start; one that starts
+    // with a gap record may jump (verify_journal checks where it says the
+    // missing seqs begin).
+    if (!had_frames && r->start_seq_ && !r->frames_.empty() &&
+        r->frames_.front().first_seq > r->start_seq_ &&
+        !(r->frames_.front().flags & kFrameHasGap)) {
+      r->start_missing_ = true;
+      cut(missing_start_damage(path, r->start_seq_, r->frames_.front().first_seq,
+                               sf->file_size));
+      r->unreachable_.insert(r->unreachable_.begin(), n);
+      r->frames_.clear();
+      break;
+    }
     if (stop) break;
     if (sf->damage) {
       cut(*sf->damage);
       break;
     }
+  }
+  if (!r->damage_ && !r->segments_.empty()) {
+    r->missing_tail_seq_ = missing_tail(store_dir, r->stream_id_, r->last_seq());
+    if (r->missing_tail_seq_)
+      r->damage_ = missing_tail_damage(store_dir, r->last_seq(), r->missing_tail_seq_);
   }
   return r;
 }
@@ -125,9 +177,23 @@ Result<VerifyReport> verify_journal(const std::string& store_dir) {
   rep.segments = segs->size();
   bool have_prev = false;
   uint64_t prev = 0, stream = 0, last_good = 0;
+  const uint64_t start = journal_start_seq(store_dir);
+  std::optional<uint64_t> late_start;  // the first record, when it is past `start`
+  auto manifest = read_manifest(store_dir);
+  const uint64_t disk_size = manifest ? manifest->disk_size : 0;
   auto check = [&](const RecordView& v) -> std::optional<std::string> {
     if (have_prev)
       if (auto e = continuity_error(prev, v.seq, v.type, v.offset)) return e;
+    // Past the disk's end: the record or the manifest's disk_size is wrong.
+    if (manifest &&
+        (v.type == RecordType::kWrite || v.type == RecordType::kWriteZeroes ||
+         v.type == RecordType::kDiscard) &&
+        (v.offset > disk_size || v.length > disk_size - v.offset))
+      return "record " + std::to_string(v.seq) + " writes past the disk's end (disk_size " +
+             std::to_string(disk_size) + " in the manifest)";
+    // A gap record says from which seq on records are missing.
+    if (!have_prev && start && (v.type == RecordType::kGap ? v.offset : v.seq) > start)
+      late_start = v.seq;
     if (!have_prev) rep.first_seq = v.seq;
     have_prev = true;
     prev = v.seq;
@@ -145,6 +211,12 @@ Result<VerifyReport> verify_journal(const std::string& store_dir) {
       scan->damage = Damage{path, 0, "segment belongs to another stream",
                             scan->file_size};
     if (i == 0) stream = scan->header.stream_id;
+    if (late_start && rep.frames == 0) {
+      scan->damage = missing_start_damage(path, start, *late_start, scan->file_size);
+      scan->frames.clear();
+      rep.first_seq = 0;
+      last_good = start - 1;  // after a fold, the base itself is good
+    }
     rep.scanned.push_back({n, scan->file_size});
     rep.frames += scan->frames.size();
     if (!scan->frames.empty()) last_good = scan->frames.back().last_seq;
@@ -169,6 +241,9 @@ Result<VerifyReport> verify_journal(const std::string& store_dir) {
     }
   }
   rep.last_seq = last_good;
+  if (!rep.damage && !segs->empty())
+    if (uint64_t d = missing_tail(store_dir, stream, last_good))
+      rep.damage = missing_tail_damage(store_dir, last_good, d);
   return rep;
 }
 

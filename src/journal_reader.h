@@ -30,6 +30,13 @@ class JournalReader {
   const std::vector<uint64_t>& segments() const { return segments_; }
   const std::optional<Damage>& damage() const { return damage_; }
   const std::vector<uint64_t>& unreachable_segments() const { return unreachable_; }
+  // The first seq the journal must hold (journal_start_seq()); true when
+  // its first segments are gone, so nothing in it can be replayed.
+  bool start_missing() const { return start_missing_; }
+  uint64_t start_seq() const { return start_seq_; }
+  // The last seq protect.json says was written durably, when the journal
+  // ends before it (its last segments are gone); 0 otherwise.
+  uint64_t missing_tail_seq() const { return missing_tail_seq_; }
   // Indexes that were present but disagreed with their segment.
   const std::vector<std::string>& index_problems() const { return index_problems_; }
   uint64_t stream_id() const { return stream_id_; }
@@ -65,6 +72,9 @@ class JournalReader {
   std::vector<uint64_t> unreachable_;
   std::vector<std::string> index_problems_;
   uint64_t stream_id_ = 0;
+  uint64_t start_seq_ = 1;
+  bool start_missing_ = false;
+  uint64_t missing_tail_seq_ = 0;
   uint64_t open_segment_ = 0;
   int fd_ = -1;
   std::vector<uint8_t> scratch_;
@@ -74,6 +84,23 @@ class JournalReader {
   JournalReader(const JournalReader&) = delete;
   JournalReader& operator=(const JournalReader&) = delete;
 };
+
+// The first seq a store's journal must hold: 1 for a stream the base copy
+// started with, folded_seq + 1 once kvmcdp prune folded older records into
+// the base (manifest.h).  Deleted first segments leave the journal starting
+// later: a hole, since every later point is the base plus all records
+// before it.  0 when the manifest cannot be read (nothing to check against).
+uint64_t journal_start_seq(const std::string& store_dir);
+
+// The last seq protect.json (protect_state.h) says the writer of this
+// stream made durable, if the journal ends before it: its last segments are
+// gone.  0 when it does not (or nothing says).
+uint64_t missing_tail(const std::string& store_dir, uint64_t stream_id, uint64_t last_seq);
+Damage missing_tail_damage(const std::string& store_dir, uint64_t last_seq, uint64_t durable);
+
+// The damage a journal starting at `first` is, given `start`.
+Damage missing_start_damage(const std::string& first_segment_path, uint64_t start,
+                            uint64_t first, uint64_t file_size);
 
 struct VerifyReport {
   uint64_t segments = 0;  // segment files present

@@ -1,7 +1,13 @@
 #include "manifest.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <cstdio>
 
+#include <fmt/format.h>
+
+#include "crc32c.h"
 #include "fsutil.h"
 
 namespace kvmcdp {
@@ -28,7 +34,31 @@ std::string manifest_to_json(const Manifest& m) {
   j["created_time_ns"] = m.created_time_ns;
   j["node_name"] = m.node_name;
   if (m.folded_seq) j["folded_seq"] = m.folded_seq;  // old manifests stay as they were
+  j["crc32c"] = fmt::format("{:08x}", manifest_checksum(j));
   return j.dump(2) + "\n";
+}
+
+uint32_t manifest_checksum(nlohmann::json j) {
+  j.erase("crc32c");
+  std::string canon = j.dump();
+  return crc32c(canon.data(), canon.size());
+}
+
+Status check_manifest_against_store(const std::string& store_dir, const Manifest& m) {
+  if (!m.base_complete) return Status::ok();
+  std::string base = store_dir + "/" + m.base_image;
+  struct stat st;
+  if (::stat(base.c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::ok();
+    return Status(ErrorKind::kFailure, fsutil::errno_message("stat", base));
+  }
+  if (S_ISREG(st.st_mode) && uint64_t(st.st_size) != m.disk_size)
+    return Status(ErrorKind::kDamaged,
+                  fmt::format("{}: disk_size is {} bytes but the base {} holds {}: the manifest "
+                              "or the base was changed",
+                              manifest_path(store_dir), m.disk_size, base,
+                              uint64_t(st.st_size)));
+  return Status::ok();
 }
 
 Result<Manifest> manifest_from_json(const std::string& text,
@@ -44,6 +74,24 @@ Result<Manifest> manifest_from_json(const std::string& text,
                   what + ": unknown manifest format_version " + ver->dump() +
                       " (this kvmcdp reads " + std::to_string(kManifestVersion) + ")");
   Manifest m;
+  if (auto c = j.find("crc32c"); c != j.end()) {
+    unsigned long long want = 0;
+    std::string hex = c->is_string() ? c->get<std::string>() : std::string();
+    size_t used = 0;
+    try {
+      want = std::stoull(hex, &used, 16);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (hex.size() != 8 || used != 8)
+      return Status(ErrorKind::kDamaged, what + ": crc32c is not 8 hex digits");
+    if (uint32_t(want) != manifest_checksum(j))
+      return Status(ErrorKind::kDamaged,
+                    what + ": checksum mismatch: it was edited or damaged since kvmcdp wrote it");
+    j.erase("crc32c");
+  } else {
+    m.has_checksum = false;
+  }
   try {
     std::string id = j.at("stream_id").get<std::string>();
     size_t used = 0;

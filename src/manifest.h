@@ -15,8 +15,13 @@
 //     "folded_seq": 5678,                // only after kvmcdp prune folded
 //                                        // the journal: base_image is the
 //                                        // disk exactly as of this seq
-//     ...                                // other keys are kept as they are
+//     ...,                               // other keys are kept as they are
+//     "crc32c": "1a2b3c4d"               // over the rest (manifest_checksum)
 //   }
+//
+// The checksum makes a hand-edited or damaged manifest (a wrong disk_size
+// restores a wrong-sized image) an error rather than the truth.  A manifest
+// written before it existed has none and is still read (has_checksum).
 #pragma once
 
 #include <cstdint>
@@ -46,6 +51,7 @@ struct Manifest {
   // records over the folded base rewrites bytes with the values they have.
   uint64_t folded_seq = 0;
   nlohmann::json extra = nlohmann::json::object();  // keys we do not own
+  bool has_checksum = true;  // false: read from a manifest without crc32c
 };
 
 std::string manifest_path(const std::string& store_dir);
@@ -54,7 +60,17 @@ std::string manifest_path(const std::string& store_dir);
 Result<Manifest> read_manifest(const std::string& store_dir);
 Status write_manifest(const std::string& store_dir, const Manifest& m);
 std::string manifest_to_json(const Manifest& m);
+// kDamaged (a checksum mismatch) for a manifest edited since written.
 Result<Manifest> manifest_from_json(const std::string& text,
                                     const std::string& what);
+
+// The crc32c of a manifest object without its crc32c key: over its compact
+// dump, whose keys nlohmann::json keeps sorted, so the same content always
+// has the same checksum however the file was indented.
+uint32_t manifest_checksum(nlohmann::json j);
+
+// kDamaged unless the store agrees with its manifest: a complete base of
+// exactly disk_size bytes (a missing base is left to whoever reads it).
+Status check_manifest_against_store(const std::string& store_dir, const Manifest& m);
 
 }  // namespace kvmcdp

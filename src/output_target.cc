@@ -151,6 +151,48 @@ Result<OutputTarget> check_output_target(const std::string& path, bool force) {
                                                 : "-o - writes to standard output"));
 }
 
+namespace {
+
+std::string real_path(const std::string& p) {
+  std::unique_ptr<char, void (*)(void*)> r(::realpath(p.c_str(), nullptr), ::free);
+  return r ? std::string(r.get()) : std::string();
+}
+
+bool is_store_dir(const std::string& dir) {
+  struct stat m, j;
+  return ::stat((dir + "/manifest.json").c_str(), &m) == 0 && S_ISREG(m.st_mode) &&
+         ::stat((dir + "/journal").c_str(), &j) == 0 && S_ISDIR(j.st_mode);
+}
+
+}  // namespace
+
+Status check_output_outside_store(const std::string& path, const std::string& store_dir) {
+  if (path.empty() || path == "-") return Status::ok();
+  // The output's real place: itself if it exists (a symlink to base.raw
+  // is base.raw), else its real folder and its name.
+  std::string real = real_path(path);
+  if (real.empty()) {
+    std::string dir = real_path(fsutil::dirname_of(path));
+    if (dir.empty()) return Status::ok();  // no folder: check_output_target says so
+    real = (dir == "/" ? "" : dir) + "/" + basename_of(path);
+  }
+  const std::string store = real_path(store_dir);
+  auto refuse = [&](const std::string& dir) {
+    return Status(ErrorKind::kUsage,
+                  fmt::format("{} {} the store {}: write the image elsewhere", path,
+                              real == real_path(dir) ? "is" : "lies inside", dir));
+  };
+  // Every folder from the output up to /, the output itself included
+  // (-o STORE), the store named on the command line first.
+  for (std::string d = real;;) {
+    if (!store.empty() && d == store) return refuse(store_dir);
+    if (is_store_dir(d)) return refuse(d);
+    if (d == "/" || d.empty()) break;
+    d = fsutil::dirname_of(d);
+  }
+  return Status::ok();
+}
+
 Status check_output_fits(const OutputTarget& t, uint64_t size) {
   if (t.kind == OutputKind::kBlockDevice && t.device_size < size)
     return Status(ErrorKind::kUsage,

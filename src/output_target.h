@@ -42,6 +42,12 @@ struct OutputTarget {
 // that is there (or in use), kUsage for a kind no image can go to.
 Result<OutputTarget> check_output_target(const std::string& path, bool force);
 
+// kUsage if `path` lies inside `store_dir` (or is it), or inside any
+// other folder that is a kvmcdp store (manifest.json and journal/): an
+// image written there would replace the base or a segment, or litter the
+// store.  Symlinks are resolved; the output need not exist yet.
+Status check_output_outside_store(const std::string& path, const std::string& store_dir);
+
 // kUsage if the target cannot hold `size` bytes (a block device smaller
 // than the disk), checked before anything is written.
 Status check_output_fits(const OutputTarget& t, uint64_t size);

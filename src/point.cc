@@ -21,6 +21,7 @@ Result<StoreView> open_store_view(const std::string& store_dir) {
   if (!readers) return readers.status();
   auto m = read_manifest(store_dir);
   if (!m) return m.status();
+  if (auto s = check_manifest_against_store(store_dir, *m); !s) return s;
   auto reader = journal::JournalReader::open(store_dir);
   if (!reader) return reader.status();
   StoreView view;
@@ -75,6 +76,11 @@ Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t 
   uint64_t seq = 0;
   if (spec.latest) {
     seq = view.ranges.back().last_seq;
+    if (uint64_t d = view.reader->missing_tail_seq())
+      return Status(ErrorKind::kNotRecoverable,
+                    fmt::format("the newest records (up to seq {}) are missing from the journal, "
+                                "so the latest point is lost; --seq {} is the last one it holds",
+                                d, seq));
   } else if (spec.seq) {
     seq = *spec.seq;
   } else if (spec.mark) {

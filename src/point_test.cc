@@ -13,7 +13,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "cli.h"
+#include "cli_test_util.h"
 #include "journal_test_util.h"
 #include "journal_writer.h"
 #include "manifest.h"
@@ -24,6 +24,7 @@
 namespace kvmcdp {
 using namespace journal;
 using namespace journal::testing;
+using cli_testing::cli;
 
 namespace {
 
@@ -34,42 +35,6 @@ void write_base(const std::string& store, uint64_t size) {
 Record mark_rec(uint64_t seq, const std::string& name) {
   Record r = plain_rec(seq, RecordType::kMark);
   r.data.assign(name.begin(), name.end());
-  return r;
-}
-
-struct CliRun {
-  int code = 0;
-  std::string out, err;
-};
-
-// The command as `kvmcdp ARGS...` would run it, its standard output kept.
-CliRun cli(std::vector<std::string> args, const std::string& scratch) {
-  args.insert(args.begin(), "kvmcdp");
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  std::string out_path = scratch + "/cli-stdout", err_path = scratch + "/cli-stderr";
-  std::fflush(stdout);
-  std::fflush(stderr);
-  int saved_out = ::dup(1), saved_err = ::dup(2);
-  int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  REQUIRE(out >= 0);
-  REQUIRE(err >= 0);
-  ::dup2(out, 1);
-  ::dup2(err, 2);
-  ::close(out);
-  ::close(err);
-  CliRun r;
-  r.code = run_cli(int(argv.size()), argv.data());
-  std::fflush(stdout);
-  std::fflush(stderr);
-  ::dup2(saved_out, 1);
-  ::dup2(saved_err, 2);
-  ::close(saved_out);
-  ::close(saved_err);
-  auto o = read_bytes(out_path), e = read_bytes(err_path);
-  r.out.assign(o.begin(), o.end());
-  r.err.assign(e.begin(), e.end());
   return r;
 }
 

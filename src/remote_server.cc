@@ -199,6 +199,7 @@ Status take_manifest(Session& s) {
   m.base_complete_seq = 0;
   m.base_complete_time_ns = 0;
   m.base_image = "base.raw";
+  m.extra.erase("spool");  // the client's trims its journal; this store keeps all of it
   if (Status st = write_manifest(s.store, m); !st) return refuse(s, st);
   s.manifest = m;
   s.have_manifest = true;

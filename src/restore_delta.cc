@@ -68,8 +68,12 @@ Result<DeltaStats> journal_delta(journal::JournalReader& r, uint64_t from_seq, u
       bool write = v.type == RecordType::kWrite;
       if (!write && v.type != RecordType::kWriteZeroes && v.type != RecordType::kDiscard)
         continue;
-      if (v.offset >= disk_size) continue;
-      uint64_t e = std::min(disk_size, v.offset + v.length);
+      if (v.offset > disk_size || v.length > disk_size - v.offset)
+        return Status(ErrorKind::kDamaged,
+                      fmt::format("record {} writes past the disk's end (disk_size {} in the "
+                                  "manifest)",
+                                  v.seq, disk_size));
+      uint64_t e = v.offset + v.length;
       Status err;
       done.cover(v.offset, e, [&](uint64_t b, uint64_t ce) {
         if (!err) return;

@@ -28,6 +28,8 @@
 #include <cerrno>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "extent_map.h"
 #include "frame_prefetcher.h"
 #include "fsutil.h"
@@ -134,8 +136,14 @@ Result<RestoreStats> restore_into(const std::string& store_dir, uint64_t target_
       if (!write && v.type != RecordType::kWriteZeroes &&
           v.type != RecordType::kDiscard)
         continue;
-      if (v.offset >= size) continue;
-      uint64_t end = std::min(size, v.offset + v.length);
+      // The filter never writes past the disk: such a record, or the
+      // manifest's disk_size, is wrong, and the image would be too.
+      if (v.offset > size || v.length > size - v.offset)
+        return Status(ErrorKind::kDamaged,
+                      fmt::format("record {} writes past the disk's end (disk_size {} in the "
+                                  "manifest)",
+                                  v.seq, size));
+      uint64_t end = v.offset + v.length;
       Status err;
       done.cover(v.offset, end, [&](uint64_t b, uint64_t e) {
         if (!write) {

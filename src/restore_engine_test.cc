@@ -61,10 +61,11 @@ TEST_CASE("restore equals naive replay at many points") {
       for (uint64_t s = 1; s <= 400; s++) {
         uint64_t off = rng() % size, len = 1 + rng() % 9000;
         if (rng() % 8 == 0) len = 50000 + rng() % 50000;
+        len = std::min(len, size - off);  // the filter never writes past the disk
         Record r;
         int kind = int(rng() % 10);
         if (kind < 6) {
-          r = write_rec(s, off, std::vector<uint8_t>(std::min(len, size + 100 - off)));
+          r = write_rec(s, off, std::vector<uint8_t>(len));
           for (auto& b : r.data) b = uint8_t(rng() | 1);
         } else if (kind < 8) {
           r = plain_rec(s, RecordType::kWriteZeroes, off, len);

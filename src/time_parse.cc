@@ -10,6 +10,8 @@
 // daylight-saving change is detected and refused rather than guessed.
 #include "time_parse.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <ctime>
 #include <string>
 #include <vector>
@@ -77,6 +79,26 @@ Status bad(std::string_view text) {
 
 Status before_1970(std::string_view text) {
   return Status(ErrorKind::kUsage, "the time '" + std::string(text) + "' is before 1970");
+}
+
+// Instants are ns since 1970 in 64 bits, signed wherever they are
+// subtracted: the last one is 2262-04-11T23:47:16.854775807Z.  A time past
+// it must be refused here, or its ns wrap around into an ordinary date.
+constexpr uint64_t kMaxNs = uint64_t(INT64_MAX);
+
+Status after_2262(std::string_view text) {
+  return Status(ErrorKind::kUsage,
+                "the time '" + std::string(text) +
+                    "' is after 2262-04-11 23:47:16 UTC, the latest time kvmcdp can hold");
+}
+
+// secs.frac since 1970 as ns, refused outside 1970..2262.
+Result<uint64_t> to_ns(std::string_view text, int64_t secs, int64_t frac_ns) {
+  if (secs < 0) return before_1970(text);
+  if (uint64_t(secs) > kMaxNs / kNs ||
+      (uint64_t(secs) == kMaxNs / kNs && uint64_t(frac_ns) > kMaxNs % kNs))
+    return after_2262(text);
+  return uint64_t(secs) * kNs + uint64_t(frac_ns);
 }
 
 struct Civil {
@@ -157,8 +179,7 @@ bool parse_zone(std::string_view t, size_t at, bool* has_zone, int64_t* zone_s) 
 Result<uint64_t> from_utc(std::string_view text, const Civil& c, int64_t zone_s) {
   int64_t secs = days_from_civil(c.y, unsigned(c.mo), unsigned(c.d)) * 86400 + c.h * 3600 +
                  c.mi * 60 + c.s - zone_s;
-  if (secs < 0) return before_1970(text);
-  return uint64_t(secs) * kNs + uint64_t(c.frac_ns);
+  return to_ns(text, secs, c.frac_ns);
 }
 
 std::string offset_text(long gmtoff) {
@@ -209,8 +230,7 @@ Result<uint64_t> from_local(std::string_view text, const Civil& c) {
                               shown, iso, offset_text(found[0].second), iso,
                               offset_text(found[1].second)));
   }
-  if (found[0].first < 0) return before_1970(text);
-  return uint64_t(found[0].first) * kNs + uint64_t(c.frac_ns);
+  return to_ns(text, int64_t(found[0].first), c.frac_ns);
 }
 
 // The local calendar day `days_back` days before now.
@@ -249,7 +269,8 @@ Result<uint64_t> parse_short_relative(std::string_view text, std::string_view t,
       case 'w': unit = 7 * 86400; break;
       default: return bad(text);
     }
-    secs += uint64_t(n) * unit;
+    // Saturating: many pairs must not wrap round to a small offset.
+    secs = std::min(secs + uint64_t(n) * unit, kMaxNs / kNs + 1);
   }
   return back_from(text, now, secs);
 }
@@ -275,7 +296,7 @@ Result<uint64_t> parse_ago(std::string_view text, std::string_view t, uint64_t n
     else if (word == "day" || word == "days") unit = 86400;
     else if (word == "week" || word == "weeks") unit = 7 * 86400;
     else return bad(text);
-    secs += uint64_t(n) * unit;
+    secs = std::min(secs + uint64_t(n) * unit, kMaxNs / kNs + 1);
   }
   return back_from(text, now, secs);
 }
@@ -322,7 +343,7 @@ Result<uint64_t> parse_time(std::string_view text, uint64_t now_ns) {
       if (n == 0) return bad(text);
     }
     if (i != t.size()) return bad(text);
-    return uint64_t(s) * kNs + uint64_t(frac);
+    return to_ns(text, s, frac);
   }
   if (t[0] == '-') return parse_short_relative(text, t, now_ns);
   if (t.size() > 4 && t.substr(t.size() - 4) == " ago")

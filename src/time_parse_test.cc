@@ -161,6 +161,29 @@ TEST_CASE("parse_time: what is not one clear instant is refused") {
   check_refused("1969-12-31T23:59:59Z", now, "before 1970");
 }
 
+TEST_CASE("parse_time: times 64-bit ns since 1970 cannot hold are refused, never wrapped") {
+  ZoneGuard berlin("Europe/Berlin");
+  const uint64_t now = 1795640400ull * kS;  // 2026-11-25T21:00:00Z
+  // The last instant that fits, and the first one past it.
+  CHECK(*parse_time("2262-04-11T23:47:16.854775807Z", now) == uint64_t(INT64_MAX));
+  check_refused("2262-04-11T23:47:16.854775808Z", now, "after 2262-04-11 23:47:16 UTC");
+  // 584 years ahead wraps 2^64 ns round to this year; 2999 wraps to 2414.
+  for (const char* t : {"2610-11-25T21:00:00Z", "2610-11-25 22:00", "2999-01-01T00:00:00Z",
+                        "2999-01-01", "9999-12-31 23:59:59", "2263-01-01T00:00:00+01:00",
+                        "@9223372037", "@999999999999", "@9223372036.9"}) {
+    CAPTURE(t);
+    check_refused(t, now, "after 2262-04-11 23:47:16 UTC");
+  }
+  CHECK(*parse_time("@9223372036.8", now) == 9223372036ull * kS + 800000000);
+  // Offsets back past 1970, however they are summed.
+  for (const char* t : {"-999999999d", "-999999999w", "999999999 weeks ago",
+                        "-999999999w999999999w999999999w999999999w999999999w",
+                        "999999999 days 999999999 weeks ago"}) {
+    CAPTURE(t);
+    check_refused(t, now, "before 1970");
+  }
+}
+
 TEST_CASE("format_time_human: local time with its offset, read back by parse_time") {
   const uint64_t t = 1795278005ull * kS;  // 2026-11-21T16:20:05Z
   {
