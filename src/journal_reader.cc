@@ -24,10 +24,15 @@ uint64_t journal_start_seq(const std::string& store_dir) {
   return m->folded_seq ? m->folded_seq + 1 : 1;
 }
 
-uint64_t missing_tail(const std::string& store_dir, uint64_t stream_id, uint64_t last_seq) {
+DurableClaim read_durable_claim(const std::string& store_dir) {
   auto st = read_protect_state(store_dir);
-  if (!st || st->stream_id != stream_id || st->durable_seq <= last_seq) return 0;
-  return st->durable_seq;
+  if (!st) return {};
+  return {st->stream_id, st->durable_seq};
+}
+
+uint64_t missing_tail(const DurableClaim& claim, uint64_t stream_id, uint64_t last_seq) {
+  if (claim.stream_id != stream_id || claim.durable_seq <= last_seq) return 0;
+  return claim.durable_seq;
 }
 
 Damage missing_tail_damage(const std::string& store_dir, uint64_t last_seq, uint64_t durable) {
@@ -52,6 +57,7 @@ Result<std::unique_ptr<JournalReader>> JournalReader::open(
   std::unique_ptr<JournalReader> r(new JournalReader());
   r->store_ = store_dir;
   r->start_seq_ = journal_start_seq(store_dir);
+  const DurableClaim claim = read_durable_claim(store_dir);  // before the journal
   auto segs = list_segments(store_dir);
   if (!segs) return segs.status();
   r->segments_ = *segs;
@@ -107,7 +113,7 @@ Result<std::unique_ptr<JournalReader>> JournalReader::open(
     }
   }
   if (!r->damage_ && !r->segments_.empty()) {
-    r->missing_tail_seq_ = missing_tail(store_dir, r->stream_id_, r->last_seq());
+    r->missing_tail_seq_ = missing_tail(claim, r->stream_id_, r->last_seq());
     if (r->missing_tail_seq_)
       r->damage_ = missing_tail_damage(store_dir, r->last_seq(), r->missing_tail_seq_);
   }
@@ -172,6 +178,7 @@ Status JournalReader::for_each_record(
 
 Result<VerifyReport> verify_journal(const std::string& store_dir) {
   VerifyReport rep;
+  const DurableClaim claim = read_durable_claim(store_dir);  // before the journal
   auto segs = list_segments(store_dir);
   if (!segs) return segs.status();
   rep.segments = segs->size();
@@ -242,7 +249,7 @@ Result<VerifyReport> verify_journal(const std::string& store_dir) {
   }
   rep.last_seq = last_good;
   if (!rep.damage && !segs->empty())
-    if (uint64_t d = missing_tail(store_dir, stream, last_good))
+    if (uint64_t d = missing_tail(claim, stream, last_good))
       rep.damage = missing_tail_damage(store_dir, last_good, d);
   return rep;
 }

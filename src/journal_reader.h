@@ -92,10 +92,19 @@ class JournalReader {
 // before it.  0 when the manifest cannot be read (nothing to check against).
 uint64_t journal_start_seq(const std::string& store_dir);
 
-// The last seq protect.json (protect_state.h) says the writer of this
-// stream made durable, if the journal ends before it: its last segments are
-// gone.  0 when it does not (or nothing says).
-uint64_t missing_tail(const std::string& store_dir, uint64_t stream_id, uint64_t last_seq);
+// What protect.json (protect_state.h) says is durable.  Read it BEFORE
+// the journal: protect commits a record and only then publishes its seq,
+// so a claim read first is never ahead of a journal read after it, while
+// a claim read after a live protect's newer commits would make them look
+// like lost segments.
+struct DurableClaim {
+  uint64_t stream_id = 0;
+  uint64_t durable_seq = 0;
+};
+DurableClaim read_durable_claim(const std::string& store_dir);
+// The claimed durable seq when it lies past the journal's `last_seq` for
+// the same stream (the last segments are missing), else 0.
+uint64_t missing_tail(const DurableClaim& claim, uint64_t stream_id, uint64_t last_seq);
 Damage missing_tail_damage(const std::string& store_dir, uint64_t last_seq, uint64_t durable);
 
 // The damage a journal starting at `first` is, given `start`.
