@@ -4,11 +4,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <random>
 #include <string>
 #include <vector>
 
 #include <doctest/doctest.h>
 
+#include "journal_writer.h"
 #include "manifest.h"
 #include "record.h"
 
@@ -72,6 +74,34 @@ inline void write_store_manifest(const std::string& store, uint64_t size, uint64
   m.base_complete_seq = base_seq;
   m.base_complete_time_ns = 1000 + base_seq * 10;
   REQUIRE(write_manifest(store, m));
+}
+
+// The writer options of make_segmented_store, to append to its store.
+inline WriterOptions segmented_store_options() {
+  WriterOptions o;
+  o.frame_raw_bytes = 20000;
+  o.segment_max_bytes = 60000;
+  o.stream_id = 5;  // write_store_manifest's
+  return o;
+}
+
+// A store of 200000 bytes with 200 writes of 4000 random bytes in
+// segments of about 60 KB (several sealed, indexed ones), its base
+// complete at seq 3.
+inline void make_segmented_store(const std::string& store) {
+  std::filesystem::create_directory(store);
+  const uint64_t size = 200000;
+  write_bytes(store + "/base.raw", std::vector<uint8_t>(size, 0x11));
+  std::mt19937_64 rng(77);
+  auto w = JournalWriter::open(store, segmented_store_options());
+  REQUIRE(w);
+  for (uint64_t s = 1; s <= 200; s++) {
+    Record r = write_rec(s, rng() % (size - 5000), std::vector<uint8_t>(4000));
+    for (auto& b : r.data) b = uint8_t(rng());
+    REQUIRE((*w)->append(std::move(r)));
+  }
+  REQUIRE((*w)->commit());
+  write_store_manifest(store, size, 3);
 }
 
 }  // namespace kvmcdp::journal::testing

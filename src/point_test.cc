@@ -134,24 +134,7 @@ TEST_CASE("points: --mark refuses a name that several marks share") {
 TEST_CASE("points: damage that journal verify found ends what is recoverable") {
   TempDir d;
   std::string store = d.path + "/store";
-  std::filesystem::create_directory(store);
-  const uint64_t size = 200000;
-  write_base(store, size);
-  std::mt19937_64 rng(77);
-  WriterOptions o;
-  o.frame_raw_bytes = 20000;
-  o.segment_max_bytes = 60000;
-  {
-    auto w = JournalWriter::open(store, o);
-    REQUIRE(w);
-    for (uint64_t s = 1; s <= 200; s++) {
-      Record r = write_rec(s, rng() % (size - 5000), std::vector<uint8_t>(4000));
-      for (auto& b : r.data) b = uint8_t(rng());
-      REQUIRE((*w)->append(std::move(r)));
-    }
-    REQUIRE((*w)->commit());
-  }
-  write_store_manifest(store, size, 3);
+  make_segmented_store(store);
   // A bad byte in the payload of a frame in a sealed (indexed) middle
   // segment: opening the journal does not read it.
   auto segs = list_segments(store);
@@ -228,7 +211,7 @@ TEST_CASE("points: damage that journal verify found ends what is recoverable") {
 
   // The journal grows: the kept result still holds for what it read.
   {
-    auto w = JournalWriter::open(store, o);
+    auto w = JournalWriter::open(store, segmented_store_options());
     REQUIRE(w);
     REQUIRE((*w)->append(write_rec(201, 0, {9, 9})));
     REQUIRE((*w)->commit());

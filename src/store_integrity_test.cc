@@ -49,28 +49,6 @@ std::map<std::string, std::vector<uint8_t>> snapshot_of(const std::string& dir) 
   return m;
 }
 
-// A store of 200000 bytes with 200 writes of 4000 random bytes in
-// segments of about 60 KB, its base complete at seq 3.
-void make_segmented_store(const std::string& store) {
-  std::filesystem::create_directory(store);
-  const uint64_t size = 200000;
-  write_bytes(store + "/base.raw", std::vector<uint8_t>(size, 0x11));
-  std::mt19937_64 rng(77);
-  WriterOptions o;
-  o.frame_raw_bytes = 20000;
-  o.segment_max_bytes = 60000;
-  o.stream_id = 5;  // write_store_manifest's
-  auto w = JournalWriter::open(store, o);
-  REQUIRE(w);
-  for (uint64_t s = 1; s <= 200; s++) {
-    Record r = write_rec(s, rng() % (size - 5000), std::vector<uint8_t>(4000));
-    for (auto& b : r.data) b = uint8_t(rng());
-    REQUIRE((*w)->append(std::move(r)));
-  }
-  REQUIRE((*w)->commit());
-  write_store_manifest(store, size, 3);
-}
-
 void remove_segment(const std::string& store, uint64_t n) {
   std::filesystem::remove(segment_path(store, n));
   std::filesystem::remove(index_path(store, n));
