@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "qmp_client.h"
+#include "qemu/qmp_client.h"
 
 namespace kvmcdp::test {
 

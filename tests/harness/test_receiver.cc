@@ -9,7 +9,7 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "wire_io.h"
+#include "capture/wire_io.h"
 
 namespace kvmcdp::test {
 

@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "record.h"
+#include "journal/record.h"
 
 namespace kvmcdp::test {
 

@@ -18,8 +18,8 @@
 
 #include "harness/protect_process.h"
 #include "harness/qemu_process.h"
-#include "remote_auth.h"
-#include "remote_io.h"
+#include "remote/remote_auth.h"
+#include "remote/remote_io.h"
 
 namespace kvmcdp::test {
 

@@ -21,8 +21,8 @@
 #include "harness/qemu_process.h"
 #include "harness/vm_io.h"
 #include "integration/remote_client.h"
-#include "remote_auth.h"
-#include "remote_io.h"
+#include "remote/remote_auth.h"
+#include "remote/remote_io.h"
 
 namespace kvmcdp::test {
 namespace {

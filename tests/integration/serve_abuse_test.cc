@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "integration/remote_client.h"
-#include "manifest.h"
+#include "store/manifest.h"
 
 namespace kvmcdp::test {
 namespace {

@@ -1,0 +1,180 @@
+#include "capture/receiver.h"
+
+#include <fcntl.h>
+#include <poll.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <chrono>
+
+#include <fmt/format.h>
+
+namespace kvmcdp {
+
+using wire::MsgHeader;
+using wire::MsgType;
+
+Result<Hello> StreamReceiver::handshake(uint64_t durable_seq, int timeout_ms) {
+  fcntl(fd_, F_SETFL, fcntl(fd_, F_GETFL) | O_NONBLOCK);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  MsgHeader h{};
+  const uint8_t* payload = nullptr;
+  for (;;) {
+    auto got = reader_.next(&h, &payload);
+    if (!got) return got.status();
+    if (*got) break;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    pollfd p{fd_, POLLIN, 0};
+    if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) == 0)
+      return Status(ErrorKind::kQemu, "the cdp filter did not say hello in time");
+    auto r = reader_.fill();
+    if (!r) return r.status();
+    if (*r == wire::MessageReader::Next::kClosed)
+      return Status(ErrorKind::kQemu, "the cdp filter closed the stream before its hello");
+  }
+  if (h.type != static_cast<uint16_t>(MsgType::kHello))
+    return Status(ErrorKind::kQemu, fmt::format("stream: expected hello, got message type {}", h.type));
+  if (h.aux != wire::kVersion)
+    return Status(ErrorKind::kQemu,
+                  fmt::format("stream: the filter speaks protocol version {}, kvmcdp {}", h.aux,
+                              wire::kVersion));
+  Hello hello;
+  hello.stream_id = h.offset;
+  hello.last_seq = h.seq;
+  hello.disk_size = h.length;
+  hello.gap_pending = h.flags & wire::kFlagGap;
+  hello.node_name.assign(reinterpret_cast<const char*>(payload), h.payload_len);
+  if (Status s = wire::send_control(fd_, MsgType::kHelloReply, durable_seq); !s) return s;
+  counters_.last_seq = counters_.durable_seq = counters_.acked_seq = durable_seq;
+  return hello;
+}
+
+Status StreamReceiver::commit_and_ack() {
+  if (!uncommitted_ && !syncing_) return Status::ok();
+  auto durable = writer_->commit();
+  if (!durable) return durable.status();
+  uncommitted_ = false;
+  waited_for_ = false;
+  uncommitted_bytes_ = 0;
+  return on_durable(*durable);
+}
+
+int StreamReceiver::ms_until_batch_due() const {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      first_uncommitted_ + kBatchAge - std::chrono::steady_clock::now());
+  return std::max<int>(1, int(left.count()) + 1);
+}
+
+Status StreamReceiver::start_commit() {
+  if (Status s = writer_->commit_async(); !s) return s;
+  syncing_ = true;
+  waited_for_ = false;
+  uncommitted_ = false;
+  uncommitted_bytes_ = 0;
+  return Status::ok();
+}
+
+Status StreamReceiver::finish_commit() {
+  syncing_ = false;
+  auto durable = writer_->take_commit_event();
+  if (!durable) return durable.status();
+  return on_durable(*durable);
+}
+
+Status StreamReceiver::on_durable(uint64_t durable) {
+  counters_.commits++;
+  counters_.durable_seq = durable;
+  if (live_durable_) *live_durable_ = durable;
+  if (gate_) gate_->committed();
+  Status acked = send_ack();
+  if (live_counters_) {
+    std::lock_guard l(*live_mu_);
+    *live_counters_ = counters_;
+  }
+  return acked;
+}
+
+Status StreamReceiver::send_ack() {
+  uint64_t ack = gate_ ? gate_->ackable(counters_.durable_seq) : counters_.durable_seq;
+  if (ack <= counters_.acked_seq) return Status::ok();
+  counters_.acked_seq = ack;
+  return wire::send_control(fd_, MsgType::kAck, ack);
+}
+
+Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
+  while (!stop.load()) {
+    if (gate_ && gate_->paused()) {
+      if (Status s = commit_and_ack(); !s) return s;
+      return End::kPaused;
+    }
+    // Drain every message already buffered into the journal's batch.
+    MsgHeader h{};
+    const uint8_t* payload = nullptr;
+    for (;;) {
+      auto got = reader_.next(&h, &payload);
+      if (!got) return got.status();
+      if (!*got) break;
+      if (h.type == static_cast<uint16_t>(MsgType::kHello) || h.seq <= counters_.last_seq)
+        continue;  // a resend of something the journal already has
+      counters_.bytes += h.payload_len;
+      counters_.records++;
+      counters_.last_seq = h.seq;
+      counters_.last_time_ns = h.time_ns;
+      if (!uncommitted_) first_uncommitted_ = std::chrono::steady_clock::now();
+      // Serialized straight from the receive buffer: one copy per record.
+      if (Status s = writer_->append(journal::view_of(h, payload)); !s) return s;
+      uncommitted_ = true;
+      uncommitted_bytes_ += h.payload_len;
+      if (h.type == static_cast<uint16_t>(MsgType::kFlush) || (h.flags & wire::kFlagFua))
+        waited_for_ = true;
+    }
+    // Ask for a commit when the socket has nothing more right now (one
+    // fsync covers everything that arrived meanwhile), or when a batch is
+    // big or old enough: a sender that never pauses must still get acks,
+    // or its queue fills and the guest stalls.  The sync runs on the
+    // writer's thread while this one reads on; what arrives meanwhile is
+    // asked for as soon as it ends.
+    pollfd p[3] = {{fd_, POLLIN, 0},
+                   {gate_ ? gate_->receiver_fd() : -1, POLLIN, 0},
+                   {writer_->commit_event_fd(), POLLIN, 0}};
+    bool may_start = uncommitted_ && !syncing_;
+    bool prompt = every_write_waits_ || waited_for_;
+    int ready = poll(p, 3, !may_start ? 100 : prompt ? 0 : ms_until_batch_due());
+    if (ready < 0 && errno != EINTR)
+      return Status(ErrorKind::kFailure, fmt::format("poll: {}", std::strerror(errno)));
+    if (ready > 0 && (p[2].revents & POLLIN)) {
+      if (Status s = finish_commit(); !s) return s;
+    }
+    if (ready > 0 && (p[1].revents & POLLIN)) {
+      // The server made more durable: acks that waited for it go out now.
+      AckGate::drain(p[1].fd);
+      if (Status s = send_ack(); !s) return s;
+    }
+    bool readable = ready > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0;
+    bool batch_due = uncommitted_ && (uncommitted_bytes_ >= kBatchBytes ||
+                                      std::chrono::steady_clock::now() - first_uncommitted_ >=
+                                          kBatchAge);
+    if (uncommitted_ && !syncing_ && ((!readable && prompt) || batch_due)) {
+      if (Status s = start_commit(); !s) return s;
+    }
+    if (!readable) continue;
+    auto r = reader_.fill();
+    if (!r) return r.status();
+    if (*r == wire::MessageReader::Next::kClosed) {
+      // Make durable what arrived; the ack cannot reach a closed peer, and
+      // the filter learns the durable seq from the next handshake.
+      if (uncommitted_ || syncing_) {
+        auto durable = writer_->commit();
+        if (!durable) return durable.status();
+        counters_.durable_seq = *durable;
+      }
+      return End::kDisconnected;
+    }
+  }
+  if (Status s = commit_and_ack(); !s) return s;
+  return End::kStopped;
+}
+
+}  // namespace kvmcdp

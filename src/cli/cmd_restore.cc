@@ -1,0 +1,178 @@
+// kvmcdp restore: write the disk image as of one point of a store.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "cli/cli.h"
+#include "base/fsutil.h"
+#include "restore/output_target.h"
+#include "store/point.h"
+#include "cli/progress_throttle.h"
+#include "restore/restore_delta.h"
+#include "restore/restore_engine.h"
+#include "qemu/subprocess.h"
+#include "base/wall_clock.h"
+
+namespace kvmcdp {
+namespace {
+
+struct RestoreOptions {
+  std::string store;
+  PointSpec point;
+  std::string output;
+  std::string format = "raw";
+  bool overlay = false;
+  bool from_node = false;
+  bool quiet = false;
+  bool force = false;
+};
+
+Status run_restore(const RestoreOptions& o) {
+  // 1. May the output be written at all?  Checked before anything else
+  //    (output_target.h): inside the store, an existing file, a device,
+  //    a terminal.  The store first: --force must not reach its files.
+  const bool to_stdout = o.output == "-";
+  if (to_stdout && (o.format != "raw" || o.overlay))
+    return Status(ErrorKind::kUsage,
+                  "-o - writes a raw image to standard output: --format qcow2 and --overlay "
+                  "need a file");
+  if (auto s = check_output_outside_store(o.output, o.store); !s) return s;
+  auto target = check_output_target(o.output, o.force);
+  if (!target) return target.status();
+  if (target->kind == OutputKind::kBlockDevice && (o.format != "raw" || o.overlay))
+    return Status(ErrorKind::kUsage,
+                  o.output + " is a block device: it takes a raw image (no --format qcow2, "
+                             "no --overlay)");
+
+  // 2. Which seq the user means, refused unless recoverable.
+  auto view = open_store_view(o.store);
+  if (!view) return view.status();
+  std::string at_meaning;
+  auto seq = resolve_point(*view, o.point, now_ns(), &at_meaning);
+  if (!seq) return seq.status();
+  if (!o.quiet && !at_meaning.empty()) std::fprintf(stderr, "kvmcdp: %s\n", at_meaning.c_str());
+  const uint64_t disk_size = view->manifest.disk_size;
+  if (auto s = check_output_fits(*target, disk_size); !s) return s;
+
+  // 3. Rebuild it as a sparse raw image (qcow2: raw first, then QEMU's own
+  //    qemu-img writes the qcow2, so no hand-written qcow2 ever exists).
+  bool tty = !o.quiet && isatty(2);
+  RestoreProgressFn progress;
+  auto throttle = std::make_shared<ProgressThrottle>();
+  if (tty)
+    progress = [throttle](const RestoreProgress& p) {
+      if (!throttle->due(ProgressThrottle::Clock::now(), p.done >= p.total)) return;
+      std::fprintf(stderr, "\rkvmcdp: restoring (%s) %3.0f%%", p.phase,
+                   p.total ? 100.0 * p.done / p.total : 100.0);
+    };
+  //    Raw goes straight to its place (temp file renamed over the target,
+  //    the device itself, or a temp streamed to stdout); qcow2 first to a
+  //    raw scratch file beside the output.  With --overlay, no full image
+  //    at all: a qcow2 overlay on the nearest built node with only the
+  //    journal after it.
+  std::optional<ImageOutput> raw_out;
+  std::optional<TempBeside> final_file;
+  if (o.format == "qcow2" || o.overlay) {
+    auto f = TempBeside::create(target->path, target->kind == OutputKind::kExistingFile);
+    if (!f) return f.status();
+    final_file.emplace(std::move(*f));
+  }
+  if (!o.overlay) {
+    auto out = o.format == "raw"
+                   ? ImageOutput::open(*target, disk_size, view->store_dir)
+                   : ImageOutput::scratch(fsutil::dirname_of(target->path), disk_size);
+    if (!out) return out.status();
+    raw_out.emplace(std::move(*out));
+  }
+  //    From the nearest built node at or before the seq when the store has
+  //    one (kvmcdp build) and it is cheaper, else from the base
+  //    (restore_delta.h).
+  auto nearest = o.overlay ? restore_overlay(*view, *seq, final_file->path())
+                           : restore_nearest(*view, *seq, *raw_out, progress,
+                                             o.from_node ? NodeUse::kAlways : NodeUse::kIfCheaper);
+  Result<RestoreStats> stats = nearest ? Result<RestoreStats>(nearest->stats)
+                                       : Result<RestoreStats>(nearest.status());
+  if (tty) std::fprintf(stderr, "\n");
+  if (!stats && stats.status().kind() == ErrorKind::kDamaged)
+    return Status(ErrorKind::kNotRecoverable,
+                  fmt::format("seq {} lies past damage in the journal ({}); "
+                              "`kvmcdp journal verify` shows the last good record",
+                              *seq, stats.status().message()));
+  if (!stats) return stats.status();
+  if (o.format == "qcow2" && !o.overlay) {
+    if (auto s = run_process({qemu_img_binary(), "convert", "-q", "-f", "raw", "-O", "qcow2",
+                              raw_out->path(), final_file->path()});
+        !s)
+      return s;
+  }
+  if (auto s = final_file ? final_file->commit() : raw_out->commit(); !s) return s;
+  if (!o.quiet) {
+    std::string from = nearest->from_node.empty()
+                           ? std::string("the base")
+                           : fmt::format("restore point {} (seq {})", nearest->from_node,
+                                         nearest->from_seq);
+    std::string where = to_stdout ? std::string("standard output") : o.output;
+    if (target->kind == OutputKind::kBlockDevice && target->device_size > disk_size)
+      where += fmt::format(" (its first {} bytes; the rest left as it was)", disk_size);
+    std::fprintf(stderr, "kvmcdp: restored seq %llu to %s (%s): %llu bytes from the journal, "
+                 "the rest from %s; journal read: %llu bytes in %llu frames\n",
+                 static_cast<unsigned long long>(*seq), where.c_str(),
+                 o.overlay ? "qcow2 overlay" : o.format.c_str(),
+                 static_cast<unsigned long long>(stats->journal_bytes), from.c_str(),
+                 static_cast<unsigned long long>(stats->frame_bytes),
+                 static_cast<unsigned long long>(stats->frames_read));
+  }
+  // The seq on stdout for scripts, unless stdout carries the image (then
+  // it is in the summary above).
+  if (!to_stdout) std::printf("%llu\n", static_cast<unsigned long long>(*seq));
+  return Status::ok();
+}
+
+}  // namespace
+
+CommandRunner setup_restore_command(CLI::App* app) {
+  auto o = std::make_shared<RestoreOptions>();
+  app->add_option("--store", o->store, "the store to restore from")->required();
+  auto* at = app->add_option("--at", o->point.at,
+                             "a time: 20:52:10, 2026-11-25 20:52 (local), ISO 8601 with "
+                             "zone, 10 minutes ago, -1h30m, @EPOCH");
+  auto* seq = app->add_option("--seq", o->point.seq,
+                              "a record's sequence number (see kvmcdp points)");
+  auto* mark = app->add_option("--mark", o->point.mark, "a mark's name");
+  auto* latest = app->add_flag("--latest", o->point.latest, "the newest recoverable point");
+  at->excludes(seq, mark, latest);
+  seq->excludes(mark, latest);
+  mark->excludes(latest);
+  app->add_option("-o,--output", o->output,
+                  "where the image goes: a new file; an existing file or a block device "
+                  "only with --force; - for standard output (raw)")
+      ->required();
+  app->add_flag("--force", o->force,
+                "replace an existing file, or write onto a block device (in place; refused "
+                "while it is mounted or in use, or a VM has the file open)");
+  auto* format = app->add_option("--format", o->format, "raw or qcow2")
+                     ->check(CLI::IsMember({"raw", "qcow2"}))
+                     ->capture_default_str();
+  app->add_flag("--overlay", o->overlay,
+                "write a small qcow2 holding only the changes since the nearest prepared "
+                "restore point (kvmcdp build); fast, but it needs that point to stay")
+      ->excludes(format);
+  app->add_flag("--from-node", o->from_node,
+                "start from the nearest prepared restore point (kvmcdp build) even when "
+                "reading the journal from its start looks cheaper")
+      ->excludes("--overlay");
+  app->add_flag("--quiet", o->quiet, "no progress or summary on stderr");
+  return [o]() {
+    if (!o->point.at && !o->point.seq && !o->point.mark && !o->point.latest)
+      return Status(ErrorKind::kUsage, "restore needs one of --at, --seq, --mark, --latest");
+    return run_restore(*o);
+  };
+}
+
+}  // namespace kvmcdp

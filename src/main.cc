@@ -1,4 +1,0 @@
-// kvmcdp's entry point: everything happens in cli.cc.
-#include "cli.h"
-
-int main(int argc, char** argv) { return kvmcdp::run_cli(argc, argv); }
