@@ -1,5 +1,7 @@
-// The parts of the snapshot operations that need no QEMU: which block job
-// event ends which job, and which files check counts as the tree's own.
+// The parts of the snapshot operations that need no running QEMU: which
+// block job event ends which job, repair waiting for its own job (a fake
+// QMP peer, real qcow2 images), and which files check counts as the
+// tree's own.
 #include "snapshot_ops.h"
 
 #include <fcntl.h>
@@ -11,7 +13,9 @@
 #include <nlohmann/json.hpp>
 
 #include "journal_test_util.h"
+#include "qmp_test_util.h"
 #include "snapshot_qemu.h"
+#include "subprocess.h"
 
 namespace kvmcdp {
 namespace {
@@ -50,6 +54,62 @@ TEST_CASE("snapshot: a block job's end is its own event, and a failure is an err
                                  "block-stream");
   REQUIRE(cancelled);
   CHECK(cancelled->message() == "block-stream was cancelled");
+}
+
+// A merge killed while its block-stream ran: repair asks the VM, finds the
+// job running and waits for it.  Another job ends first; then this one
+// fails.  The child's header was never switched, so the merge is rolled
+// back, and the failure is the command's error, not a "rolled back" note.
+TEST_CASE("snapshot repair: waits for its own block job and reports that it failed") {
+  journal::testing::TempDir d;
+  REQUIRE(run_process({qemu_img_binary(), "create", "-q", "-f", "qcow2", d.path + "/base.qcow2",
+                       "1M"}));
+  REQUIRE(create_overlay(d.path + "/n0001.qcow2", "base.qcow2", "qcow2", 1 << 20));
+  REQUIRE(create_overlay(d.path + "/n0002.qcow2", "n0001.qcow2", "qcow2", 1 << 20));
+  Tree t;
+  t.dir = d.path;
+  t.nodes = {{"s0", "base.qcow2", "qcow2", "", 1, NodeState::kLive, std::nullopt},
+             {"s1", "n0001.qcow2", "qcow2", "s0", 2, NodeState::kLive, std::nullopt},
+             {"@n0002", "n0002.qcow2", "qcow2", "s1", 3, NodeState::kLive, std::nullopt}};
+  t.active = "@n0002";
+  t.next_id = 3;
+  const std::string job = "kvmcdp-merge-1";
+  t.intent = TreeIntent{IntentOp::kMerge, {{"node", "s1"}, {"child", "@n0002"}, {"parent", "s0"},
+                                           {"online", true}, {"job", job}}};
+  REQUIRE(save_tree(t));
+
+  using namespace qmp_testing;
+  FakePeer peer([&](int fd) {
+    handshake(fd);
+    json cmd = json::parse(hear_line(fd));
+    CHECK(cmd["execute"] == "query-block-jobs");
+    say(fd, json({{"return", json::array({{{"device", job}, {"type", "stream"}}})},
+                  {"id", cmd["id"]}}).dump() + "\n");
+    say(fd, json({{"event", "BLOCK_JOB_COMPLETED"},
+                  {"data", {{"device", "kvmcdp-merge-7"}, {"type", "stream"}}}}).dump() + "\n");
+    say(fd, json({{"event", "BLOCK_JOB_COMPLETED"},
+                  {"data", {{"device", job}, {"type", "stream"}, {"error", "Input/output error"}}}})
+                .dump() + "\n");
+    while (!hear_line(fd).empty()) {
+    }
+  });
+  auto qmp = QmpClient::connect(peer.path(), Millis(5000));
+  REQUIRE(qmp);
+  OpLog log;
+  Status st = repair_tree(t, qmp->get(), &log);
+  qmp->reset();
+  REQUIRE(!st);
+  CHECK(st.kind() == ErrorKind::kQemu);
+  CHECK_MESSAGE(st.message().find("Input/output error") != std::string::npos, st.message());
+  CHECK_MESSAGE(st.message().find("rolled back the merge of s1 into @n0002") != std::string::npos,
+                st.message());
+  // Rolled back: s1 stays, the intent is gone, on disk too.
+  CHECK(!t.intent);
+  auto back = load_tree(d.path);
+  REQUIRE(back);
+  CHECK(!back->intent);
+  CHECK(back->find("s1"));
+  CHECK(back->find("@n0002")->parent == "s1");
 }
 
 TEST_CASE("snapshot check: node files past n9999 not in the tree are reported") {
