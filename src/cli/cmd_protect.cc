@@ -11,7 +11,9 @@
 // never taken over (the two would take it from each other for ever), only
 // this store's own after a crash.  QEMU going away ends protect like a
 // stop; a failure after the filter is attached detaches it first, and a
-// failure before a new store holds anything leaves no trace in it.
+// failure before a new store holds anything leaves no trace in it.  Both,
+// and stopping the threads, are the destructor's work of ProtectSession,
+// so that no early return can skip them.
 #include <signal.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -34,6 +36,7 @@
 #include "capture/base_copy.h"
 #include "cli/cli.h"
 #include "cli/config_file.h"
+#include "base/fault_point.h"
 #include "base/fsutil.h"
 #include "journal/journal_writer.h"
 #include "store/manifest.h"
@@ -342,255 +345,346 @@ void detach_after_failure(const ProtectOptions& o, const std::string& filter, Qm
     say(o, fmt::format("detached the cdp filter {}", filter));
 }
 
-Status run_protect(const ProtectOptions& o) {
-  // 1. Own the store: one protect per store, ever.
-  bool made_dir = mkdir(o.store.c_str(), 0755) == 0;
-  if (!made_dir && errno != EEXIST)
-    return {ErrorKind::kFailure, fsutil::errno_message("mkdir", o.store)};
-  auto lock = StoreLock::acquire(o.store);
+// One protect run as a sequence of passes.  Whatever a pass starts, the
+// session ends: its destructor stops and joins the receiver thread and the
+// shipper, takes away a filter it attached (unless the run already handed
+// it over cleanly, the VM is gone, or another receiver owns it now), and
+// leaves a store it never wrote into as it found it.  An early return from
+// any pass is therefore one error line, never std::terminate on a
+// joinable thread or a filter left holding the guest back.
+class ProtectSession {
+ public:
+  explicit ProtectSession(const ProtectOptions& o) : o_(o) {}
+  ~ProtectSession();
+  ProtectSession(const ProtectSession&) = delete;
+  ProtectSession& operator=(const ProtectSession&) = delete;
+
+  Status own_store();
+  Status probe_remote();
+  Status find_drive();
+  Status open_journal();
+  Status connect_stream();
+  void start_capture();
+  Status take_base();
+  void serve_until_signal();
+  Status detach();
+
+ private:
+  void stop_receiver();
+
+  const ProtectOptions& o_;
+  // Members are destroyed in reverse order: the threads (last) first,
+  // then what they use.
+  bool made_dir_ = false;
+  std::optional<StoreLock> lock_;
+  bool new_store_ = false;  // until its manifest is written it holds nothing
+  Manifest m_;
+  RemoteOptions ro_;
+  std::unique_ptr<QmpClient> qmp_;
+  std::string node_;
+  std::string filter_;
+  bool reattach_ = false;
+  journal::WriterOptions wo_;
+  std::unique_ptr<journal::JournalWriter> writer_;
+  json continuation_ = nullptr;
+  int fd_ = -1;             // the stream's socket until the receiver thread has it
+  bool detach_on_exit_ = false;  // a failure from here on takes the filter away
+  std::unique_ptr<StreamReceiver> rx_;
+  bool registered_ = false;
+  Session s_;
+  ProtectState state_;
+  std::unique_ptr<AckGate> gate_;
+  std::unique_ptr<Shipper> shipper_;
+  std::thread receiver_;
+};
+
+ProtectSession::~ProtectSession() {
+  stop_receiver();
+  if (fd_ >= 0) close(fd_);
+  if (registered_) unregister_stream(m_.stream_id);
+  if (detach_on_exit_) detach_after_failure(o_, filter_, qmp_.get());
+  if (new_store_ && lock_ && lock_->created()) lock_->remove();
+  if (new_store_ && made_dir_) rmdir(o_.store.c_str());
+  shipper_.reset();  // joins its thread
+}
+
+void ProtectSession::stop_receiver() {
+  if (!receiver_.joinable()) return;
+  s_.stop = true;
+  receiver_.join();
+}
+
+// One protect per store, ever.
+Status ProtectSession::own_store() {
+  made_dir_ = mkdir(o_.store.c_str(), 0755) == 0;
+  if (!made_dir_ && errno != EEXIST)
+    return {ErrorKind::kFailure, fsutil::errno_message("mkdir", o_.store)};
+  auto lock = StoreLock::acquire(o_.store);
   if (!lock) {
-    if (made_dir) rmdir(o.store.c_str());
+    if (made_dir_) rmdir(o_.store.c_str());
     return lock.status();
   }
-  auto manifest = read_manifest(o.store);
-  bool new_store = !manifest && manifest.status().kind() == ErrorKind::kNotFound;
-  // Until its manifest is written a new store holds nothing: a protect
-  // that fails before then leaves it as it was (no lock file, no
-  // directory it made).
-  auto give_up = [&](Status st) {
-    if (new_store && lock->created()) lock->remove();
-    if (new_store && made_dir) rmdir(o.store.c_str());
-    return st;
-  };
-  if (!manifest && !new_store) return manifest.status();
-  Manifest m = new_store ? Manifest{} : *manifest;
+  lock_ = std::move(*lock);
+  auto manifest = read_manifest(o_.store);
+  new_store_ = !manifest && manifest.status().kind() == ErrorKind::kNotFound;
+  if (!manifest && !new_store_) return manifest.status();
+  if (manifest) m_ = *manifest;
+  return Status::ok();
+}
 
-  // 1b. With --remote, make sure the server takes us before the VM is
-  //     touched: a wrong secret or another drive's store is an error now.
-  //     A server that cannot be reached is not: capture starts, and the
-  //     journal waits locally until it can be shipped.
-  RemoteOptions ro;
-  if (!o.remote.empty()) {
-    auto url = parse_remote_url(o.remote);
-    if (!url) return give_up(url.status());
-    ro.url = *url;
-    ro.remote_path = o.remote_path;
-    if (const char* rsh = getenv("KVMCDP_RSH"); rsh && *rsh) ro.rsh = rsh;
-    if (!o.secret_file.empty()) {
-      auto secret = remote::read_secret_file(o.secret_file);
-      if (!secret) return give_up(secret.status());
-      ro.secret = *secret;
-    } else if (ro.url.kind == RemoteUrl::Kind::kTcp) {
-      return give_up({ErrorKind::kUsage, "a tcp:// remote needs --secret-file"});
-    }
-    bool refused = false;
-    auto probe = RemoteLink::open(ro, nullptr, 15000, &refused);
-    if (!probe && refused) return give_up(probe.status());
-    if (!probe)
-      say(o, fmt::format("the server is unreachable ({}); the journal waits in {} until it is",
-                         probe.status().message(), o.store));
-    else if (!new_store && !(*probe)->state().stream_id.empty() &&
-             (*probe)->state().stream_id != fmt::format("{:016x}", m.stream_id))
-      return {ErrorKind::kFailure,
-              fmt::format("{} holds stream {}, {} holds {:016x}: another drive's store",
-                          o.remote, (*probe)->state().stream_id, o.store, m.stream_id)};
+// With --remote, make sure the server takes us before the VM is touched:
+// a wrong secret or another drive's store is an error now.  A server that
+// cannot be reached is not: capture starts, and the journal waits locally
+// until it can be shipped.
+Status ProtectSession::probe_remote() {
+  if (o_.remote.empty()) return Status::ok();
+  auto url = parse_remote_url(o_.remote);
+  if (!url) return url.status();
+  ro_.url = *url;
+  ro_.remote_path = o_.remote_path;
+  if (const char* rsh = getenv("KVMCDP_RSH"); rsh && *rsh) ro_.rsh = rsh;
+  if (!o_.secret_file.empty()) {
+    auto secret = remote::read_secret_file(o_.secret_file);
+    if (!secret) return secret.status();
+    ro_.secret = *secret;
+  } else if (ro_.url.kind == RemoteUrl::Kind::kTcp) {
+    return {ErrorKind::kUsage, "a tcp:// remote needs --secret-file"};
   }
+  bool refused = false;
+  auto probe = RemoteLink::open(ro_, nullptr, 15000, &refused);
+  if (!probe && refused) return probe.status();
+  if (!probe)
+    say(o_, fmt::format("the server is unreachable ({}); the journal waits in {} until it is",
+                        probe.status().message(), o_.store));
+  else if (!new_store_ && !(*probe)->state().stream_id.empty() &&
+           (*probe)->state().stream_id != fmt::format("{:016x}", m_.stream_id))
+    return {ErrorKind::kFailure,
+            fmt::format("{} holds stream {}, {} holds {:016x}: another drive's store", o_.remote,
+                        (*probe)->state().stream_id, o_.store, m_.stream_id)};
+  return Status::ok();
+}
 
-  // 2. Find the drive and the filter (still attached if a previous protect
-  //    of this store was killed).  A filter of another stream, above the
-  //    drive or under another name, belongs to another store.
-  auto qmp = qmp_connect(o);
-  if (!qmp) return give_up(qmp.status());
-  auto node = resolve_drive(**qmp, o.drive);
-  if (!node) return give_up(node.status());
-  std::string filter = m.extra.value("filter_node", fmt::format("kvmcdp-{}", o.drive));
-  auto filters = list_cdp(**qmp);
-  if (!filters) return give_up(filters.status());
+// Finds the drive and the filter (still attached if a previous protect of
+// this store was killed).  A filter of another stream, above the drive or
+// under another name, belongs to another store.
+Status ProtectSession::find_drive() {
+  auto qmp = qmp_connect(o_);
+  if (!qmp) return qmp.status();
+  qmp_ = std::move(*qmp);
+  auto node = resolve_drive(*qmp_, o_.drive);
+  if (!node) return node.status();
+  node_ = *node;
+  filter_ = m_.extra.value("filter_node", fmt::format("kvmcdp-{}", o_.drive));
+  auto filters = list_cdp(*qmp_);
+  if (!filters) return filters.status();
   std::optional<CdpInfo> existing;
   for (const auto& f : *filters)
-    if (f.node_name == filter || f.node_name == *node || f.child == *node) existing = f;
-  if (existing && (new_store || existing->stream_id != m.stream_id))
-    return give_up(drive_taken(o, *existing));
-  bool reattach = existing.has_value();
-  if (reattach) {
-    filter = existing->node_name;
-    node = existing->child;
+    if (f.node_name == filter_ || f.node_name == node_ || f.child == node_) existing = f;
+  if (existing && (new_store_ || existing->stream_id != m_.stream_id))
+    return drive_taken(o_, *existing);
+  reattach_ = existing.has_value();
+  if (reattach_) {
+    filter_ = existing->node_name;
+    node_ = existing->child;
   }
+  return Status::ok();
+}
 
-  // 3. Open the journal (recovering a torn tail) and connect the filter.
-  //    A store whose filter is gone (protect was stopped, QEMU restarted)
-  //    continues its stream with a new filter that resends the whole disk;
-  //    a new store adopts the stream id of the filter's hello.
-  journal::WriterOptions wo;
-  wo.stream_id = m.stream_id;
-  wo.zstd_level = o.level;
-  wo.compress_nice = 10;
-  wo.segment_max_bytes = o.segment_mib << 20;
-  std::unique_ptr<journal::JournalWriter> writer;
-  if (!new_store) {
-    auto w = journal::JournalWriter::open(o.store, wo);
-    if (!w) return w.status();
-    writer = std::move(*w);
-    if (writer->recovered()) say(o, fmt::format("recovering: {}", writer->recovered()->to_string()));
+// Opens the journal, recovering a torn tail.  A store whose filter is gone
+// (protect was stopped, QEMU restarted) continues its stream with a new
+// filter that resends the whole disk.
+Status ProtectSession::open_journal() {
+  wo_.stream_id = m_.stream_id;
+  wo_.zstd_level = o_.level;
+  wo_.compress_nice = 10;
+  wo_.segment_max_bytes = o_.segment_mib << 20;
+  if (new_store_) return Status::ok();  // opened once the filter's hello names the stream
+  auto w = journal::JournalWriter::open(o_.store, wo_);
+  if (!w) return w.status();
+  writer_ = std::move(*w);
+  if (writer_->recovered())
+    say(o_, fmt::format("recovering: {}", writer_->recovered()->to_string()));
+  if (!reattach_) {
+    continuation_ = {{"stream-id", m_.stream_id}, {"first-seq", writer_->last_durable_seq() + 1}};
+    say(o_, fmt::format("continuing the stream after seq {}: the disk is resent in full, "
+                        "points before the resync ends are not recoverable",
+                        writer_->last_durable_seq()));
   }
-  json continuation = nullptr;
-  if (!new_store && !reattach) {
-    continuation = {{"stream-id", m.stream_id}, {"first-seq", writer->last_durable_seq() + 1}};
-    say(o, fmt::format("continuing the stream after seq {}: the disk is resent in full, "
-                       "points before the resync ends are not recoverable",
-                       writer->last_durable_seq()));
-  }
-  auto fd = connect_filter(**qmp, o, *node, filter, reattach, continuation);
-  if (!fd) return give_up(fd.status());
-  // From here on a failure detaches the filter.
-  bool fd_ours = true;  // until the receiver thread has it
-  auto fail = [&](Status st) {
-    if (fd_ours) close(*fd);
-    detach_after_failure(o, filter, qmp->get());
-    return give_up(st);
-  };
-  auto rx = std::make_unique<StreamReceiver>(*fd, writer.get());
-  if (new_store) {
+  return Status::ok();
+}
+
+// Connects the filter and shakes hands.  A new store adopts the stream id
+// of the filter's hello and is a store from then on.
+Status ProtectSession::connect_stream() {
+  auto fd = connect_filter(*qmp_, o_, node_, filter_, reattach_, continuation_);
+  if (!fd) return fd.status();
+  fd_ = *fd;
+  detach_on_exit_ = true;
+  rx_ = std::make_unique<StreamReceiver>(fd_, writer_.get());
+  if (new_store_) {
     // Nothing is durable yet, so the reply is 0.
-    auto hello = rx->handshake(0, 10000);
-    if (!hello) return fail(hello.status());
-    m.stream_id = hello->stream_id;
-    m.disk_size = hello->disk_size;
-    m.node_name = *node;
-    m.created_time_ns = now_ns();
-    m.extra["filter_node"] = filter;
-    m.extra["drive"] = o.drive;
+    auto hello = rx_->handshake(0, 10000);
+    if (!hello) return hello.status();
+    m_.stream_id = hello->stream_id;
+    m_.disk_size = hello->disk_size;
+    m_.node_name = node_;
+    m_.created_time_ns = now_ns();
+    m_.extra["filter_node"] = filter_;
+    m_.extra["drive"] = o_.drive;
     // Its shipped segments are trimmed: a journal starting late is no hole.
-    if (!o.spool.empty()) m.extra["spool"] = true;
-    if (Status st = write_manifest(o.store, m); !st) return fail(st);
-    new_store = false;  // it holds a stream now
-    wo.stream_id = m.stream_id;
-    auto w = journal::JournalWriter::open(o.store, wo);
-    if (!w) return fail(w.status());
-    writer = std::move(*w);
-    rx->set_writer(writer.get());
+    if (!o_.spool.empty()) m_.extra["spool"] = true;
+    if (Status st = write_manifest(o_.store, m_); !st) return st;
+    new_store_ = false;  // it holds a stream now
+    wo_.stream_id = m_.stream_id;
+    auto w = journal::JournalWriter::open(o_.store, wo_);
+    if (!w) return w.status();
+    writer_ = std::move(*w);
+    rx_->set_writer(writer_.get());
   } else {
-    auto hello = rx->handshake(writer->last_durable_seq(), 10000);
-    if (!hello) return fail(hello.status());
+    auto hello = rx_->handshake(writer_->last_durable_seq(), 10000);
+    if (!hello) return hello.status();
   }
-  if (Status st = register_stream(m.stream_id, o.store); !st)
+  if (Status st = register_stream(m_.stream_id, o_.store); !st)
     warn(fmt::format("a second protect of this drive cannot learn who protects it: {}",
                      st.message()));
+  registered_ = true;
+  return Status::ok();
+}
 
-  Session s;
-  s.opts = o;
-  s.node = *node;
-  s.filter = filter;
-  s.writer = writer.get();
-  s.durable_seq = writer->last_durable_seq();
-  s.stream_id = m.stream_id;
-  ProtectState state{getpid(), o.qmp_socket, o.drive, filter, o.mode, now_ns()};
-  state.store = o.store;
-  state.stream_id = m.stream_id;
-  // The shipper mirrors the local journal to the server; the gate decides
-  // whether a flush waits for the server (--ack-from, --spool).
-  std::unique_ptr<AckGate> gate;
-  std::unique_ptr<Shipper> shipper;
-  if (!o.remote.empty()) {
-    gate = std::make_unique<AckGate>(!o.spool.empty()      ? AckGate::Policy::kRemoteOrSpool
-                                     : o.ack_from == "remote" ? AckGate::Policy::kRemote
-                                                              : AckGate::Policy::kLocal);
-    ShipperConfig sc{ro, o.store, !o.spool.empty(), o.spool_mib << 20};
-    shipper = std::make_unique<Shipper>(sc, gate.get(), [&s] { return s.durable_seq.load(); });
-    s.gate = gate.get();
-    s.shipper = shipper.get();
-    state.remote_url = ro.url.to_string();
-    shipper->start();
+// The receiver thread, and with --remote the shipper, which mirrors the
+// local journal to the server; the gate decides whether a flush waits for
+// the server (--ack-from, --spool).
+void ProtectSession::start_capture() {
+  s_.opts = o_;
+  s_.node = node_;
+  s_.filter = filter_;
+  s_.writer = writer_.get();
+  s_.durable_seq = writer_->last_durable_seq();
+  s_.stream_id = m_.stream_id;
+  state_ = ProtectState{getpid(), o_.qmp_socket, o_.drive, filter_, o_.mode, now_ns()};
+  state_.store = o_.store;
+  state_.stream_id = m_.stream_id;
+  if (!o_.remote.empty()) {
+    gate_ = std::make_unique<AckGate>(!o_.spool.empty()         ? AckGate::Policy::kRemoteOrSpool
+                                      : o_.ack_from == "remote" ? AckGate::Policy::kRemote
+                                                                : AckGate::Policy::kLocal);
+    ShipperConfig sc{ro_, o_.store, !o_.spool.empty(), o_.spool_mib << 20};
+    shipper_ = std::make_unique<Shipper>(sc, gate_.get(), [this] { return s_.durable_seq.load(); });
+    s_.gate = gate_.get();
+    s_.shipper = shipper_.get();
+    state_.remote_url = ro_.url.to_string();
+    shipper_->start();
   }
-  std::thread receiver(receive_loop, &s, std::move(rx), *fd);
-  fd_ours = false;
-  say(o, fmt::format("protecting {} (node {}) into {}, mode {}", o.drive, *node, o.store, o.mode));
-  publish_state(s, state);
+  receiver_ = std::thread(receive_loop, &s_, std::move(rx_), fd_);
+  fd_ = -1;
+  say(o_, fmt::format("protecting {} (node {}) into {}, mode {}", o_.drive, node_, o_.store,
+                      o_.mode));
+  publish_state(s_, state_);
+}
 
-  // 4. The base copy, while the stream already flows.
-  if (!m.base_complete) {
-    say(o, "taking the base copy");
-    auto base = take_base_copy(**qmp, filter, o.store + "/" + m.base_image,
-                               !o.quiet && isatty(2));
+// The base copy, while the stream already flows.
+Status ProtectSession::take_base() {
+  if (!m_.base_complete) {
+    say(o_, "taking the base copy");
+    auto base = take_base_copy(*qmp_, filter_, o_.store + "/" + m_.base_image,
+                               !o_.quiet && isatty(2));
     if (!base) {
-      s.stop = true;
-      receiver.join();
-      unregister_stream(m.stream_id);
+      stop_receiver();
+      unregister_stream(m_.stream_id);
+      registered_ = false;
       bool gone = false;
-      qmp->reset();
-      auto alive = QmpClient::connect(o.qmp_socket, QmpClient::kDefaultTimeout, &gone);
-      if (gone)
+      qmp_.reset();
+      auto alive = QmpClient::connect(o_.qmp_socket, QmpClient::kDefaultTimeout, &gone);
+      if (gone) {
+        detach_on_exit_ = false;
         return {ErrorKind::kQemu, "the VM shut down before the base copy was complete"};
-      detach_after_failure(o, filter, alive ? alive->get() : nullptr);
+      }
+      if (alive) qmp_ = std::move(*alive);
       return base.status();
     }
-    m.base_complete = true;
-    m.base_complete_seq = base->complete_seq;
-    m.base_complete_time_ns = now_ns();
-    if (Status st = write_manifest(o.store, m); !st) {
-      s.stop = true;
-      receiver.join();
-      unregister_stream(m.stream_id);
-      return fail(st);
-    }
-    say(o, fmt::format("base copy complete: the first recoverable point is seq {} ({})",
-                       m.base_complete_seq, format_time(m.base_complete_time_ns)));
+    m_.base_complete = true;
+    m_.base_complete_seq = base->complete_seq;
+    m_.base_complete_time_ns = now_ns();
+    Status st = injected_failure("protect", "base-manifest", manifest_path(o_.store));
+    if (st) st = write_manifest(o_.store, m_);
+    if (!st) return st;
+    say(o_, fmt::format("base copy complete: the first recoverable point is seq {} ({})",
+                        m_.base_complete_seq, format_time(m_.base_complete_time_ns)));
   }
-  qmp->reset();  // QMP is free for others until we stop
+  qmp_.reset();  // QMP is free for others until we stop
+  return Status::ok();
+}
 
-  // 5. Serve until a signal, a fatal stream error or QEMU's end.
+// Until a signal, a fatal stream error or QEMU's end.
+void ProtectSession::serve_until_signal() {
   sigset_t sigs = stop_signals();
   timespec second{1, 0};
-  while (!s.stop) {
-    publish_state(s, state);
+  while (!s_.stop) {
+    publish_state(s_, state_);
     if (sigtimedwait(&sigs, nullptr, &second) > 0) break;
   }
+}
 
-  // 6. Detach: the filter drains its queue into our receiver first.  After
-  //    a fatal error the filter goes too; after QEMU's end there is none.
-  bool stopped = !s.stop;
-  s.detaching = true;
+// The filter drains its queue into our receiver first.  After a fatal
+// error the filter goes too; after QEMU's end there is none.
+Status ProtectSession::detach() {
+  bool stopped = !s_.stop;
+  s_.detaching = true;
   Status result = Status::ok();
   if (stopped) {
-    say(o, "stopping: detaching the filter");
+    say(o_, "stopping: detaching the filter");
     bool gone = false;
-    auto q = QmpClient::connect(o.qmp_socket, QmpClient::kDefaultTimeout, &gone);
-    if (gone) s.vm_gone = true;  // the VM shut down as we were told to stop
+    auto q = QmpClient::connect(o_.qmp_socket, QmpClient::kDefaultTimeout, &gone);
+    if (gone) s_.vm_gone = true;  // the VM shut down as we were told to stop
     // A last record at the moment capture ends: times up to it stay
     // recoverable after a later restart continues the stream.
-    if (q) (*q)->execute("cdp-mark", {{"node-name", filter}, {"name", "kvmcdp:stopped"}});
-    QmpReply r = q ? (*q)->execute("cdp-detach", {{"node-name", filter}}, Millis(60000))
+    if (q) (*q)->execute("cdp-mark", {{"node-name", filter_}, {"name", "kvmcdp:stopped"}});
+    QmpReply r = q ? (*q)->execute("cdp-detach", {{"node-name", filter_}}, Millis(60000))
                    : QmpReply{};
     if (!q && !gone)
       result = q.status();
     else if (!r.ok())
       result = Status(ErrorKind::kQemu, "cdp-detach failed: " + r.status().message());
-    if (!result || gone) s.stop = true;
+    if (!result || gone) s_.stop = true;
   }
-  receiver.join();
-  if (!stopped && !s.vm_gone && !s.filter_lost) detach_after_failure(o, filter, nullptr);
-  if (Status c = s.writer->close(); !c && result) result = c;
-  if (shipper) {
+  receiver_.join();
+  detach_on_exit_ = false;
+  if (!stopped && !s_.vm_gone && !s_.filter_lost) detach_after_failure(o_, filter_, nullptr);
+  if (Status c = s_.writer->close(); !c && result) result = c;
+  if (shipper_) {
     // The last records and the sealed segment go out too, if the server
     // takes them in time; otherwise they wait here for the next run.
-    if (!shipper->finish(static_cast<int>(o.remote_wait_s) * 1000))
-      say(o, fmt::format("the server is {} bytes behind; they stay in {} and go out with the "
-                         "next protect run",
-                         shipper->status().lag_bytes, o.store));
+    if (!shipper_->finish(static_cast<int>(o_.remote_wait_s) * 1000))
+      say(o_, fmt::format("the server is {} bytes behind; they stay in {} and go out with the "
+                          "next protect run",
+                          shipper_->status().lag_bytes, o_.store));
   }
-  if (s.vm_gone) state.shutdown_ns = now_ns();
-  publish_state(s, state);
-  unregister_stream(m.stream_id);
+  if (s_.vm_gone) state_.shutdown_ns = now_ns();
+  publish_state(s_, state_);
+  unregister_stream(m_.stream_id);
+  registered_ = false;
   {
-    std::lock_guard l(s.mu);
-    if (!s.error.is_ok() && result) result = s.error;
+    std::lock_guard l(s_.mu);
+    if (!s_.error.is_ok() && result) result = s_.error;
   }
-  if (result && s.vm_gone)
+  if (result && s_.vm_gone)
     std::fprintf(stderr, "kvmcdp: the VM shut down (QEMU is gone): the journal is closed at seq %llu\n",
-                 static_cast<unsigned long long>(s.counters.durable_seq));
+                 static_cast<unsigned long long>(s_.counters.durable_seq));
   else if (result)
-    say(o, fmt::format("stopped at seq {}", s.counters.durable_seq));
+    say(o_, fmt::format("stopped at seq {}", s_.counters.durable_seq));
   return result;
+}
+
+Status run_protect(const ProtectOptions& o) {
+  ProtectSession p(o);
+  for (auto pass : {&ProtectSession::own_store, &ProtectSession::probe_remote,
+                    &ProtectSession::find_drive, &ProtectSession::open_journal,
+                    &ProtectSession::connect_stream})
+    if (Status st = (p.*pass)(); !st) return st;
+  p.start_capture();
+  if (Status st = p.take_base(); !st) return st;
+  p.serve_until_signal();
+  return p.detach();
 }
 
 }  // namespace

@@ -111,7 +111,7 @@ Status run_list(const Options& o, bool as_tree) {
   }
   if (t.intent)
     std::printf("note: an interrupted %s will be finished by the next change (or snapshot repair)\n",
-                t.intent->op.c_str());
+                intent_name(t.intent->op));
   if (!as_tree) {
     std::printf("%-20s %-20s %-26s %-12s %s\n", "NAME", "PARENT", "CREATED", "FILE", "");
     for (const auto& n : t.nodes)

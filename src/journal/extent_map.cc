@@ -1,6 +1,7 @@
 #include "journal/extent_map.h"
 
 #include <algorithm>
+#include <cassert>
 
 namespace kvmcdp {
 
@@ -36,7 +37,11 @@ void ExtentMap::cover(uint64_t begin, uint64_t end,
     ne = std::max(ne, it->second);
     it = m_.erase(it);
   }
-  m_.emplace(nb, ne);
+  auto placed = m_.emplace(nb, ne).first;
+  // Disjoint and not abutting: uncovered() and covers() read the map so.
+  assert(placed == m_.begin() || std::prev(placed)->second < nb);
+  assert(std::next(placed) == m_.end() || std::next(placed)->first > ne);
+  (void)placed;
 }
 
 }  // namespace kvmcdp

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cassert>
 #include <cerrno>
 #include <ctime>
 
@@ -167,6 +168,11 @@ Status JournalWriter::append(const RecordView& in) {
     cur_.first_seq = r.seq;
     cur_.first_ns = r.time_ns;
   }
+  // A frame's [first_seq, last_seq] and the index built from it rely on
+  // seqs rising; the continuity check above guarantees it.  Debug builds
+  // only (the release build defines NDEBUG).
+  assert(cur_.count == 0 || r.seq > cur_.last_seq);
+  assert(!have_appended_ || r.seq > appended_seq_);
   cur_.last_seq = r.seq;
   cur_.last_ns = r.time_ns;
   cur_.count++;

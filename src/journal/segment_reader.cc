@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cassert>
+
 #include "base/crc32c.h"
 #include "base/fsutil.h"
 
@@ -77,6 +79,9 @@ Result<SegmentScan> scan_segment(const std::string& path, uint64_t number,
       damage_at(off, "truncated frame payload");
       return s;
     }
+    // The frame lies inside the file: the checks above, done without
+    // overflow, are what the pread and the index entry below rely on.
+    assert(off + kFrameHeaderSize + h.payload_len <= s.file_size);
     payload.resize(h.payload_len);
     r = fsutil::pread_full(fd.get(), payload.data(), h.payload_len,
                            off + kFrameHeaderSize, path);
@@ -126,6 +131,7 @@ Status read_frame(int fd, const std::string& path, const FrameInfo& f,
   if (kFrameHeaderSize + h.payload_len != f.length || h.first_seq != f.first_seq ||
       h.last_seq != f.last_seq || h.count != f.count)
     return damaged("frame header disagrees with the index");
+  assert(kFrameHeaderSize + h.payload_len == payload->size());
   auto e = decode_payload(h, payload->data() + kFrameHeaderSize, raw);
   if (!e) e = check_frame_records(h, raw->data(), raw->size());
   if (e) return damaged(*e);

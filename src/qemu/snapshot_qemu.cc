@@ -185,17 +185,37 @@ Status stream_and_wait(QmpClient& qmp, const std::string& job_id, const std::str
   }
   QmpReply r = qmp.execute("block-stream", args);
   if (!r.ok()) return {ErrorKind::kQemu, "block-stream: " + r.message};
+  auto end = wait_block_job(qmp, job_id, "block-stream", std::chrono::minutes(60));
+  if (!end) return {ErrorKind::kQemu, "block-stream: no completion event within an hour"};
+  return *end;
+}
+
+std::optional<Status> block_job_end(const json& event, const std::string& job_id,
+                                    const std::string& what) {
+  if (!event.is_object()) return std::nullopt;
+  std::string name = event.value("event", "");
+  if (name != "BLOCK_JOB_COMPLETED" && name != "BLOCK_JOB_CANCELLED") return std::nullopt;
+  auto data = event.find("data");
+  if (data == event.end() || !data->is_object()) return std::nullopt;
+  auto device = data->find("device");
+  if (device == data->end() || !device->is_string() || *device != job_id) return std::nullopt;
+  if (name == "BLOCK_JOB_CANCELLED") return Status(ErrorKind::kQemu, what + " was cancelled");
+  if (auto error = data->find("error"); error != data->end())
+    return Status(ErrorKind::kQemu, what + " failed: " +
+                                        (error->is_string() ? error->get<std::string>()
+                                                            : error->dump()));
+  return Status::ok();
+}
+
+std::optional<Status> wait_block_job(QmpClient& qmp, const std::string& job_id,
+                                     const std::string& what, Millis timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
-    auto ev = qmp.next_event(std::chrono::minutes(60));
-    if (!ev) return {ErrorKind::kQemu, "block-stream: no completion event within an hour"};
-    std::string name = ev->value("event", "");
-    if (name != "BLOCK_JOB_COMPLETED" && name != "BLOCK_JOB_CANCELLED") continue;
-    const json& data = (*ev)["data"];
-    if (data.value("device", "") != job_id) continue;
-    if (name == "BLOCK_JOB_CANCELLED") return {ErrorKind::kQemu, "block-stream was cancelled"};
-    if (data.contains("error"))
-      return {ErrorKind::kQemu, "block-stream failed: " + data["error"].get<std::string>()};
-    return Status::ok();
+    auto left = std::chrono::duration_cast<Millis>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return std::nullopt;
+    auto ev = qmp.next_event(left);
+    if (!ev) return std::nullopt;
+    if (auto end = block_job_end(*ev, job_id, what)) return end;
   }
 }
 

@@ -69,4 +69,14 @@ Result<nlohmann::json> file_cache_options(QmpClient& qmp, const std::string& for
 Status stream_and_wait(QmpClient& qmp, const std::string& job_id, const std::string& device,
                        const std::string& base_node, const std::string& backing_file);
 
+// What a QMP event says about block job `job_id` (`what` names it in
+// messages, "block-stream"): nothing if it is another event or another
+// job's; else how the job ended (an error if it failed or was cancelled).
+std::optional<Status> block_job_end(const nlohmann::json& event, const std::string& job_id,
+                                    const std::string& what);
+// Waits for block job `job_id` to end: how it ended, or nothing if it did
+// not within `timeout`.  Other events are consumed.
+std::optional<Status> wait_block_job(QmpClient& qmp, const std::string& job_id,
+                                     const std::string& what, Millis timeout);
+
 }  // namespace kvmcdp

@@ -22,6 +22,9 @@
 
 namespace kvmcdp {
 
+struct Manifest;
+struct ShipCursor;
+
 struct ShipperConfig {
   RemoteOptions remote;
   std::string store;         // the local store or spool directory
@@ -53,6 +56,13 @@ class Shipper {
  private:
   void run();
   Status session(RemoteLink& link);
+  Status resume(const ServerState& srv, const Manifest& m, ShipCursor& c);
+  Status read_replies(remote::Conn& conn, const Manifest& m, ShipCursor& c);
+  bool trim_spool(const ShipCursor& c);
+  Result<bool> ship_journal(remote::Conn& conn, ShipCursor& c);
+  Result<bool> ship_base(remote::Conn& conn, ShipCursor& c);
+  void account(ShipCursor& c, bool trimmed);
+  bool all_shipped(const ShipCursor& c);
   void set_error(const std::string& e);
 
   ShipperConfig cfg_;

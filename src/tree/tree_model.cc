@@ -51,7 +51,37 @@ bool Tree::in_active_chain(const std::string& name) const {
   return false;
 }
 
-std::string Tree::take_file_name() { return fmt::format("n{:04}.qcow2", next_id++); }
+std::string Tree::take_file_name() { return node_file_name(next_id++); }
+
+namespace {
+constexpr const char* kIntentNames[] = {"create", "merge", "remove", "revert"};
+constexpr const char kNodeFileSuffix[] = ".qcow2";
+}  // namespace
+
+const char* intent_name(IntentOp op) { return kIntentNames[static_cast<int>(op)]; }
+
+std::optional<IntentOp> intent_from_name(const std::string& name) {
+  for (int i = 0; i < 4; ++i)
+    if (name == kIntentNames[i]) return static_cast<IntentOp>(i);
+  return std::nullopt;
+}
+
+std::string node_file_name(uint32_t id) { return fmt::format("n{:04}{}", id, kNodeFileSuffix); }
+
+bool is_node_file_name(const std::string& file) {
+  std::string_view f = file, suffix = kNodeFileSuffix;
+  if (f.size() < 1 + 4 + suffix.size() || f[0] != 'n' || !f.ends_with(suffix)) return false;
+  std::string_view digits = f.substr(1, f.size() - 1 - suffix.size());
+  return std::all_of(digits.begin(), digits.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+}
+
+std::string active_node_name(const std::string& node_file) {
+  return "@" + std::filesystem::path(node_file).stem().string();
+}
+
+std::string overlay_qemu_node_name(const std::string& node_file) {
+  return "kvmcdp-" + std::filesystem::path(node_file).stem().string();
+}
 
 std::string tree_json_path(const std::string& dir) { return dir + "/tree.json"; }
 
@@ -68,7 +98,8 @@ std::string tree_to_json(const Tree& t) {
   json root = {{"version", kTreeVersion}, {"active", t.active},
                {"active_qemu_node", t.active_qemu_node}, {"next_id", t.next_id},
                {"nodes", nodes}};
-  root["intent"] = t.intent ? json{{"op", t.intent->op}, {"args", t.intent->args}} : json(nullptr);
+  root["intent"] = t.intent ? json{{"op", intent_name(t.intent->op)}, {"args", t.intent->args}}
+                            : json(nullptr);
   return root.dump(2) + "\n";
 }
 
@@ -102,8 +133,12 @@ Result<Tree> tree_from_json(const std::string& text, const std::string& dir) {
         n.point_time_ns = jn["point_time_ns"].get<uint64_t>();
       t.nodes.push_back(std::move(n));
     }
-    if (j.contains("intent") && !j["intent"].is_null())
-      t.intent = TreeIntent{j["intent"].at("op").get<std::string>(), j["intent"].at("args")};
+    if (j.contains("intent") && !j["intent"].is_null()) {
+      std::string op = j["intent"].at("op").get<std::string>();
+      auto known = intent_from_name(op);
+      if (!known) return {ErrorKind::kDamaged, fmt::format("unknown intent '{}'", op)};
+      t.intent = TreeIntent{*known, j["intent"].at("args")};
+    }
     if (auto st = validate_tree(t); !st) return st;
     return t;
   } catch (const json::exception& e) {

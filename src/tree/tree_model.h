@@ -33,10 +33,24 @@ struct TreeNode {
 };
 
 // A multi-step operation in progress (see man/kvmcdp-tree.5, INTENT).
+// tree.json names it by the strings of intent_name().
+enum class IntentOp { kCreate, kMerge, kRemove, kRevert };
+const char* intent_name(IntentOp op);
+std::optional<IntentOp> intent_from_name(const std::string& name);
+
 struct TreeIntent {
-  std::string op;  // "create", "merge", "revert"
+  IntentOp op;
   nlohmann::json args;
 };
+
+// The files the tree makes for its nodes are "n" and an id of at least
+// four digits: n0001.qcow2, ..., n9999.qcow2, n10000.qcow2.
+std::string node_file_name(uint32_t id);
+bool is_node_file_name(const std::string& file);
+// The node name of an unnamed active node ("@n0001") and the QEMU
+// node-name of its overlay when added online ("kvmcdp-n0001").
+std::string active_node_name(const std::string& node_file);
+std::string overlay_qemu_node_name(const std::string& node_file);
 
 struct Tree {
   std::string dir;  // not serialised
@@ -55,7 +69,7 @@ struct Tree {
   // True if `name` is the active node or one of its ancestors: the running
   // VM reads through it.
   bool in_active_chain(const std::string& name) const;
-  // A fresh file name "nNNNN.qcow2" and node name "@nNNNN".
+  // A fresh node file name (node_file_name(next_id++)).
   std::string take_file_name();
 };
 

@@ -2,6 +2,7 @@
 #include "tree/tree_model.h"
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 namespace kvmcdp {
 namespace {
@@ -22,7 +23,7 @@ Tree sample() {
 
 TEST_CASE("tree: json round trip keeps every field") {
   Tree t = sample();
-  t.intent = TreeIntent{"merge", {{"node", "s2"}}};
+  t.intent = TreeIntent{IntentOp::kMerge, {{"node", "s2"}}};
   auto back = tree_from_json(tree_to_json(t), "/t");
   REQUIRE(back);
   CHECK(tree_to_json(*back) == tree_to_json(t));
@@ -71,6 +72,52 @@ TEST_CASE("tree: snapshot names and relative backing strings") {
   Tree t = sample();
   CHECK(t.take_file_name() == "n0004.qcow2");
   CHECK(t.next_id == 5);
+}
+
+}  // namespace kvmcdp
+
+namespace kvmcdp {
+
+TEST_CASE("tree: node file names past n9999 are still the tree's own") {
+  Tree t = sample();
+  t.next_id = 9999;
+  CHECK(t.take_file_name() == "n9999.qcow2");
+  CHECK(t.take_file_name() == "n10000.qcow2");
+  for (std::string f : {"n0001.qcow2", "n9999.qcow2", "n10000.qcow2", "n123456.qcow2"}) {
+    CAPTURE(f);
+    CHECK(is_node_file_name(f));
+  }
+  for (std::string f : {"n001.qcow2", "nabcd.qcow2", "n0001.qcow", "n0001.qcow2.tmp",
+                        "x0001.qcow2", "n00a1.qcow2", "base.qcow2", "tree.json"}) {
+    CAPTURE(f);
+    CHECK(!is_node_file_name(f));
+  }
+  CHECK(active_node_name("n10000.qcow2") == "@n10000");
+  CHECK(overlay_qemu_node_name("n10000.qcow2") == "kvmcdp-n10000");
+}
+
+TEST_CASE("tree: intents are stored by their old names") {
+  using P = std::pair<IntentOp, const char*>;
+  for (auto [op, name] : {P{IntentOp::kCreate, "create"}, P{IntentOp::kMerge, "merge"},
+                          P{IntentOp::kRemove, "remove"}, P{IntentOp::kRevert, "revert"}}) {
+    CAPTURE(name);
+    CHECK(std::string(intent_name(op)) == name);
+    CHECK(intent_from_name(name) == op);
+    Tree t = sample();
+    t.intent = TreeIntent{op, {{"file", "n0004.qcow2"}}};
+    std::string text = tree_to_json(t);
+    CHECK(text.find(fmt::format("\"op\": \"{}\"", name)) != std::string::npos);
+    auto back = tree_from_json(text, "/t");
+    REQUIRE(back);
+    CHECK(back->intent->op == op);
+  }
+  Tree t = sample();
+  t.intent = TreeIntent{IntentOp::kMerge, {}};
+  std::string text = tree_to_json(t);
+  text.replace(text.find("\"merge\""), 7, "\"fold\"");
+  auto unknown = tree_from_json(text, "/t");
+  CHECK(unknown.status().kind() == ErrorKind::kDamaged);
+  CHECK(unknown.status().message().find("unknown intent 'fold'") != std::string::npos);
 }
 
 }  // namespace kvmcdp

@@ -245,4 +245,36 @@ TEST_CASE("protect: a protect that fails before it starts leaves nothing in the 
   CHECK(protect.stop() == 0);
 }
 
+// The disk filling up right after the base copy, as the manifest that
+// records it is written: the receiver thread is already running, and
+// protect must stop it and take its filter away, not die on a signal.
+TEST_CASE("protect: the manifest write failing after the base copy is one clear error") {
+  TempDir dir;
+  std::string disk = dir.file("disk.raw");
+  REQUIRE(run_command({"truncate", "-s", "16M", disk}).status == 0);
+  auto vm = start_vm(dir, disk);
+  std::string store = dir.file("store");
+  BackgroundProcess p({"env", "KVMCDP_FAIL_AT_STEP=protect:base-manifest", KVMCDP_BINARY,
+                       "protect", "--qmp", vm->tool_socket(), "--drive", "vd0", "--store", store},
+                      dir.file("protect.log"));
+  int rc = p.wait_exit(std::chrono::seconds(60));
+  std::string out = p.output();
+  CHECK_MESSAGE(rc == 1, out);  // not 128 + SIGABRT
+  size_t errors = 0;
+  for (size_t at = out.find("kvmcdp: error: "); at != std::string::npos;
+       at = out.find("kvmcdp: error: ", at + 1))
+    ++errors;
+  CHECK_MESSAGE(errors == 1, out);
+  CHECK_MESSAGE(out.find("No space left on device") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("terminate") == std::string::npos, out);
+  // The guest goes on without a filter that nobody reads.
+  CHECK(filters(*vm).empty());
+  CHECK(vm->qmp().execute("query-status").ok());
+  qemu_io(*vm, "write -P 7 0 65536");
+  // The store is not in anyone's way: the next protect takes it.
+  ProtectProcess again(vm->tool_socket(), "vd0", store);
+  REQUIRE_MESSAGE(again.wait_output("protecting", std::chrono::seconds(30)), again.output());
+  CHECK(again.stop() == 0);
+}
+
 }  // namespace kvmcdp::test
