@@ -31,6 +31,7 @@
 
 #include <fmt/format.h>
 
+#include "base_checksums.h"
 #include "base_copy.h"
 #include "cli.h"
 #include "config_file.h"
@@ -528,7 +529,9 @@ Status run_protect(const ProtectOptions& o) {
     m.base_complete = true;
     m.base_complete_seq = base->complete_seq;
     m.base_complete_time_ns = now_ns();
-    if (Status st = write_manifest(o.store, m); !st) {
+    Status st = write_base_checksums(o.store, m);
+    if (st) st = write_manifest(o.store, m);
+    if (!st) {
       s.stop = true;
       receiver.join();
       unregister_stream(m.stream_id);
