@@ -9,7 +9,7 @@
 # --quick shrinks every size (for trying the script; its figures mean
 # little).  BENCH_DIR picks the scratch directory (default
 # /var/tmp/kvmcdp-bench.PID, removed at the end unless BENCH_KEEP=1).
-# BENCH_ONLY picks steps (see the end).  BENCH_SKIP_SETUP=1 skips scripts/setup.sh (e.g. while the patched QEMU
+# BENCH_ONLY picks steps (see the end); BENCH_FULL_DISK the full restore's disk size.  BENCH_SKIP_SETUP=1 skips scripts/setup.sh (e.g. while the patched QEMU
 # for the current patch is not built yet) and then BENCH_QEMU_BIN (a bin/
 # with qemu-storage-daemon, qemu-nbd, qemu-img) and BENCH_KVMCDP (the
 # kvmcdp binary) override what build/env.sh says.
@@ -141,6 +141,8 @@ else
   fio_secs=6; fio_disk=1G; pool_mib=512; full_disk=$((4 << 30))
   scale_counts=(10000 100000 1000000); snap_count=50
 fi
+# BENCH_FULL_DISK=bytes: another disk size for the full restore.
+full_disk=${BENCH_FULL_DISK:-$full_disk}
 
 machine_json() {
   python3 - "$@" <<EOF

@@ -5,6 +5,7 @@
 //   <store>/manifest.json          see src/manifest.h
 //   <store>/lock                   flock()ed by the one writer
 //   <store>/base.raw               sparse raw copy of the disk
+//   <store>/base.raw.crc           its block checksums, see src/base_checksums.h
 //   <store>/journal/NNNNNNNNNNNN.seg   segments, 12 decimal digits, from 1
 //   <store>/journal/NNNNNNNNNNNN.idx   frame index of a closed segment
 //

@@ -3,7 +3,8 @@
 //  1. The intent, <store>/fold.json: the point, both base files and the
 //     segments to delete.
 //  2. The new base, base-F.raw: restore_nearest(F) (the nearest built node
-//     plus the journal after it), written under a temp name and renamed.
+//     plus the journal after it), written under a temp name and renamed,
+//     and its block checksums, base-F.raw.crc.
 //  3. The commit: the manifest names the new base, base_complete_seq and
 //     folded_seq become F.
 //  4. The segments, oldest first (.seg, then its .idx).
@@ -24,6 +25,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "store/base_checksums.h"
 #include "base/fsutil.h"
 #include "store/journal_ranges.h"
 #include "store/manifest.h"
@@ -78,6 +80,7 @@ Status finish_fold(const std::string& store, const Manifest& m, const FoldPlan& 
   // Never the base the manifest names, whatever the intent says.
   if (plain_name(p.old_base) && p.old_base != m.base_image) {
     if (auto s = unlink_if_present(store + "/" + p.old_base); !s) return s;
+    if (auto s = unlink_if_present(base_checksums_path(store, p.old_base)); !s) return s;
     if (auto s = fsutil::fsync_dir(store); !s) return s;
   }
   crash_point("fold", 5);
@@ -96,6 +99,7 @@ Status roll_back(const std::string& store, const FoldPlan& p, OpLog* log) {
   if (plain_name(p.new_base)) {
     if (auto s = unlink_if_present(store + "/" + p.new_base + ".kvmcdp-partial"); !s) return s;
     if (auto s = unlink_if_present(store + "/" + p.new_base); !s) return s;
+    if (auto s = unlink_if_present(base_checksums_path(store, p.new_base)); !s) return s;
   }
   if (auto s = unlink_if_present(fold_intent_path(store)); !s) return s;
   if (auto s = fsutil::fsync_dir(store); !s) return s;
@@ -187,6 +191,11 @@ Status fold_journal(const std::string& store, const FoldPlan& p, OpLog* log) {
   m->base_complete_seq = p.seq;
   m->base_complete_time_ns = p.time_ns;
   m->folded_seq = p.seq;
+  if (auto s = write_base_checksums(store, *m); !s) {
+    OpLog ignored;
+    roll_back(store, p, &ignored);
+    return s;
+  }
   if (auto s = write_manifest(store, *m); !s) return s;
   crash_point("fold", 3);
 

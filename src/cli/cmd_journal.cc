@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "store/base_checksums.h"
 #include "cli/cli.h"
 #include "store/journal_reader.h"
 #include "store/manifest.h"
@@ -36,6 +37,15 @@ Status run_verify(const std::string& store, bool as_json) {
   if (auto s = check_manifest_against_store(store, *manifest); !s) return s;
   auto report = journal::verify_journal(store);
   if (!report) return report.status();
+  // Every block of the base against its checksums.
+  auto base = check_base(store, *manifest);
+  if (!base) return base.status();
+  const bool ok = report->ok() && base->problem.empty();
+  auto result = [&]() -> Status {
+    if (!report->ok()) return damaged(*report);
+    if (!base->problem.empty()) return {ErrorKind::kDamaged, base->problem};
+    return Status::ok();
+  };
   // Kept for points, status and restore: damage inside a sealed segment
   // is found only by reading everything.
   auto kept = save_verify_record(store, *report, started);
@@ -48,7 +58,7 @@ Status run_verify(const std::string& store, bool as_json) {
   if (as_json) {
     // One object whether or not the journal is damaged, for monitoring;
     // the exit code still says which.
-    nlohmann::json j = {{"ok", report->ok()},
+    nlohmann::json j = {{"ok", ok},
                         {"segments", report->segments},
                         {"frames", report->frames},
                         {"records", report->records},
@@ -59,8 +69,15 @@ Status run_verify(const std::string& store, bool as_json) {
                         {"index_problems", report->index_problems},
                         {"manifest_checksum", manifest->has_checksum},
                         {"unreachable_segments", report->unreachable_segments}};
+    j["base"] = {{"checksummed", base->checked},
+                 {"blocks", base->blocks},
+                 {"bad_blocks", base->bad_blocks},
+                 {"first_bad_offset", base->problem.empty() ? nlohmann::json(nullptr)
+                                                            : nlohmann::json(base->first_bad_offset)},
+                 {"damage", base->problem.empty() ? nlohmann::json(nullptr)
+                                                  : nlohmann::json(base->problem)}};
     std::printf("%s\n", j.dump(2).c_str());
-    return report->ok() ? Status::ok() : damaged(*report);
+    return result();
   }
   std::printf("segments: %llu, frames: %llu, records: %llu, seq %llu..%llu\n",
               static_cast<unsigned long long>(report->segments),
@@ -74,11 +91,16 @@ Status run_verify(const std::string& store, bool as_json) {
   for (uint64_t n : report->unreachable_segments)
     std::printf("unreachable: segment %012llu (after the damage)\n",
                 static_cast<unsigned long long>(n));
-  if (report->ok()) {
+  if (!base->checked && base->problem.empty() && manifest->base_complete &&
+      !is_spool(*manifest))
+    std::printf("base: not checksummed (store predates checksums)\n");
+  else if (base->checked && base->problem.empty())
+    std::printf("base: %llu blocks checked\n", static_cast<unsigned long long>(base->blocks));
+  if (ok) {
     std::printf("ok\n");
     return Status::ok();
   }
-  return damaged(*report);
+  return result();
 }
 
 Status run_dump(const std::string& store, uint64_t from, uint64_t limit, bool as_json) {
@@ -121,7 +143,7 @@ CommandRunner setup_journal_command(CLI::App* app) {
   auto from = std::make_shared<uint64_t>(0);
   auto limit = std::make_shared<uint64_t>(UINT64_MAX);
   auto as_json = std::make_shared<bool>(false);
-  auto* verify = app->add_subcommand("verify", "Check every byte of the journal (exit 4: damaged)");
+  auto* verify = app->add_subcommand("verify", "Check every byte of the journal and the base copy (exit 4: damaged)");
   verify->add_option("--store", *store, "the store")->required();
   verify->add_flag("--json", *as_json, "print the result as one JSON object");
   auto* dump = app->add_subcommand("dump", "Print the journal's records");

@@ -33,10 +33,10 @@
 
 #include <fmt/format.h>
 
+#include "store/base_checksums.h"
 #include "capture/base_copy.h"
 #include "cli/cli.h"
 #include "cli/config_file.h"
-#include "base/fault_point.h"
 #include "base/fsutil.h"
 #include "journal/journal_writer.h"
 #include "store/manifest.h"
@@ -605,7 +605,8 @@ Status ProtectSession::take_base() {
     m_.base_complete = true;
     m_.base_complete_seq = base->complete_seq;
     m_.base_complete_time_ns = now_ns();
-    Status st = injected_failure("protect", "base-manifest", manifest_path(o_.store));
+    Status st = write_base_checksums(o_.store, m_);
+    if (st) st = injected_failure("protect", "base-manifest", manifest_path(o_.store));
     if (st) st = write_manifest(o_.store, m_);
     if (!st) return st;
     say(o_, fmt::format("base copy complete: the first recoverable point is seq {} ({})",

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "store/base_checksums.h"
 #include "cli/cli.h"
 #include "base/fsutil.h"
 #include "restore/output_target.h"
@@ -99,7 +100,8 @@ Status run_restore(const RestoreOptions& o) {
   Result<RestoreStats> stats = nearest ? Result<RestoreStats>(nearest->stats)
                                        : Result<RestoreStats>(nearest.status());
   if (tty) std::fprintf(stderr, "\n");
-  if (!stats && stats.status().kind() == ErrorKind::kDamaged)
+  // Damage in the base is no later point's problem: it stays damage.
+  if (!stats && stats.status().kind() == ErrorKind::kDamaged && !is_base_damage(stats.status()))
     return Status(ErrorKind::kNotRecoverable,
                   fmt::format("seq {} lies past damage in the journal ({}); "
                               "`kvmcdp journal verify` shows the last good record",

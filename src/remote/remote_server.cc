@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "store/base_checksums.h"
 #include "base/fsutil.h"
 #include "base/json_field.h"
 #include "journal/journal_mirror.h"
@@ -199,7 +200,8 @@ Status take_manifest(Session& s) {
   m.base_complete_seq = 0;
   m.base_complete_time_ns = 0;
   m.base_image = "base.raw";
-  m.extra.erase("spool");  // the client's trims its journal; this store keeps all of it
+  m.extra.erase("spool");
+  m.extra.erase("base_checksums");  // the server checksums the base it receives  // the client's trims its journal; this store keeps all of it
   if (Status st = write_manifest(s.store, m); !st) return refuse(s, st);
   s.manifest = m;
   s.have_manifest = true;
@@ -241,6 +243,7 @@ Status base_done(Session& s, const Message& m) {
   if (rename(path.c_str(), final_path.c_str()) != 0)
     return Status(ErrorKind::kFailure, fsutil::errno_message("rename", path));
   if (Status st = fsutil::fsync_dir(s.store); !st) return st;
+  if (Status st = write_base_checksums(s.store, s.manifest); !st) return st;
   s.manifest.base_complete = true;
   s.manifest.base_complete_seq = m.h.b;
   s.manifest.base_complete_time_ns = *time_ns;

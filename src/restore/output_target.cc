@@ -298,8 +298,7 @@ Result<ImageOutput> ImageOutput::open(const OutputTarget& t, uint64_t size,
   out.kind_ = t.kind;
   out.size_ = size;
   if (t.kind == OutputKind::kStdout) {
-    // The store's filesystem first: it has room for the disk's data, and
-    // copy_file_range can share the base's extents there.
+    // The store's filesystem first: it has room for the disk's data.
     const char* env = ::getenv("TMPDIR");
     if (auto s = out.open_unnamed({scratch_dir, env && *env ? env : "/var/tmp"}); !s) return s;
   } else {

@@ -22,7 +22,7 @@ namespace kvmcdp {
 // journal's compressed bytes up to it, the nearest such node's chain is
 // converted to raw with qemu-img and only the journal after it is applied;
 // otherwise the full restore().  A full restore writes the same image and
-// reads the base with copy_file_range, so the node only pays off when the
+// reads the base in big sequential blocks, so the node only pays off when the
 // journal before it is big (a long history on a small disk).  `from` is
 // set to the node used ("" for base + journal).
 enum class NodeUse { kIfCheaper, kAlways };

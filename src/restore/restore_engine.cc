@@ -8,9 +8,10 @@
 //     that wrote it.  Write data goes straight to the output at once (so
 //     memory holds one frame, not the journal); write-zeroes and discards
 //     leave a hole.  The pass stops early once the whole disk is covered.
-//  2. Base pass: the data extents of the sparse base image (SEEK_DATA /
-//     SEEK_HOLE) are copied, with copy_file_range, into whatever the
-//     journal did not cover.  Holes stay holes.
+//  2. Base pass: the blocks of the base image that hold something the
+//     journal did not cover are read, checked against the base's block
+//     checksums (base_checksums.h) and written there.  Holes of the base
+//     (SEEK_DATA / SEEK_HOLE) are not read and stay holes.
 //
 // Every output byte is thus written at most once, and the output is a
 // temp file truncated to the disk size, so untouched bytes are holes.  On
@@ -27,6 +28,7 @@
 
 #include <fmt/format.h>
 
+#include "store/base_checksums.h"
 #include "journal/extent_map.h"
 #include "store/journal_delta.h"
 #include "base/fsutil.h"
@@ -38,35 +40,6 @@ namespace kvmcdp {
 namespace {
 
 using journal::RecordView;
-
-// Copies [b, e) from in to out at the same offset.
-Status copy_range(int in, int out, uint64_t b, uint64_t e,
-                  const std::string& in_path, const std::string& out_path,
-                  std::vector<uint8_t>* buf) {
-  while (b < e) {
-    loff_t ib = loff_t(b), ob = loff_t(b);
-    ssize_t n = ::copy_file_range(in, &ib, out, &ob, e - b, 0);
-    if (n > 0) {
-      b += uint64_t(n);
-      continue;
-    }
-    if (n == 0) break;  // base shorter than expected: the rest reads zero
-    if (errno == EINTR) continue;
-    if (errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
-      return {ErrorKind::kFailure, fsutil::errno_message("copy from", in_path)};
-    // No in-kernel copy here: plain reads and writes.
-    buf->resize(1u << 20);
-    while (b < e) {
-      size_t want = size_t(std::min<uint64_t>(buf->size(), e - b));
-      auto got = fsutil::pread_full(in, buf->data(), want, b, in_path);
-      if (!got) return got.status();
-      if (*got == 0) return {};
-      if (auto s = fsutil::pwrite_all(out, buf->data(), *got, b, out_path); !s) return s;
-      b += *got;
-    }
-  }
-  return {};
-}
 
 }  // namespace
 
@@ -127,29 +100,44 @@ Result<RestoreStats> restore_into(const std::string& store_dir, uint64_t target_
   st.journal_bytes = delta->data_bytes;
   st.zero_bytes = delta->zero_bytes;
 
-  // Step 4: base pass, data extents only.
+  // Step 4: base pass, a block at a time, only blocks the journal left
+  // a gap in.  Each block read is checked against the base's checksums
+  // (base_checksums.h) and a hole against the zero block's, so damage in
+  // the base fails the restore before the output is committed.
   std::string base_path = store_dir + "/" + m->base_image;
+  auto sums = load_base_checksums(store_dir, *m);
+  if (!sums) return sums.status();
   fsutil::Fd base(::open(base_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!base.valid())
     return Status(ErrorKind::kNotFound, fsutil::errno_message("open", base_path));
+  struct stat bst;
+  if (fstat(base.get(), &bst) != 0)
+    return Status(ErrorKind::kFailure, fsutil::errno_message("stat", base_path));
+  if (S_ISREG(bst.st_mode) && uint64_t(bst.st_size) != size)
+    return Status(ErrorKind::kDamaged,
+                  fmt::format("the base copy {} holds {} bytes, the disk {}: it was cut or "
+                              "extended",
+                              base_path, uint64_t(bst.st_size), size));
+  BaseBlockReader blocks(base.get(), base_path, *sums ? &**sums : nullptr, size);
   std::vector<uint8_t> buf;
-  uint64_t pos = 0;
-  while (pos < size && !done.covers(size)) {
-    off_t d = ::lseek(base.get(), off_t(pos), SEEK_DATA);
-    if (d < 0) break;  // ENXIO: only holes (or EOF) from here on
-    off_t h = ::lseek(base.get(), d, SEEK_HOLE);
-    if (h < 0) h = off_t(size);
-    uint64_t b = uint64_t(d), e = std::min<uint64_t>(size, uint64_t(h));
-    if (b >= size) break;
-    Status err;
-    done.cover(b, e, [&](uint64_t cb, uint64_t ce) {
-      if (err) err = copy_range(base.get(), out.fd(), cb, ce, base_path, tmp, &buf);
-      st.base_bytes += ce - cb;
-    });
-    if (!err) return err;
-    pos = e;
-    if (progress) progress({"base", pos, size});
+  std::vector<std::pair<uint64_t, uint64_t>> gaps;
+  for (uint64_t i = 0; i < blocks.block_count() && !done.covers(size); i++) {
+    uint64_t b = i * kBaseBlock, e = std::min<uint64_t>(size, b + kBaseBlock);
+    gaps.clear();
+    done.uncovered(b, e, [&](uint64_t gb, uint64_t ge) { gaps.emplace_back(gb, ge); });
+    if (gaps.empty()) continue;
+    bool hole = false;
+    if (auto s = blocks.read_block(i, &buf, &hole, false); !s) return s;
+    if (hole) continue;  // zeroes: a hole of the output (step 5 on a device)
+    for (auto [gb, ge] : gaps) {
+      if (auto s = fsutil::pwrite_all(out.fd(), buf.data() + (gb - b), ge - gb, gb, tmp); !s)
+        return s;
+      st.base_bytes += ge - gb;
+    }
+    done.cover(b, e, [](uint64_t, uint64_t) {});
+    if (progress && (i % 256 == 255)) progress({"base", e, size});
   }
+  if (progress) progress({"base", size, size});
 
   // Step 5: on a device, what neither the journal nor the base's data
   // covered is a hole of the base: zeroes.

@@ -168,8 +168,9 @@ void check_one_base(const std::string& store) {
   CHECK(!std::filesystem::exists(store + "/fold.json"));
   auto m = json::parse(run_command({"cat", store + "/manifest.json"}).output);
   std::string base = m["base_image"];
+  // The base and its block checksums, nothing of an older base.
   auto ls = run_command({"sh", "-c", "cd " + store + " && ls base*.raw*"});
-  CHECK_MESSAGE(ls.output == base + "\n", ls.output);
+  CHECK_MESSAGE(ls.output == base + "\n" + base + ".crc\n", ls.output);
 }
 
 }  // namespace
@@ -650,6 +651,10 @@ TEST_CASE("prune folds the journal up to the oldest kept point while protect app
   std::string final_md5 = md5_of_file(pv.disk);
   auto verify = run_command({KVMCDP_BINARY, "journal", "verify", "--store", pv.store});
   CHECK_MESSAGE(verify.status == 0, verify.output);
+  // The folded base has its own block checksums, all good.
+  CHECK_MESSAGE(verify.output.find(fmt::format("base: {} blocks checked", kDiskSize / 65536)) !=
+                    std::string::npos,
+                verify.output);
 
   // Every kept point and the latest restore exactly; the older are refused.
   for (size_t i = 8; i < pts.size(); ++i)

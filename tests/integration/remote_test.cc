@@ -168,7 +168,7 @@ TEST_CASE("remote: tcp with a local store: the server's store restores every poi
   CHECK_MESSAGE(verify.status == 0, verify.output);
   check_restores(dir, remote_store, points);
   // Shipped byte for byte: every segment and index is identical.
-  for (const char* what : {"journal", "base.raw"}) {
+  for (const char* what : {"journal", "base.raw", "base.raw.crc"}) {
     auto cmp = run_command({"diff", "-r", store + "/" + what, remote_store + "/" + what});
     CHECK_MESSAGE(cmp.status == 0, what, cmp.output);
   }
