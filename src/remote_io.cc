@@ -180,15 +180,20 @@ Result<bool> Conn::fill(int timeout_ms) {
     }
     buf_.resize(grow);
   }
-  if (!t_->pending()) {
+  // Read first and poll only when nothing is there: a message arrives in
+  // many reads (one per TLS record), and a poll before each would double
+  // the system calls.
+  auto n = t_->read(buf_.data() + end_, buf_.size() - end_);
+  if (!n) return n.status();
+  if (*n == 0) {
     pollfd p{t_->fd(true), t_->events(true), 0};
     int r = poll(&p, 1, timeout_ms);
     if (r < 0 && errno != EINTR) return io_error("poll");
     if (r <= 0) return false;
+    n = t_->read(buf_.data() + end_, buf_.size() - end_);
+    if (!n) return n.status();
+    if (*n == 0) return false;
   }
-  auto n = t_->read(buf_.data() + end_, buf_.size() - end_);
-  if (!n) return n.status();
-  if (*n == 0) return false;
   end_ += *n;
   return true;
 }
