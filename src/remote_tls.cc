@@ -374,14 +374,16 @@ Result<std::string> make_self_signed(const std::string& dir, const std::string& 
   std::string fp = hex_fingerprint(d, dn);
   // The key first, mode 0600 whatever the umask, never over a file.
   auto write_new = [](const std::string& path, const gnutls_datum_t& data, mode_t mode) {
-    fsutil::Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
+    fsutil::Fd fd(
+        ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
     if (!fd.valid())
       return Status(errno == EEXIST ? ErrorKind::kExists : ErrorKind::kFailure,
                     fsutil::errno_message("create", path));
     if (fchmod(fd.get(), mode) != 0)
       return Status(ErrorKind::kFailure, fsutil::errno_message("chmod", path));
     if (Status s = fsutil::write_all(fd.get(), data.data, data.size, path); !s) return s;
-    if (fsync(fd.get()) != 0) return Status(ErrorKind::kFailure, fsutil::errno_message("fsync", path));
+    if (fsync(fd.get()) != 0)
+      return Status(ErrorKind::kFailure, fsutil::errno_message("fsync", path));
     return Status::ok();
   };
   Status s = write_new(key_path, key_pem, 0600);
