@@ -384,7 +384,9 @@ Status run_init_tls(const ServeOptions& o) {
   gethostname(host, sizeof host - 1);
   auto fp = remote::make_self_signed(o.init_tls, host);
   if (!fp) return fp.status();
-  std::fprintf(stderr, "kvmcdp: made the certificate %s/server.crt and its key %s/server.key (mode 600)\n",
+  std::fprintf(stderr,
+               "kvmcdp: made the certificate %s/server.crt and its key %s/server.key "
+               "(mode 600)\n",
                o.init_tls.c_str(), o.init_tls.c_str());
   // stdout: the fingerprint alone, for a script to pass on to clients.
   std::printf("%s\n", fp->c_str());
