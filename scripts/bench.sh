@@ -286,7 +286,7 @@ remote_ingest() {
   local pool=$B/pool.comp d=$B/remote
   mkdir -p "$d/server"
   truncate -s 1G "$d/base.raw"
-  log "remote ingest: local store, then tcp loopback to kvmcdp serve, then local again"
+  log "remote ingest: local store, then tcp and tls loopback to kvmcdp serve, then local again"
   fake_protect "$d/l1" "$d/base.raw" $((1 << 30)) "$pool" seq:65536 "$R/remote-local-1.json"
   rm -rf "$d/l1"
   "$K" serve --store-root "$d/server" --new-store bench >"$d/secret"
@@ -302,6 +302,22 @@ remote_ingest() {
     fake_protect "$d/r" "$d/base.raw" $((1 << 30)) "$pool" seq:65536 "$R/remote-tcp.json"
   kill -TERM "$srv"; wait "$srv" || true
   "$K" journal verify --store "$d/server/bench" >/dev/null || die "the server's journal does not verify"
+  # The same over TLS, into a fresh store.
+  rm -rf "$d/r" "$d/server/bench"
+  "$K" serve --store-root "$d/server" --new-store bench >"$d/secret"
+  local fp
+  fp=$("$K" serve --init-tls "$d/tls" 2>/dev/null)
+  : >"$d/serve.log"
+  "$K" serve --store-root "$d/server" --listen 127.0.0.1:0 \
+    --tls-cert "$d/tls/server.crt" --tls-key "$d/tls/server.key" 2>"$d/serve.log" &
+  srv=$!
+  pids+=("$srv")
+  wait_for 20 grep -q serving "$d/serve.log" || die "serve did not start: $(cat "$d/serve.log")"
+  port=$(sed -n 's/.* on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$d/serve.log")
+  PROTECT_ARGS="--spool $d/r/spool --remote tls://127.0.0.1:$port/bench --secret-file $d/secret --server-fingerprint $fp" \
+    fake_protect "$d/r" "$d/base.raw" $((1 << 30)) "$pool" seq:65536 "$R/remote-tls.json"
+  kill -TERM "$srv"; wait "$srv" || true
+  "$K" journal verify --store "$d/server/bench" >/dev/null || die "the server's journal does not verify (tls)"
   fake_protect "$d/l2" "$d/base.raw" $((1 << 30)) "$pool" seq:65536 "$R/remote-local-2.json"
   rm -rf "$d"
 }

@@ -26,6 +26,7 @@ packages=(
   # kvmcdp
   build-essential cmake ninja-build pkg-config nlohmann-json3-dev
   libcli11-dev libfmt-dev libzstd-dev zstd doctest-dev libnbd-dev libssl-dev
+  libgnutls28-dev
   # tests and tools
   qemu-utils busybox-static fio cpio kmod mandoc xz-utils openssh-server
   openssh-client seabios qemu-system-data dpkg-dev python3 man-db strace

@@ -23,22 +23,35 @@ enum class ErrorKind {
   kNotProtected,    // status --check: the drive is not protected right now
 };
 
+// Why an operation failed, for the code that decides what to do next (end
+// a session quietly, retry, give up).  Set by the code that saw it happen;
+// never an input to the exit code, which is the ErrorKind's alone.
+enum class Cause {
+  kNone,
+  kPeerClosed,      // the other end closed the connection in order
+  kConnectionLost,  // the connection broke (reset, broken pipe)
+  kTimeout,         // the other end did not answer or stopped reading in time
+  kRefused,         // the other end answered no (a remote ERROR message)
+};
+
 class Status {
  public:
   Status() = default;
-  Status(ErrorKind kind, std::string message)
-      : error_(Error{kind, std::move(message)}) {}
+  Status(ErrorKind kind, std::string message, Cause cause = Cause::kNone)
+      : error_(Error{kind, std::move(message), cause}) {}
   static Status ok() { return {}; }
 
   bool is_ok() const { return !error_; }
   explicit operator bool() const { return is_ok(); }
   ErrorKind kind() const { return error_->kind; }
   const std::string& message() const { return error_->message; }
+  Cause cause() const { return error_ ? error_->cause : Cause::kNone; }
 
  private:
   struct Error {
     ErrorKind kind;
     std::string message;
+    Cause cause;
   };
   std::optional<Error> error_;
 };

@@ -94,7 +94,8 @@ Status send_control(int fd, MsgType type, uint64_t seq) {
     ssize_t n = send(fd, buf + done, kHeaderSize - done, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0)
-      return {ErrorKind::kFailure, fmt::format("stream: send: {}", std::strerror(errno))};
+      return {ErrorKind::kFailure, fmt::format("stream: send: {}", std::strerror(errno)),
+              Cause::kConnectionLost};
     done += static_cast<size_t>(n);
   }
   return Status::ok();
@@ -111,7 +112,9 @@ Result<MessageReader::Next> MessageReader::fill() {
     n = read(fd_, buf_.data() + end_, buf_.size() - end_);
   } while (n < 0 && errno == EINTR);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Next::kNeedMore;
-  if (n < 0) return Status(ErrorKind::kFailure, fmt::format("stream: read: {}", std::strerror(errno)));
+  if (n < 0)
+    return Status(ErrorKind::kFailure, fmt::format("stream: read: {}", std::strerror(errno)),
+                  Cause::kConnectionLost);
   if (n == 0) return Next::kClosed;
   end_ += static_cast<size_t>(n);
   return buffered_message() ? Next::kMessage : Next::kNeedMore;

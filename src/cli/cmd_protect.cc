@@ -50,6 +50,7 @@
 #include "store/store_lock.h"
 #include "store/time_parse.h"
 #include "base/wall_clock.h"
+#include "remote/remote_tls.h"
 
 namespace kvmcdp {
 namespace {
@@ -68,6 +69,7 @@ struct ProtectOptions {
   std::string remote;
   std::string spool;  // instead of --store: the local journal only spools
   std::string secret_file;
+  std::string server_fingerprint;
   std::string ack_from = "local";
   uint64_t spool_mib = 4096;
   std::string remote_path = "kvmcdp";
@@ -181,10 +183,7 @@ struct Session {
 
 // A socket error on the stream is the filter going away, like an EOF
 // (QEMU exiting resets the connection if our last ack was still unread).
-bool stream_dropped(const Status& st) {
-  return st.message().rfind("stream: read:", 0) == 0 ||
-         st.message().rfind("stream: send:", 0) == 0;
-}
+bool stream_dropped(const Status& st) { return st.cause() == Cause::kConnectionLost; }
 
 // The stream ended without a detach.  If QEMU is gone (the VM shut down)
 // there is nothing to reconnect: vm_gone says so.  Otherwise QEMU dropped
@@ -447,8 +446,19 @@ Status ProtectSession::probe_remote() {
     auto secret = remote::read_secret_file(o_.secret_file);
     if (!secret) return secret.status();
     ro_.secret = *secret;
-  } else if (ro_.url.kind == RemoteUrl::Kind::kTcp) {
-    return {ErrorKind::kUsage, "a tcp:// remote needs --secret-file"};
+  } else if (ro_.url.served()) {
+    return {ErrorKind::kUsage, "a tcp:// or tls:// remote needs --secret-file"};
+  }
+  if (ro_.url.kind == RemoteUrl::Kind::kTls) {
+    if (o_.server_fingerprint.empty())
+      return {ErrorKind::kUsage,
+              "a tls:// remote needs --server-fingerprint SHA256:...: the server prints it "
+              "when it starts (and serve --init-tls when it makes the certificate)"};
+    auto fp = remote::parse_fingerprint(o_.server_fingerprint);
+    if (!fp) return fp.status();
+    ro_.server_fingerprint = *fp;
+  } else if (!o_.server_fingerprint.empty()) {
+    return {ErrorKind::kUsage, "--server-fingerprint is for tls:// remotes"};
   }
   bool refused = false;
   auto probe = RemoteLink::open(ro_, nullptr, 15000, &refused);
@@ -702,10 +712,15 @@ CommandRunner setup_protect_command(CLI::App* app) {
   store->excludes(spool);
   auto* remote = app->add_option("--remote", o->remote,
                                  "also ship the journal to a backup server: "
-                                 "ssh://[user@]host[:port]/path or tcp://host:port/name");
+                                 "tls://host:port/name, ssh://[user@]host[:port]/path or "
+                                 "tcp://host:port/name (unencrypted)");
   spool->needs(remote);
   app->add_option("--secret-file", o->secret_file,
-                  "tcp:// remote: file holding the store's secret (mode 600)")
+                  "tls:// or tcp:// remote: file holding the store's secret (mode 600)")
+      ->needs(remote);
+  app->add_option("--server-fingerprint", o->server_fingerprint,
+                  "tls:// remote: the server certificate's fingerprint, SHA256:xx:xx:... "
+                  "(the server prints it when it starts)")
       ->needs(remote);
   app->add_option("--ack-from", o->ack_from,
                   "with --store and --remote: what a guest flush waits for")

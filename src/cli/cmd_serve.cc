@@ -4,6 +4,12 @@
 // its own store under --store-root, guarded by that store's lock.
 // `--stdio` serves one connection on stdin/stdout for ssh.
 //
+// With --tls-cert/--tls-key every connection on the port is TLS: the
+// handshake runs in the connection's thread under the same deadline as
+// the login, and the connection counts as not logged in until the login
+// after it, so the limits below hold for handshakes too.  Without TLS, a
+// port reachable from other machines needs --insecure-cleartext.
+//
 // Anyone who can reach the port can connect, so what a connection costs
 // before it has logged in is bounded: few such connections per address
 // and in all (the excess is closed at accept), small messages only (see
@@ -37,6 +43,7 @@
 #include "base/fsutil.h"
 #include "remote/remote_auth.h"
 #include "remote/remote_server.h"
+#include "remote/remote_tls.h"
 #include "remote/remote_url.h"
 #include "base/stop_signals.h"
 
@@ -50,7 +57,14 @@ struct ServeOptions {
   bool stdio = false;
   std::string new_store;
   std::string secret_out;
+  std::string tls_cert, tls_key;
+  std::string init_tls;
+  bool insecure_cleartext = false;
 };
+
+// As long as the login may take (remote_server.cc): a handshake is part
+// of logging in.
+constexpr int kTlsHandshakeMs = 30000;
 
 // Connections that have not logged in yet, from one address and in all;
 // and connections of any kind.  A backup server has one connection per
@@ -62,7 +76,7 @@ constexpr size_t kMaxConnections = 1024;
 void log_line(const std::string& s) { std::fprintf(stderr, "kvmcdp: %s\n", s.c_str()); }
 
 // "host:port", "[v6]:port" or ":port" (every address).
-Result<int> listen_on(const std::string& addr, std::string* bound) {
+Result<int> listen_on(const std::string& addr, std::string* bound, bool* loopback) {
   size_t colon = addr.rfind(':');
   if (colon == std::string::npos)
     return Status(ErrorKind::kUsage, "--listen wants HOST:PORT, e.g. 0.0.0.0:7419");
@@ -89,6 +103,7 @@ Result<int> listen_on(const std::string& addr, std::string* bound) {
   char h[NI_MAXHOST], p[NI_MAXSERV];
   getnameinfo(reinterpret_cast<sockaddr*>(&sa), len, h, sizeof h, p, sizeof p,
               NI_NUMERICHOST | NI_NUMERICSERV);
+  *loopback = remote::is_loopback(reinterpret_cast<sockaddr*>(&sa));
   *bound = sa.ss_family == AF_INET6 ? fmt::format("[{}]:{}", h, p) : fmt::format("{}:{}", h, p);
   return fd.release();
 }
@@ -134,11 +149,31 @@ void keep_alive(int fd) {
 }
 
 Status run_listen(const ServeOptions& o) {
+  std::shared_ptr<remote::TlsServerCredentials> tls;
+  if (!o.tls_cert.empty()) {
+    auto c = remote::TlsServerCredentials::load(o.tls_cert, o.tls_key);
+    if (!c) return c.status();
+    tls = *c;
+  }
   std::string bound;
-  auto listener = listen_on(o.listen, &bound);
+  bool loopback = false;
+  auto listener = listen_on(o.listen, &bound, &loopback);
   if (!listener) return listener.status();
   fsutil::Fd lfd(*listener);
-  log_line(fmt::format("serving stores under {} on {}", o.store_root, bound));
+  if (!tls && !loopback && !o.insecure_cleartext)
+    return {ErrorKind::kUsage,
+            fmt::format("--listen {} without TLS would send the disks' data over the network "
+                        "unencrypted: give --tls-cert and --tls-key (serve --init-tls DIR makes "
+                        "them), or --insecure-cleartext if that is really meant",
+                        o.listen)};
+  if (tls)
+    log_line(fmt::format("TLS certificate fingerprint {} (clients: --server-fingerprint)",
+                         tls->fingerprint()));
+  else if (!loopback)
+    log_line("warning: serving without TLS (--insecure-cleartext): disk data crosses the "
+             "network unencrypted");
+  log_line(fmt::format("serving stores under {} on {}{}", o.store_root, bound,
+                       tls ? " (TLS)" : ""));
 
   struct Client {
     std::thread thread;
@@ -190,7 +225,7 @@ Status run_listen(const ServeOptions& o) {
     Client& c = clients.emplace_back();
     c.fd = fd;
     c.host = host;
-    c.thread = std::thread([&c, &o, &owners, &owners_mu] {
+    c.thread = std::thread([&c, &o, &owners, &owners_mu, tls] {
       ServeConfig cfg;
       cfg.store_root = o.store_root;
       cfg.peer = peer_name(c.fd);
@@ -209,8 +244,30 @@ Status run_listen(const ServeOptions& o) {
         owners[store] = &c;
         mine = store;
       };
+      std::unique_ptr<remote::Transport> transport;
+      if (tls) {
+        auto t = remote::tls_accept(c.fd, *tls, kTlsHandshakeMs);
+        if (!t) {
+          log_line(fmt::format("{}: {}", cfg.peer, t.status().message()));
+          c.done = true;
+          return;
+        }
+        transport = std::move(*t);
+      } else {
+        auto start = remote::check_plain_start(c.fd, kTlsHandshakeMs);
+        if (start != remote::PlainStart::kGoOn) {
+          log_line(fmt::format("{}: {}", cfg.peer,
+                               start == remote::PlainStart::kSilent
+                                   ? "sent nothing in time"
+                                   : "a TLS client was refused: this server has no --tls-cert"));
+          close(c.fd);
+          c.done = true;
+          return;
+        }
+        transport = remote::plain_transport(c.fd, c.fd);
+      }
       {
-        remote::Conn conn(c.fd, c.fd);
+        remote::Conn conn(std::move(transport));
         Status st = serve_guarded(conn, cfg);
         log_line(fmt::format("{}: {}", cfg.peer, st ? "connection ended" : st.message()));
         std::lock_guard l(owners_mu);
@@ -322,11 +379,25 @@ Status run_new_store(const ServeOptions& o) {
 
 }  // namespace
 
+Status run_init_tls(const ServeOptions& o) {
+  char host[256] = "kvmcdp";
+  gethostname(host, sizeof host - 1);
+  auto fp = remote::make_self_signed(o.init_tls, host);
+  if (!fp) return fp.status();
+  std::fprintf(stderr,
+               "kvmcdp: made the certificate %s/server.crt and its key %s/server.key "
+               "(mode 600)\n",
+               o.init_tls.c_str(), o.init_tls.c_str());
+  // stdout: the fingerprint alone, for a script to pass on to clients.
+  std::printf("%s\n", fp->c_str());
+  return Status::ok();
+}
+
 CommandRunner setup_serve_command(CLI::App* app) {
   auto o = std::make_shared<ServeOptions>();
   auto* listen = app->add_option("--listen", o->listen,
-                                 "HOST:PORT to accept tcp:// clients on (PORT 0: any free port, "
-                                 "printed)");
+                                 "HOST:PORT to accept tls:// clients on (with --tls-cert; else "
+                                 "tcp://) (PORT 0: any free port, printed)");
   auto* stdio = app->add_option("--stdio", o->stdio_store,
                                 "serve one client on stdin/stdout into store PATH (run by ssh)");
   auto* root = app->add_option("--store-root", o->store_root,
@@ -339,13 +410,36 @@ CommandRunner setup_serve_command(CLI::App* app) {
                   "exists) instead of printing it")
       ->type_name("FILE")
       ->needs(create);
+  auto* cert = app->add_option("--tls-cert", o->tls_cert,
+                               "with --listen: TLS certificate (PEM); clients connect with "
+                               "tls:// and pin its fingerprint")
+                   ->type_name("FILE")
+                   ->needs(listen);
+  auto* key = app->add_option("--tls-key", o->tls_key, "with --tls-cert: its private key (PEM)")
+                  ->type_name("FILE")
+                  ->needs(cert);
+  cert->needs(key);
+  auto* cleartext =
+      app->add_flag("--insecure-cleartext", o->insecure_cleartext,
+                    "with --listen on a non-loopback address: serve without TLS (disk data "
+                    "crosses the network unencrypted)")
+          ->needs(listen)
+          ->excludes(cert);
+  (void)cleartext;
+  auto* init = app->add_option("--init-tls", o->init_tls,
+                               "make a self-signed certificate DIR/server.crt and key "
+                               "DIR/server.key (refused if either exists), print its "
+                               "fingerprint and exit")
+                   ->type_name("DIR");
+  init->excludes(listen)->excludes(stdio)->excludes(create);
   listen->excludes(stdio)->excludes(create)->needs(root);
   stdio->excludes(create);
   create->needs(root);
   add_config_option(app);  // last: it knows the options above
-  return [o, listen, stdio, create]() -> Status {
+  return [o, listen, stdio, create, init]() -> Status {
+    if (*init) return run_init_tls(*o);
     if (!*create && !*listen && !*stdio)
-      return {ErrorKind::kUsage, "serve needs --listen, --stdio or --new-store"};
+      return {ErrorKind::kUsage, "serve needs --listen, --stdio, --new-store or --init-tls"};
     if (*create) return run_new_store(*o);
     if (*stdio) {
       signal(SIGPIPE, SIG_IGN);  // ssh gone: an error on a write

@@ -28,8 +28,8 @@ namespace {
 
 bool known_type(uint16_t t) { return (t >= 1 && t <= 7) || (t >= 64 && t <= 68); }
 
-Status io_error(const char* what) {
-  return {ErrorKind::kFailure, fmt::format("remote: {}: {}", what, std::strerror(errno))};
+Status io_error(const char* what, Cause cause = Cause::kNone) {
+  return {ErrorKind::kFailure, fmt::format("remote: {}: {}", what, std::strerror(errno)), cause};
 }
 
 void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
@@ -69,19 +69,56 @@ Status decode_header(const uint8_t in[kHeaderSize], MsgHeader* h) {
   return Status::ok();
 }
 
+namespace {
+
+class PlainTransport : public Transport {
+ public:
+  PlainTransport(int in, int out) : in_(in), out_(out) {
+    set_nonblocking(in_);
+    if (out_ != in_) set_nonblocking(out_);
+  }
+  ~PlainTransport() override {
+    close(in_);
+    if (out_ != in_) close(out_);
+  }
+  Result<size_t> read(uint8_t* p, size_t n) override {
+    ssize_t r = ::read(in_, p, n);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return size_t{0};
+    if (r < 0) return io_error("read", Cause::kConnectionLost);
+    if (r == 0)
+      return Status(ErrorKind::kFailure, "remote: the peer closed the connection",
+                    Cause::kPeerClosed);
+    return static_cast<size_t>(r);
+  }
+  Result<size_t> write(const uint8_t* p, size_t n) override {
+    // write() rather than send(): the far end may be a pipe to ssh.
+    ssize_t w = ::write(out_, p, n);
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return size_t{0};
+    if (w <= 0) return io_error("send", Cause::kConnectionLost);
+    return static_cast<size_t>(w);
+  }
+  int fd(bool reading) const override { return reading ? in_ : out_; }
+  short events(bool reading) const override { return reading ? POLLIN : POLLOUT; }
+
+ private:
+  int in_, out_;
+};
+
+}  // namespace
+
+std::unique_ptr<Transport> plain_transport(int in, int out) {
+  return std::make_unique<PlainTransport>(in, out);
+}
+
 // Small: an idle connection costs little, and the buffer grows with what
 // arrives.
 constexpr size_t kInitialBuffer = 16u << 10;
 
-Conn::Conn(int in, int out) : in_(in), out_(out), buf_(kInitialBuffer) {
-  set_nonblocking(in_);
-  if (out_ != in_) set_nonblocking(out_);
-}
+Conn::Conn(int in, int out) : Conn(plain_transport(in, out)) {}
 
-Conn::~Conn() {
-  close(in_);
-  if (out_ != in_) close(out_);
-}
+Conn::Conn(std::unique_ptr<Transport> t) : t_(std::move(t)), buf_(kInitialBuffer) {}
+
+Conn::~Conn() = default;
 
 Status Conn::send(MsgType t, uint64_t a, uint64_t b, const void* payload, size_t n,
                   int timeout_ms) {
@@ -96,27 +133,27 @@ Status Conn::send(MsgType t, uint64_t a, uint64_t b, const void* payload, size_t
     const uint8_t* p;
     size_t n;
   } parts[2] = {{head, kHeaderSize}, {static_cast<const uint8_t*>(payload), n}};
+  // Header and payload in one TLS record where they fit; a large payload
+  // is not worth copying into the cork's buffer for that.
+  bool cork = n <= 16384 - kHeaderSize;
+  if (cork) t_->cork();
   for (auto& part : parts) {
     size_t done = 0;
     while (done < part.n) {
-      // write() rather than send(): the far end may be a pipe to ssh.
-      ssize_t w = write(out_, part.p + done, part.n - done);
-      if (w > 0) {
-        done += static_cast<size_t>(w);
+      auto w = t_->write(part.p + done, part.n - done);
+      if (!w) return w.status();
+      if (*w > 0) {
+        done += *w;
         continue;
       }
-      if (w < 0 && errno == EINTR) continue;
-      if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        pollfd p{out_, POLLOUT, 0};
-        int r = poll(&p, 1, timeout_ms);
-        if (r == 0) return {ErrorKind::kFailure, "remote: the peer stopped reading"};
-        if (r < 0 && errno != EINTR) return io_error("poll");
-        continue;
-      }
-      return io_error("send");
+      pollfd p{t_->fd(false), t_->events(false), 0};
+      int r = poll(&p, 1, timeout_ms);
+      if (r == 0)
+        return {ErrorKind::kFailure, "remote: the peer stopped reading", Cause::kTimeout};
+      if (r < 0 && errno != EINTR) return io_error("poll");
     }
   }
-  return Status::ok();
+  return cork ? t_->uncork(timeout_ms) : Status::ok();
 }
 
 bool Conn::buffered() const {
@@ -143,15 +180,21 @@ Result<bool> Conn::fill(int timeout_ms) {
     }
     buf_.resize(grow);
   }
-  pollfd p{in_, POLLIN, 0};
-  int r = poll(&p, 1, timeout_ms);
-  if (r < 0 && errno != EINTR) return io_error("poll");
-  if (r <= 0) return false;
-  ssize_t n = read(in_, buf_.data() + end_, buf_.size() - end_);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return false;
-  if (n < 0) return io_error("read");
-  if (n == 0) return Status(ErrorKind::kFailure, "remote: the peer closed the connection");
-  end_ += static_cast<size_t>(n);
+  // Read first and poll only when nothing is there: a message arrives in
+  // many reads (one per TLS record), and a poll before each would double
+  // the system calls.
+  auto n = t_->read(buf_.data() + end_, buf_.size() - end_);
+  if (!n) return n.status();
+  if (*n == 0) {
+    pollfd p{t_->fd(true), t_->events(true), 0};
+    int r = poll(&p, 1, timeout_ms);
+    if (r < 0 && errno != EINTR) return io_error("poll");
+    if (r <= 0) return false;
+    n = t_->read(buf_.data() + end_, buf_.size() - end_);
+    if (!n) return n.status();
+    if (*n == 0) return false;
+  }
+  end_ += *n;
   return true;
 }
 
@@ -185,10 +228,11 @@ Result<Message> Conn::expect(MsgType want, int timeout_ms) {
   Message m;
   auto got = receive(&m, timeout_ms);
   if (!got) return got.status();
-  if (!*got) return Status(ErrorKind::kFailure, "remote: the peer did not answer in time");
+  if (!*got)
+    return Status(ErrorKind::kFailure, "remote: the peer did not answer in time", Cause::kTimeout);
   if (m.h.type == static_cast<uint16_t>(MsgType::kError)) {
-    refused_ = true;
-    return Status(ErrorKind::kFailure, fmt::format("the server refused: {}", m.reason()));
+    return Status(ErrorKind::kFailure, fmt::format("the server refused: {}", m.reason()),
+                  Cause::kRefused);
   }
   if (m.h.type != static_cast<uint16_t>(want))
     return Status(ErrorKind::kFailure,

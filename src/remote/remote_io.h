@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -28,10 +29,36 @@ struct Message {
   std::string reason() const;
 };
 
-// Owns the descriptors (closes them).  `in` and `out` may be the same fd.
+// How the bytes cross: plain descriptors (a socket, the pipes to ssh) or
+// a TLS session on a socket (remote_tls.h).  Non-blocking: what would
+// wait returns 0 and the caller polls `fd()` for `events()`.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  // Bytes read (> 0), or 0 when none are ready.  The peer closing is an
+  // error with Cause::kPeerClosed.
+  virtual Result<size_t> read(uint8_t* p, size_t n) = 0;
+  // Bytes written (> 0), or 0 when the peer is not taking more right now.
+  // After a 0, the next call must repeat the same bytes (TLS wants that).
+  virtual Result<size_t> write(const uint8_t* p, size_t n) = 0;
+  // Received bytes that read() hands out without waiting for the fd.
+  virtual bool pending() const { return false; }
+  // What to poll for after read() (`reading`) or write() returned 0.
+  virtual int fd(bool reading) const = 0;
+  virtual short events(bool reading) const = 0;
+  // Lets several small writes leave as one TLS record (no-op otherwise).
+  virtual void cork() {}
+  virtual Status uncork(int /*timeout_ms*/) { return Status::ok(); }
+};
+
+// Owns `in` and `out` (which may be the same fd).
+std::unique_ptr<Transport> plain_transport(int in, int out);
+
+// Owns the transport (and so its descriptors).
 class Conn {
  public:
   Conn(int in, int out);
+  explicit Conn(std::unique_ptr<Transport> t);
   ~Conn();
   Conn(const Conn&) = delete;
   Conn& operator=(const Conn&) = delete;
@@ -54,18 +81,14 @@ class Conn {
   // most kMaxPayload, the default): a stranger may not make us wait for,
   // or hold, more than a login needs.
   void set_max_payload(uint32_t n) { max_payload_ = n; }
-  int in_fd() const { return in_; }
-  // The last expect() failed because the peer said ERROR (it refused us),
-  // not because the connection failed.
-  bool peer_refused() const { return refused_; }
+  int in_fd() const { return t_->fd(true); }
 
  private:
   Result<bool> fill(int timeout_ms);
-  int in_, out_;
+  std::unique_ptr<Transport> t_;
   std::vector<uint8_t> buf_;
   size_t start_ = 0, end_ = 0;
   uint32_t max_payload_ = kMaxPayload;
-  bool refused_ = false;
 };
 
 }  // namespace kvmcdp::remote

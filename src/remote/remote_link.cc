@@ -10,7 +10,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <sstream>
 #include <vector>
@@ -21,6 +23,7 @@
 #include "base/fsutil.h"
 #include "base/json_field.h"
 #include "remote/remote_auth.h"
+#include "remote/remote_tls.h"
 
 namespace kvmcdp {
 
@@ -112,8 +115,30 @@ Result<int> ssh_spawn(const RemoteOptions& o, pid_t* pid) {
   return sv[0];
 }
 
+// Anything but a dropped or silent connection is the server (or whatever
+// answered) saying no, and retrying will not change it.
+bool says_no(const Status& st) {
+  Cause why = st.cause();
+  return why != Cause::kPeerClosed && why != Cause::kTimeout && why != Cause::kConnectionLost;
+}
+
+// tcp:// beyond this machine sends the disk's data readable by anyone on
+// the way: allowed (the server had to be told to listen so), said once.
+void warn_cleartext(int fd, const RemoteUrl& u) {
+  static std::atomic<bool> said{false};
+  sockaddr_storage sa{};
+  socklen_t len = sizeof sa;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0 ||
+      remote::is_loopback(reinterpret_cast<sockaddr*>(&sa)) || said.exchange(true))
+    return;
+  std::fprintf(stderr,
+               "kvmcdp: warning: %s is not encrypted: the disk's data crosses the network "
+               "readable; use tls:// with --server-fingerprint\n",
+               u.to_string().c_str());
+}
+
 Result<ServerState> hello(remote::Conn& c, const RemoteOptions& o, int timeout_ms) {
-  std::string store = o.url.kind == RemoteUrl::Kind::kTcp ? o.url.path : "";
+  std::string store = o.url.served() ? o.url.path : "";
   std::string nonce = remote::random_hex(16);
   json h = {{"store", store}, {"nonce", nonce}};
   if (Status s = c.send(MsgType::kHello, remote::kVersion, 0, h.dump()); !s) return s;
@@ -132,7 +157,7 @@ Result<ServerState> hello(remote::Conn& c, const RemoteOptions& o, int timeout_m
     return Status(ErrorKind::kUsage, "the server wants the store's secret: --secret-file");
   if (!secret && auth != "none")
     return Status(ErrorKind::kFailure, "remote: the server offers no authentication kvmcdp knows");
-  if (!secret && o.url.kind == RemoteUrl::Kind::kTcp)
+  if (!secret && o.url.served())
     return Status(ErrorKind::kFailure, "remote: a tcp server must authenticate the store");
   json a = {{"proof", secret ? remote::auth_proof(o.secret, "kvmcdp-client", store, nonce,
                                                   server_nonce)
@@ -177,21 +202,24 @@ Result<std::unique_ptr<RemoteLink>> RemoteLink::open(const RemoteOptions& o,
                                                      const Manifest* manifest, int timeout_ms,
                                                      bool* refused) {
   std::unique_ptr<RemoteLink> link(new RemoteLink());
-  Result<int> fd = o.url.kind == RemoteUrl::Kind::kTcp ? tcp_connect(o.url, timeout_ms)
-                                                      : ssh_spawn(o, &link->ssh_pid_);
+  Result<int> fd = o.url.served() ? tcp_connect(o.url, timeout_ms)
+                                  : ssh_spawn(o, &link->ssh_pid_);
   if (!fd) return fd.status();
-  link->conn_ = std::make_unique<remote::Conn>(*fd, *fd);
+  if (o.url.kind == RemoteUrl::Kind::kTls) {
+    auto t = remote::tls_connect(*fd, o.server_fingerprint,
+                                 fmt::format("{}:{}", o.url.host, o.url.port), timeout_ms);
+    if (!t) {
+      if (refused) *refused = says_no(t.status());
+      return t.status();
+    }
+    link->conn_ = std::make_unique<remote::Conn>(std::move(*t));
+  } else {
+    if (o.url.kind == RemoteUrl::Kind::kTcp) warn_cleartext(*fd, o.url);
+    link->conn_ = std::make_unique<remote::Conn>(*fd, *fd);
+  }
   auto st = hello(*link->conn_, o, timeout_ms);
   if (!st) {
-    // Anything but a dropped or silent connection is the server (or
-    // whatever answered) saying no, and retrying will not change it.
-    const std::string& why = st.status().message();
-    if (refused)
-      *refused = link->conn_->peer_refused() || st.status().kind() == ErrorKind::kUsage ||
-                 (why.find("closed the connection") == std::string::npos &&
-                  why.find("did not answer") == std::string::npos &&
-                  why.find("remote: read") == std::string::npos &&
-                  why.find("remote: send") == std::string::npos);
+    if (refused) *refused = says_no(st.status());
     return st.status();
   }
   link->state_ = *st;

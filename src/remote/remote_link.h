@@ -1,6 +1,6 @@
 // Opening a connection to a remote store and saying hello: over ssh (the
 // system's client runs `kvmcdp serve --stdio PATH` on the far side) or
-// tcp (a `kvmcdp serve --listen` server, per-store secret).
+// tls / tcp (a `kvmcdp serve --listen` server, per-store secret).
 #pragma once
 
 #include <sys/types.h>
@@ -18,7 +18,8 @@ namespace kvmcdp {
 
 struct RemoteOptions {
   RemoteUrl url;
-  std::string secret;       // tcp: the store's secret
+  std::string secret;       // tcp, tls: the store's secret
+  std::string server_fingerprint;  // tls: the certificate's, parse_fingerprint's form
   std::string rsh = "ssh";  // ssh command and options ($KVMCDP_RSH)
   std::string remote_path = "kvmcdp";  // kvmcdp on the far side
 };

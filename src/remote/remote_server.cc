@@ -285,7 +285,7 @@ Status receive_stream(Session& s) {
   if (Status st = take_manifest(s); !st) {
     // protect's first connection only asks whether the server takes the
     // store, and closes before any manifest: not an error.
-    if (st.message().find("closed the connection") != std::string::npos) return Status::ok();
+    if (st.cause() == Cause::kPeerClosed) return Status::ok();
     return st;
   }
   for (;;) {
@@ -298,8 +298,7 @@ Status receive_stream(Session& s) {
     if (!got) {
       // The client went away: make what it sent durable all the same.
       s.mirror->sync();
-      if (got.status().message().find("closed the connection") != std::string::npos)
-        return Status::ok();
+      if (got.status().cause() == Cause::kPeerClosed) return Status::ok();
       return got.status();
     }
     if (*got) {

@@ -17,6 +17,7 @@ bool valid_store_name(const std::string& name) {
 std::string RemoteUrl::to_string() const {
   std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
   if (kind == Kind::kTcp) return fmt::format("tcp://{}:{}/{}", h, port, path);
+  if (kind == Kind::kTls) return fmt::format("tls://{}:{}/{}", h, port, path);
   std::string s = "ssh://";
   if (!user.empty()) s += user + "@";
   s += h;
@@ -36,15 +37,19 @@ Result<RemoteUrl> parse_remote_url(const std::string& url) {
   } else if (url.rfind("tcp://", 0) == 0) {
     r.kind = RemoteUrl::Kind::kTcp;
     rest = url.substr(6);
+  } else if (url.rfind("tls://", 0) == 0 || url.rfind("tcps://", 0) == 0) {
+    r.kind = RemoteUrl::Kind::kTls;
+    rest = url.substr(url.find("://") + 3);
   } else {
-    return bad("expected ssh://[user@]host[:port]/path or tcp://host:port/name");
+    return bad("expected tls://host:port/name, ssh://[user@]host[:port]/path or "
+               "tcp://host:port/name");
   }
   size_t slash = rest.find('/');
   if (slash == std::string::npos) return bad("no store path after the host");
   std::string authority = rest.substr(0, slash);
   std::string path = rest.substr(slash);
   if (size_t at = authority.rfind('@'); at != std::string::npos) {
-    if (r.kind == RemoteUrl::Kind::kTcp) return bad("tcp:// takes no user name");
+    if (r.served()) return bad("tcp:// and tls:// take no user name");
     r.user = authority.substr(0, at);
     authority = authority.substr(at + 1);
     if (r.user.empty()) return bad("empty user name");
@@ -71,8 +76,8 @@ Result<RemoteUrl> parse_remote_url(const std::string& url) {
         std::stoul(r.port) == 0 || std::stoul(r.port) > 65535)
       return bad("the port is not a number from 1 to 65535");
   }
-  if (r.kind == RemoteUrl::Kind::kTcp) {
-    if (r.port.empty()) return bad("tcp:// needs a port");
+  if (r.served()) {
+    if (r.port.empty()) return bad("tcp:// and tls:// need a port");
     r.path = path.substr(1);
     if (!valid_store_name(r.path))
       return bad("the store name must be one path component of letters, digits, '.', '_', '-'");

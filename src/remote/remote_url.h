@@ -1,7 +1,8 @@
 // Where a remote store is: `ssh://[user@]host[:port]/path` (a store
 // directory on that host, reached by running `kvmcdp serve --stdio` there
-// through the system's ssh client) or `tcp://host:port/name` (store `name`
-// under a `kvmcdp serve --listen` store root).
+// through the system's ssh client) or `tls://host:port/name` (store `name`
+// under a `kvmcdp serve --listen` store root; `tcps://` is the same) or
+// `tcp://host:port/name` (the same in the clear).
 #pragma once
 
 #include <string>
@@ -11,11 +12,13 @@
 namespace kvmcdp {
 
 struct RemoteUrl {
-  enum class Kind { kSsh, kTcp } kind = Kind::kTcp;
+  enum class Kind { kSsh, kTcp, kTls } kind = Kind::kTcp;
+  // tcp:// or tls://: a `serve --listen` store root, stores by name.
+  bool served() const { return kind != Kind::kSsh; }
   std::string user;   // ssh only, may be empty
   std::string host;   // without brackets for IPv6
   std::string port;   // may be empty for ssh (ssh's default)
-  std::string path;   // ssh: the remote store directory; tcp: store name
+  std::string path;   // ssh: the remote store directory; tcp, tls: store name
   std::string to_string() const;
 };
 

@@ -59,3 +59,26 @@ TEST_CASE("remote url: store names cannot leave the root") {
 }
 
 }  // namespace kvmcdp
+
+namespace kvmcdp {
+
+TEST_CASE("remote url: tls forms, tcps:// as an alias") {
+  auto a = parse_remote_url("tls://10.0.0.5:7419/vm1");
+  REQUIRE(a);
+  CHECK(a->kind == RemoteUrl::Kind::kTls);
+  CHECK(a->served());
+  CHECK(a->host == "10.0.0.5");
+  CHECK(a->port == "7419");
+  CHECK(a->path == "vm1");
+  CHECK(a->to_string() == "tls://10.0.0.5:7419/vm1");
+  auto b = parse_remote_url("tcps://[::1]:7419/vm1");
+  REQUIRE(b);
+  CHECK(b->kind == RemoteUrl::Kind::kTls);
+  CHECK(b->to_string() == "tls://[::1]:7419/vm1");
+  CHECK(parse_remote_url("tls://host/vm1").status().kind() == ErrorKind::kUsage);  // no port
+  CHECK_FALSE(parse_remote_url("tls://u@host:1/vm1"));
+  CHECK_FALSE(parse_remote_url("tls://host:1/../x"));
+  CHECK_FALSE(parse_remote_url("ssh://h/x")->served());
+}
+
+}  // namespace kvmcdp

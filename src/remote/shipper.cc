@@ -237,7 +237,8 @@ Status Shipper::read_replies(remote::Conn& conn, const Manifest& m, ShipCursor& 
     if (!got) return got.status();
     if (!*got) return Status::ok();
     if (msg.h.type == static_cast<uint16_t>(MsgType::kError))
-      return Status(ErrorKind::kFailure, fmt::format("the server refused: {}", msg.reason()));
+      return Status(ErrorKind::kFailure, fmt::format("the server refused: {}", msg.reason()),
+                    Cause::kRefused);
     if (msg.h.type == static_cast<uint16_t>(MsgType::kAck)) {
       c.server_durable = msg.h.a;
       gate_->set_remote(msg.h.a);

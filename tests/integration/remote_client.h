@@ -20,19 +20,21 @@
 #include "harness/qemu_process.h"
 #include "remote/remote_auth.h"
 #include "remote/remote_io.h"
+#include "remote/remote_tls.h"
 
 namespace kvmcdp::test {
 
-// A server on a free loopback port (or on `port`, to restart it there).
+// A server on a free loopback port (or on `port`, to restart it there),
+// with `extra` options (--tls-cert ...).
 struct Server {
   std::unique_ptr<BackgroundProcess> proc;
   std::string port;
   Server(const TempDir& dir, const std::string& root, const std::string& want_port = "0",
-         const std::string& log_name = "serve.log") {
-    proc = std::make_unique<BackgroundProcess>(
-        std::vector<std::string>{KVMCDP_BINARY, "serve", "--listen", "127.0.0.1:" + want_port,
-                                 "--store-root", root},
-        dir.file(log_name));
+         const std::string& log_name = "serve.log", const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> argv{KVMCDP_BINARY, "serve", "--listen", "127.0.0.1:" + want_port,
+                                  "--store-root", root};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    proc = std::make_unique<BackgroundProcess>(argv, dir.file(log_name));
     REQUIRE_MESSAGE(proc->wait_output("serving", std::chrono::seconds(20)), proc->output());
     std::string out = proc->output();
     size_t at = out.find("on 127.0.0.1:");
@@ -52,14 +54,28 @@ inline std::string new_store(const TempDir& dir, const std::string& root,
   return path;
 }
 
-inline std::unique_ptr<remote::Conn> dial(const std::string& port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
+inline int dial_fd(const std::string& port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in sa{};
   sa.sin_family = AF_INET;
   sa.sin_port = htons(static_cast<uint16_t>(std::stoi(port)));
   inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
   REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+  return fd;
+}
+
+inline std::unique_ptr<remote::Conn> dial(const std::string& port) {
+  int fd = dial_fd(port);
   return std::make_unique<remote::Conn>(fd, fd);
+}
+
+// A TLS connection to a `serve --tls-cert` server whose certificate has
+// `fingerprint`.
+inline std::unique_ptr<remote::Conn> dial_tls(const std::string& port,
+                                              const std::string& fingerprint) {
+  auto t = remote::tls_connect(dial_fd(port), fingerprint, "127.0.0.1:" + port, 10000);
+  REQUIRE_MESSAGE(t, t.status().message());
+  return std::make_unique<remote::Conn>(std::move(*t));
 }
 
 // A hand-made client up to WELCOME; its result says whether it got in.
