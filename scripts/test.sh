@@ -14,4 +14,4 @@ cd "${KVMCDP_BUILD_DIR:-$here/build}"
 ctest --output-on-failure --timeout 900 -j"${KVMCDP_TEST_JOBS:-2}" "$@"
 instrumented=${KVMCDP_INSTRUMENTED:-$([ $# -eq 0 ] && echo 1 || echo 0)}
 [ "$instrumented" = 1 ] || exit 0
-bash "$here/tests/fuzz/run.sh" "${KVMCDP_FUZZ_SECONDS:-20}"
+bash "$here/tests/fuzz/run.sh" "${KVMCDP_FUZZ_SECONDS:-15}"

@@ -6,13 +6,13 @@
 # directory, never into the committed corpus.  Any crash, hang (-timeout)
 # or sanitizer report fails the script and names the input that caused it.
 #
-#   tests/fuzz/run.sh [SECONDS]   fuzzing time per target (default 20;
+#   tests/fuzz/run.sh [SECONDS]   fuzzing time per target (default 15;
 #                                 0: only the regression run)
 # Environment: KVMCDP_FUZZ_BUILD_DIR (default build-fuzz/), KVMCDP_FUZZ_TARGETS
 # (names to run, e.g. "manifest tree"; default all).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
-secs=${1:-20}
+secs=${1:-15}
 build=${KVMCDP_FUZZ_BUILD_DIR:-$here/build-fuzz}
 fuzz_dir=$here/tests/fuzz
 
