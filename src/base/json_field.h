@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <stdexcept>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -31,5 +33,21 @@ Result<bool> get_bool(const nlohmann::json& j, std::string_view key, std::string
 // An object-valued field.
 Result<nlohmann::json> get_object(const nlohmann::json& j, std::string_view key,
                                   std::string_view what);
+
+// For code that reads a whole document inside one try/catch: `v` as the
+// integer type T, or std::out_of_range if it is not an integer or does
+// not fit.  get<T>() would convert a float (undefined behaviour when out
+// of T's range) and wrap a negative number into a huge unsigned one.
+template <typename T>
+T integer_as(const nlohmann::json& v, std::string_view key) {
+  if (v.is_number_unsigned()) {
+    uint64_t u = v.get<uint64_t>();
+    if (std::in_range<T>(u)) return static_cast<T>(u);
+  } else if (v.is_number_integer()) {
+    int64_t i = v.get<int64_t>();
+    if (std::in_range<T>(i)) return static_cast<T>(i);
+  }
+  throw std::out_of_range(std::string(key) + " is not an integer in range");
+}
 
 }  // namespace kvmcdp::json_field

@@ -23,7 +23,10 @@ Status send_control(int fd, MsgType type, uint64_t seq);
 
 class MessageReader {
  public:
-  explicit MessageReader(int fd) : fd_(fd), buf_(8u << 20) {}
+  // The default holds the largest message twice over.  A smaller buffer
+  // (fuzz targets, whose inputs are small) never completes a message
+  // longer than itself.
+  explicit MessageReader(int fd, size_t buffer_bytes = 8u << 20) : fd_(fd), buf_(buffer_bytes) {}
 
   enum class Next { kMessage, kNeedMore, kClosed };
   // Reads what the socket has (at most one read()).  kClosed on EOF;

@@ -51,6 +51,7 @@
 #include "store/time_parse.h"
 #include "base/wall_clock.h"
 #include "remote/remote_tls.h"
+#include "base/fault_point.h"
 
 namespace kvmcdp {
 namespace {

@@ -174,10 +174,15 @@ QmpReply QmpClient::send_and_wait(const json& request, int pass_fd, Millis timeo
     }
     if (message.contains("error") && message["error"].is_object()) {
       const json& e = message["error"];
+      // The peer chose these: value() would throw on a non-string.
+      auto text = [&](const char* key, const char* otherwise) {
+        auto it = e.find(key);
+        return it != e.end() && it->is_string() ? it->get<std::string>() : std::string(otherwise);
+      };
       QmpReply err;
       err.failure = QmpFailure::kCommand;
-      err.error_class = e.value("class", "GenericError");
-      err.message = e.value("desc", "(no description)");
+      err.error_class = text("class", "GenericError");
+      err.message = text("desc", "(no description)");
       return err;
     }
     return fail(QmpFailure::kProtocol, "reply has neither 'return' nor 'error'");

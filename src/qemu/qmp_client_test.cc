@@ -126,6 +126,22 @@ TEST_CASE("qmp fake: an error reply is a command error with its class") {
   CHECK(r.status().message() == "DeviceNotFound: no such device");
 }
 
+TEST_CASE("qmp fake: an error whose class or desc is not a string is still a command error") {
+  // Found by tests/fuzz/qmp_fuzz.cc: nlohmann's value() threw type_error.
+  FakePeer peer([](int fd) {
+    handshake(fd);
+    json cmd = json::parse(hear_line(fd));
+    say(fd, json({{"error", {{"class", 5}, {"desc", {1, 2}}}}, {"id", cmd["id"]}}).dump() + "\n");
+    hear_line(fd);
+  });
+  auto c = QmpClient::connect(peer.path(), Millis(2000));
+  REQUIRE(c);
+  QmpReply r = (*c)->execute("x", nullptr, Millis(2000));
+  CHECK(r.failure == QmpFailure::kCommand);
+  CHECK(r.error_class == "GenericError");
+  CHECK(r.message == "(no description)");
+}
+
 TEST_CASE("qmp fake: gone says that no QEMU is there, not that it is busy") {
   bool gone = false;
   auto missing = QmpClient::connect("/tmp/kvmcdp-no-such-dir/qmp.sock", Millis(300), &gone);

@@ -9,6 +9,7 @@
 
 #include "base/crc32c.h"
 #include "base/fsutil.h"
+#include "base/json_field.h"
 
 namespace kvmcdp {
 
@@ -97,14 +98,18 @@ Result<Manifest> manifest_from_json(const std::string& text,
     size_t used = 0;
     m.stream_id = std::stoull(id, &used, 16);
     if (used != id.size()) throw std::invalid_argument("stream_id");
-    m.disk_size = j.at("disk_size").get<uint64_t>();
+    auto u64 = [&](const char* key) {
+      auto it = j.find(key);
+      return it == j.end() ? uint64_t{0} : json_field::integer_as<uint64_t>(*it, key);
+    };
+    m.disk_size = json_field::integer_as<uint64_t>(j.at("disk_size"), "disk_size");
     m.base_image = j.at("base_image").get<std::string>();
     m.base_complete = j.value("base_complete", false);
-    m.base_complete_seq = j.value("base_complete_seq", uint64_t{0});
-    m.base_complete_time_ns = j.value("base_complete_time_ns", uint64_t{0});
-    m.created_time_ns = j.value("created_time_ns", uint64_t{0});
+    m.base_complete_seq = u64("base_complete_seq");
+    m.base_complete_time_ns = u64("base_complete_time_ns");
+    m.created_time_ns = u64("created_time_ns");
     m.node_name = j.value("node_name", std::string());
-    m.folded_seq = j.value("folded_seq", uint64_t{0});
+    m.folded_seq = u64("folded_seq");
   } catch (const std::exception& e) {
     return Status(ErrorKind::kDamaged, what + ": bad field: " + e.what());
   }

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "base/fsutil.h"
+#include "base/json_field.h"
 
 namespace kvmcdp {
 
@@ -108,7 +109,7 @@ Result<Tree> tree_from_json(const std::string& text, const std::string& dir) {
   if (j.is_discarded() || !j.is_object())
     return {ErrorKind::kDamaged, fmt::format("{}: not JSON", tree_json_path(dir))};
   try {
-    int version = j.at("version").get<int>();
+    int version = json_field::integer_as<int>(j.at("version"), "version");
     if (version != kTreeVersion)
       return {ErrorKind::kDamaged, fmt::format("{}: unknown version {} (this kvmcdp knows {})",
                                                tree_json_path(dir), version, kTreeVersion)};
@@ -116,21 +117,22 @@ Result<Tree> tree_from_json(const std::string& text, const std::string& dir) {
     t.dir = dir;
     t.active = j.at("active").get<std::string>();
     t.active_qemu_node = j.value("active_qemu_node", "");
-    t.next_id = j.at("next_id").get<uint32_t>();
+    t.next_id = json_field::integer_as<uint32_t>(j.at("next_id"), "next_id");
     for (const auto& jn : j.at("nodes")) {
       TreeNode n;
       n.name = jn.at("name").get<std::string>();
       n.file = jn.at("file").get<std::string>();
       n.format = jn.at("format").get<std::string>();
       n.parent = jn.at("parent").is_null() ? "" : jn.at("parent").get<std::string>();
-      n.created = jn.at("created").get<int64_t>();
+      n.created = json_field::integer_as<int64_t>(jn.at("created"), "created");
       std::string state = jn.at("state").get<std::string>();
       if (state != "live" && state != "deleted")
         return {ErrorKind::kDamaged, fmt::format("node {}: unknown state '{}'", n.name, state)};
       n.state = state == "live" ? NodeState::kLive : NodeState::kDeleted;
-      if (jn.contains("point") && !jn["point"].is_null()) n.point = jn["point"].get<uint64_t>();
+      if (jn.contains("point") && !jn["point"].is_null())
+        n.point = json_field::integer_as<uint64_t>(jn["point"], "point");
       if (jn.contains("point_time_ns") && !jn["point_time_ns"].is_null())
-        n.point_time_ns = jn["point_time_ns"].get<uint64_t>();
+        n.point_time_ns = json_field::integer_as<uint64_t>(jn["point_time_ns"], "point_time_ns");
       t.nodes.push_back(std::move(n));
     }
     if (j.contains("intent") && !j["intent"].is_null()) {
@@ -141,7 +143,7 @@ Result<Tree> tree_from_json(const std::string& text, const std::string& dir) {
     }
     if (auto st = validate_tree(t); !st) return st;
     return t;
-  } catch (const json::exception& e) {
+  } catch (const std::exception& e) {  // json::exception, or integer_as's out_of_range
     return {ErrorKind::kDamaged, fmt::format("{}: {}", tree_json_path(dir), e.what())};
   }
 }

@@ -55,6 +55,24 @@ TEST_CASE("tree: damaged metadata is reported, never guessed") {
   CHECK(!with("\"name\": \"@n0002\"", "\"name\": \"s1\""));     // duplicate name
 }
 
+TEST_CASE("tree: a number out of its field's range is damage, not a guess") {
+  // Found by tests/fuzz/tree_fuzz.cc's sibling manifest_fuzz.cc: get<T>()
+  // converted floats, undefined behaviour out of range.
+  std::string good = tree_to_json(sample());
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string s = good;
+    REQUIRE(s.find(from) != std::string::npos);
+    s.replace(s.find(from), from.size(), to);
+    return tree_from_json(s, "/t");
+  };
+  CHECK(with("\"next_id\": 4", "\"next_id\": 5"));
+  CHECK(with("\"next_id\": 4", "\"next_id\": 1e30").status().kind() == ErrorKind::kDamaged);
+  CHECK(with("\"next_id\": 4", "\"next_id\": -1").status().kind() == ErrorKind::kDamaged);
+  CHECK(with("\"created\": 20", "\"created\": 1e300").status().kind() == ErrorKind::kDamaged);
+  CHECK(with("\"point\": 42", "\"point\": 2.5").status().kind() == ErrorKind::kDamaged);
+  CHECK(with("\"version\": 1", "\"version\": 1e20").status().kind() == ErrorKind::kDamaged);
+}
+
 TEST_CASE("tree: cycles are refused") {
   Tree t = sample();
   t.nodes[0].parent = "@n0002";  // no root left, s1 <- s2 <- @n0002 <- s1
