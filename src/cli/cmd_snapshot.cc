@@ -41,13 +41,13 @@ void print_log(const OpLog& log) {
 
 // What a changing command works on: the lock, the VM (if any) and the tree
 // with no interrupted operation left.
-struct Session {
+struct TreeWork {
   TreeLock lock;
   std::unique_ptr<QmpClient> qmp;
   Tree tree;
 };
 
-Result<Session> open_session(const Options& o, bool create_dir) {
+Result<TreeWork> open_tree_work(const Options& o, bool create_dir) {
   if (create_dir) ::mkdir(o.tree.c_str(), 0755);
   auto lock = TreeLock::acquire(o.tree, o.wait);
   if (!lock) return lock.status();
@@ -66,7 +66,7 @@ Result<Session> open_session(const Options& o, bool create_dir) {
     print_log(log);
     if (!st) return st;
   }
-  return Session{std::move(*lock), std::move(qmp), std::move(t)};
+  return TreeWork{std::move(*lock), std::move(qmp), std::move(t)};
 }
 
 std::string when(int64_t t) { return format_time_human(uint64_t(t) * 1000000000ull); }
@@ -166,7 +166,7 @@ Status run_check(const Options& o) {
 Status run_create(const Options& o) {
   if (!o.qmp.empty() && !o.base.empty())
     return {ErrorKind::kUsage, "--base is for a VM that is not running (without --qmp)"};
-  auto s = open_session(o, true);
+  auto s = open_tree_work(o, true);
   if (!s) return s.status();
   CreateRequest req{o.name, s->qmp.get(), o.drive, o.base};
   OpLog log;
@@ -177,9 +177,9 @@ Status run_create(const Options& o) {
   return Status::ok();
 }
 
-using TreeOp = std::function<Status(Session&, OpLog*)>;
+using TreeOp = std::function<Status(TreeWork&, OpLog*)>;
 Status run_changing(const Options& o, const TreeOp& op) {
-  auto s = open_session(o, false);
+  auto s = open_tree_work(o, false);
   if (!s) return s.status();
   OpLog log;
   Status st = op(*s, &log);
@@ -207,7 +207,7 @@ Status run_snapshot_merge(const std::string& tree, const std::string& name,
   o.tree = tree;
   o.qmp = qmp;
   o.wait = wait;
-  return run_changing(o, [&](Session& s, OpLog* log) {
+  return run_changing(o, [&](TreeWork& s, OpLog* log) {
     return snapshot_merge(s.tree, name, s.qmp.get(), log);
   });
 }
@@ -247,15 +247,15 @@ CommandRunner setup_snapshot_command(CLI::App* app) {
     if (tree->parsed()) return run_list(*o, true);
     if (check->parsed()) return run_check(*o);
     if (del->parsed())
-      return run_changing(*o, [&](Session& s, OpLog* log) {
+      return run_changing(*o, [&](TreeWork& s, OpLog* log) {
         return snapshot_delete(s.tree, o->name, s.qmp.get(), log);
       });
     if (revert->parsed())
-      return run_changing(*o, [&](Session& s, OpLog* log) {
+      return run_changing(*o, [&](TreeWork& s, OpLog* log) {
         return snapshot_revert(s.tree, o->name, log);
       });
     if (repair->parsed())
-      return run_changing(*o, [&](Session&, OpLog* log) {
+      return run_changing(*o, [&](TreeWork&, OpLog* log) {
         // A tree kept in a store (STORE/tree, kvmcdp build) also guards
         // the store's journal fold.
         std::error_code ec;

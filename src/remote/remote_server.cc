@@ -45,7 +45,7 @@ constexpr uint32_t kPreAuthPayload = 4096;
 // A manifest is a few hundred bytes; this leaves room for extra keys.
 constexpr uint32_t kMaxManifest = 1u << 20;
 
-struct Session {
+struct ClientConn {
   Conn& conn;
   const ServeConfig& cfg;
   std::string store;   // directory
@@ -65,7 +65,7 @@ struct Session {
 // far it is durable: at most once a second while data flows, at once when
 // the connection starts or ends.  Only advisory, so a failure to write it
 // does not end the connection.
-void publish(Session& s, bool now) {
+void publish(ClientConn& s, bool now) {
   uint64_t t = now_ns();
   if (!now && t - s.published_ns < 1000000000ull) return;
   s.state.updated_ns = t;
@@ -76,13 +76,13 @@ void publish(Session& s, bool now) {
   s.published_ns = t;
 }
 
-Status refuse(Session& s, Status why) {
+Status refuse(ClientConn& s, Status why) {
   s.conn.send(MsgType::kError, 0, 0, why.message());
   return why;
 }
 
 // HELLO, CHALLENGE, AUTH, then the store is locked: WELCOME.
-Status handshake(Session& s) {
+Status handshake(ClientConn& s) {
   auto hello = s.conn.expect(MsgType::kHello, kHandshakeMs);
   if (!hello) return hello.status();
   if (hello->h.a != remote::kVersion)
@@ -176,7 +176,7 @@ Status handshake(Session& s) {
 }
 
 // The client's manifest: adopted by a new store, checked against an old.
-Status take_manifest(Session& s) {
+Status take_manifest(ClientConn& s) {
   auto msg = s.conn.expect(MsgType::kManifest, kHandshakeMs);
   if (!msg) return msg.status();
   if (msg->h.payload_len > kMaxManifest)
@@ -208,7 +208,7 @@ Status take_manifest(Session& s) {
   return Status::ok();
 }
 
-Status base_data(Session& s, const Message& m) {
+Status base_data(ClientConn& s, const Message& m) {
   std::string path = s.store + "/" + s.manifest.base_image + ".partial";
   if (!s.base_fd.valid()) {
     // Each connection ships the base from its start.
@@ -221,7 +221,7 @@ Status base_data(Session& s, const Message& m) {
   return fsutil::pwrite_all(s.base_fd.get(), m.payload, m.h.payload_len, m.h.a, path);
 }
 
-Status base_done(Session& s, const Message& m) {
+Status base_done(ClientConn& s, const Message& m) {
   // Checked before anything is renamed: a bad message changes nothing.
   auto j = json_field::parse_object(m.text(), "base done");
   if (!j) return j.status();
@@ -251,7 +251,7 @@ Status base_done(Session& s, const Message& m) {
   return s.conn.send(MsgType::kBaseAck);
 }
 
-Status sync_and_ack(Session& s) {
+Status sync_and_ack(ClientConn& s) {
   if (Status st = s.mirror->sync(); !st) return st;
   s.unsynced = 0;
   if (s.mirror->durable_seq() == s.acked) return Status::ok();
@@ -260,7 +260,7 @@ Status sync_and_ack(Session& s) {
   return s.conn.send(MsgType::kAck, s.acked, s.mirror->durable_ns());
 }
 
-Status handle(Session& s, const Message& m) {
+Status handle(ClientConn& s, const Message& m) {
   switch (static_cast<MsgType>(m.h.type)) {
     case MsgType::kSegmentData:
       s.unsynced += m.h.payload_len;
@@ -280,7 +280,7 @@ Status handle(Session& s, const Message& m) {
 
 // After the handshake: the manifest, then segments and the base copy
 // until the client goes.
-Status receive_stream(Session& s) {
+Status receive_stream(ClientConn& s) {
   Conn& conn = s.conn;
   if (Status st = take_manifest(s); !st) {
     // protect's first connection only asks whether the server takes the
@@ -313,7 +313,7 @@ Status receive_stream(Session& s) {
 }  // namespace
 
 Status serve_connection(Conn& conn, const ServeConfig& cfg) {
-  Session s{conn, cfg};
+  ClientConn s{conn, cfg};
   conn.set_max_payload(kPreAuthPayload);
   if (Status st = handshake(s); !st) return st;
   Status why = receive_stream(s);
