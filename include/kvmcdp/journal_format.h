@@ -1,11 +1,17 @@
 // The on-disk format of a kvmcdp store's write journal.  Prose
 // specification with a worked example: man/kvmcdp-journal.5.
 //
-// Store layout:
-//   <store>/manifest.json          see src/manifest.h
-//   <store>/lock                   flock()ed by the one writer
-//   <store>/base.raw               sparse raw copy of the disk
-//   <store>/base.raw.crc           its block checksums, see src/base_checksums.h
+// Store layout (the prose is in man/kvmcdp-journal.5):
+//   <store>/manifest.json          see src/store/manifest.h
+//   <store>/lock                   flock()ed by the one writer (src/store/store_lock.h)
+//   <store>/readers.lock           shared by readers, exclusive for prune (src/store/store_readers.h)
+//   <store>/base.raw               sparse raw copy of the disk (base-F.raw after a fold)
+//   <store>/base.raw.crc           its block checksums, see src/store/base_checksums.h
+//   <store>/protect.json           the running protect's state (src/store/protect_state.h)
+//   <store>/verify.json            what the last journal verify found (src/store/verify_record.h)
+//   <store>/serve.json             a backup server's state of the store (src/remote/serve_state.h)
+//   <store>/fold.json              a fold in progress (src/build/journal_fold.h)
+//   <store>/tree/                  nodes built by kvmcdp build (man/kvmcdp-tree.5)
 //   <store>/journal/NNNNNNNNNNNN.seg   segments, 12 decimal digits, from 1
 //   <store>/journal/NNNNNNNNNNNN.idx   frame index of a closed segment
 //

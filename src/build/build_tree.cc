@@ -68,7 +68,7 @@ Result<Tree> open_or_create_tree(StoreView& view, OpLog* log) {
   if (loaded.status().kind() != ErrorKind::kNotFound) return loaded.status();
   uint64_t seq = view.manifest.base_complete_seq;
   std::string raw = dir + "/base.raw.kvmcdp-tmp", qcow = dir + "/base.qcow2";
-  auto st = restore(view.store_dir, seq, raw);
+  auto st = restore(view, seq, raw);
   if (!st) return st.status();
   Status conv = run_process({qemu_img_binary(), "convert", "-q", "-f", "raw", "-O", "qcow2", raw,
                              qcow + ".kvmcdp-tmp"});

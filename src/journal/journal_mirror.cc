@@ -12,6 +12,7 @@
 #include "journal/journal_codec.h"
 #include "journal/segment_list.h"
 #include "journal/segment_reader.h"
+#include "journal/frame_cursor.h"
 
 namespace kvmcdp::journal {
 
@@ -122,10 +123,10 @@ Status JournalMirror::append_frames(const uint8_t* p, size_t n) {
   uint64_t last = pos_.last_seq, last_ns = pos_.last_ns;
   size_t off = 0;
   while (off < n) {
-    if (n - off < kFrameHeaderSize) return refuse("a frame cut short");
-    FrameHeader h;
-    if (auto e = decode_frame_header(p + off, &h)) return refuse("frame header: " + *e);
-    if (n - off - kFrameHeaderSize < h.payload_len) return refuse("a frame cut short");
+    FrameCheck fc = check_frame(p + off, n - off);
+    if (fc.problem == FrameProblem::kBadHeader) return refuse("frame header: " + fc.detail);
+    if (fc.problem != FrameProblem::kNone) return refuse("a frame cut short");
+    const FrameHeader& h = fc.header;
     if (crc32c(p + off + kFrameHeaderSize, h.payload_len) != h.payload_crc)
       return refuse(fmt::format("frame at segment {} byte {}: payload checksum mismatch",
                                 pos_.segment, pos_.size + off));
@@ -137,7 +138,7 @@ Status JournalMirror::append_frames(const uint8_t* p, size_t n) {
                                 h.first_seq));
     last = h.last_seq;
     last_ns = h.last_ns;
-    off += kFrameHeaderSize + h.payload_len;
+    off += fc.length;
   }
   if (n == 0) return Status::ok();
   if (Status s = fsutil::pwrite_all(fd_.get(), p, n, pos_.size, path); !s) return s;

@@ -12,6 +12,7 @@
 #include <cassert>
 
 #include "base/crc32c.h"
+#include "journal/frame_cursor.h"
 #include "base/fsutil.h"
 
 namespace kvmcdp::journal {
@@ -64,27 +65,20 @@ Result<SegmentScan> scan_segment(const std::string& path, uint64_t number,
   uint64_t off = kSegmentHeaderSize;
   while (off < s.file_size) {
     uint8_t fb[kFrameHeaderSize];
-    if (s.file_size - off < kFrameHeaderSize) {
-      damage_at(off, "truncated frame header");
+    const uint64_t avail = s.file_size - off;
+    if (avail >= kFrameHeaderSize) {
+      auto r = fsutil::pread_full(fd.get(), fb, sizeof fb, off, path);
+      if (!r) return r.status();
+    }
+    FrameCheck fc = check_frame(fb, avail);
+    if (fc.problem != FrameProblem::kNone) {
+      damage_at(off, fc.detail);
       return s;
     }
-    auto r = fsutil::pread_full(fd.get(), fb, sizeof fb, off, path);
-    if (!r) return r.status();
-    FrameHeader h;
-    if (auto e = decode_frame_header(fb, &h)) {
-      damage_at(off, *e);
-      return s;
-    }
-    if (s.file_size - off - kFrameHeaderSize < h.payload_len) {
-      damage_at(off, "truncated frame payload");
-      return s;
-    }
-    // The frame lies inside the file: the checks above, done without
-    // overflow, are what the pread and the index entry below rely on.
-    assert(off + kFrameHeaderSize + h.payload_len <= s.file_size);
+    const FrameHeader& h = fc.header;
     payload.resize(h.payload_len);
-    r = fsutil::pread_full(fd.get(), payload.data(), h.payload_len,
-                           off + kFrameHeaderSize, path);
+    auto r = fsutil::pread_full(fd.get(), payload.data(), h.payload_len,
+                                off + kFrameHeaderSize, path);
     if (!r) return r.status();
     if (depth == ScanDepth::kChecksums) {
       if (crc32c(payload.data(), h.payload_len) != h.payload_crc) {
@@ -106,10 +100,10 @@ Result<SegmentScan> scan_segment(const std::string& path, uint64_t number,
         return s;
       }
     }
-    s.frames.push_back(FrameInfo{number, off, kFrameHeaderSize + h.payload_len,
+    s.frames.push_back(FrameInfo{number, off, static_cast<uint32_t>(fc.length),
                                  h.count, h.first_seq, h.last_seq, h.first_ns,
                                  h.last_ns, h.flags});
-    off += kFrameHeaderSize + h.payload_len;
+    off += fc.length;
   }
   s.good_end = off;
   return s;
@@ -126,12 +120,13 @@ Status read_frame(int fd, const std::string& path, const FrameInfo& f,
   auto n = fsutil::pread_full(fd, payload->data(), f.length, f.offset, path);
   if (!n) return n.status();
   if (*n != f.length) return damaged("frame cut short by end of file");
-  FrameHeader h;
-  if (auto e = decode_frame_header(payload->data(), &h)) return damaged(*e);
-  if (kFrameHeaderSize + h.payload_len != f.length || h.first_seq != f.first_seq ||
-      h.last_seq != f.last_seq || h.count != f.count)
+  FrameCheck fc = check_frame(payload->data(), payload->size());
+  if (fc.problem == FrameProblem::kBadHeader) return damaged(fc.detail);
+  const FrameHeader& h = fc.header;
+  if (fc.problem != FrameProblem::kNone || fc.length != f.length ||
+      h.first_seq != f.first_seq || h.last_seq != f.last_seq || h.count != f.count)
     return damaged("frame header disagrees with the index");
-  assert(kFrameHeaderSize + h.payload_len == payload->size());
+  assert(fc.length == payload->size());
   auto e = decode_payload(h, payload->data() + kFrameHeaderSize, raw);
   if (!e) e = check_frame_records(h, raw->data(), raw->size());
   if (e) return damaged(*e);

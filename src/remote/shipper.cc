@@ -17,6 +17,7 @@
 #include "journal/journal_codec.h"
 #include "store/manifest.h"
 #include "journal/segment_list.h"
+#include "journal/frame_cursor.h"
 
 namespace kvmcdp {
 
@@ -298,17 +299,14 @@ Result<bool> Shipper::ship_journal(remote::Conn& conn, ShipCursor& c) {
     uint8_t hb[kFrameHeaderSize];
     auto n = fsutil::pread_full(c.fd.get(), hb, sizeof hb, pos, path);
     if (!n) return n.status();
-    FrameHeader fh;
     // A frame being written, or not yet durable: not yet.
-    if (*n != sizeof hb || journal::decode_frame_header(hb, &fh) || fh.last_seq > durable ||
-        pos + kFrameHeaderSize + fh.payload_len > size)
-      break;
+    journal::FrameCheck fc = journal::check_frame(hb, *n == sizeof hb ? size - pos : *n);
+    if (fc.problem != journal::FrameProblem::kNone || fc.header.last_seq > durable) break;
     size_t at = batch.size();
-    batch.resize(at + kFrameHeaderSize + fh.payload_len);
-    auto r = fsutil::pread_full(c.fd.get(), batch.data() + at, kFrameHeaderSize + fh.payload_len,
-                                pos, path);
+    batch.resize(at + fc.length);
+    auto r = fsutil::pread_full(c.fd.get(), batch.data() + at, fc.length, pos, path);
     if (!r) return r.status();
-    pos += kFrameHeaderSize + fh.payload_len;
+    pos += fc.length;
   }
   if (!batch.empty()) {
     if (Status s = conn.send(MsgType::kSegmentData, c.segment, c.offset, batch.data(),

@@ -66,7 +66,7 @@ Result<NearestRestore> restore_nearest(StoreView& view, uint64_t target_seq, Ima
   const std::string& store_dir = view.store_dir;
   NearestRestore result;
   auto full = [&]() -> Result<NearestRestore> {
-    auto st = restore_into(store_dir, target_seq, out, progress);
+    auto st = restore_into(view, target_seq, out, progress);
     if (!st) return st.status();
     result.stats = *st;
     return result;

@@ -37,12 +37,6 @@
 #include "store/manifest.h"
 
 namespace kvmcdp {
-namespace {
-
-using journal::RecordView;
-
-}  // namespace
-
 Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
                              const std::string& out_path,
                              const RestoreProgressFn& progress) {
@@ -56,21 +50,21 @@ Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
   return st;
 }
 
-Result<RestoreStats> restore_into(const std::string& store_dir, uint64_t target_seq,
-                                  ImageOutput& out, const RestoreProgressFn& progress) {
+namespace {
+
+// The algorithm, on a store already open (its manifest `m`, journal `r`
+// and recoverable `ranges`).
+Result<RestoreStats> restore_open(const std::string& store_dir, const Manifest& manifest,
+                                  journal::JournalReader& r,
+                                  const std::vector<journal::RecoverableRange>& ranges,
+                                  uint64_t target_seq, ImageOutput& out,
+                                  const RestoreProgressFn& progress) {
+  const Manifest* m = &manifest;
   // Step 1: is the point recoverable?
-  auto m = read_manifest(store_dir);
-  if (!m) return m.status();
   if (!m->base_complete)
     return Status(ErrorKind::kNotRecoverable,
                   "the base copy of " + store_dir + " never completed");
-  auto reader = journal::JournalReader::open(store_dir);
-  if (!reader) return reader.status();
-  auto& r = **reader;
-  auto ranges = journal::recoverable_ranges(r, m->base_complete_seq,
-                                            m->base_complete_time_ns);
-  if (!ranges) return ranges.status();
-  if (auto s = journal::check_recoverable(*ranges, target_seq); !s) return s;
+  if (auto s = journal::check_recoverable(ranges, target_seq); !s) return s;
 
   // Step 2: the output, of the disk's size: a sparse temp file, or a
   // device written in place, where every byte meant to read as zero has
@@ -148,6 +142,39 @@ Result<RestoreStats> restore_into(const std::string& store_dir, uint64_t target_
     });
     if (!err) return err;
   }
+  return st;
+}
+
+}  // namespace
+
+Result<RestoreStats> restore_into(const std::string& store_dir, uint64_t target_seq,
+                                  ImageOutput& out, const RestoreProgressFn& progress) {
+  auto m = read_manifest(store_dir);
+  if (!m) return m.status();
+  if (!m->base_complete)
+    return Status(ErrorKind::kNotRecoverable,
+                  "the base copy of " + store_dir + " never completed");
+  auto reader = journal::JournalReader::open(store_dir);
+  if (!reader) return reader.status();
+  auto ranges = journal::recoverable_ranges(**reader, m->base_complete_seq,
+                                            m->base_complete_time_ns);
+  if (!ranges) return ranges.status();
+  return restore_open(store_dir, *m, **reader, *ranges, target_seq, out, progress);
+}
+
+Result<RestoreStats> restore_into(StoreView& view, uint64_t target_seq, ImageOutput& out,
+                                  const RestoreProgressFn& progress) {
+  return restore_open(view.store_dir, view.manifest, *view.reader, view.ranges, target_seq,
+                      out, progress);
+}
+
+Result<RestoreStats> restore(StoreView& view, uint64_t target_seq, const std::string& out_path,
+                             const RestoreProgressFn& progress) {
+  auto out = ImageOutput::replace_file(out_path, view.manifest.disk_size);
+  if (!out) return out.status();
+  auto st = restore_into(view, target_seq, *out, progress);
+  if (!st) return st;
+  if (auto s = out->commit(); !s) return s;
   return st;
 }
 

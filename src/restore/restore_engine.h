@@ -7,6 +7,7 @@
 
 #include "restore/output_target.h"
 #include "base/status.h"
+#include "store/store_view.h"
 
 namespace kvmcdp {
 
@@ -37,6 +38,13 @@ Result<RestoreStats> restore(const std::string& store_dir, uint64_t target_seq,
 // The same into `out`, sized to the disk, which the caller commits.
 Result<RestoreStats> restore_into(const std::string& store_dir, uint64_t target_seq,
                                   ImageOutput& out,
+                                  const RestoreProgressFn& progress = nullptr);
+// The same on a store the caller holds open: nothing is read twice, and
+// the view's ranges (cut at damage the last verify found) are the ones
+// that count.
+Result<RestoreStats> restore(StoreView& view, uint64_t target_seq, const std::string& out_path,
+                             const RestoreProgressFn& progress = nullptr);
+Result<RestoreStats> restore_into(StoreView& view, uint64_t target_seq, ImageOutput& out,
                                   const RestoreProgressFn& progress = nullptr);
 
 }  // namespace kvmcdp

@@ -116,8 +116,12 @@ TEST_CASE("tree: node file names past n9999 are still the tree's own") {
 
 TEST_CASE("tree: intents are stored by their old names") {
   using P = std::pair<IntentOp, const char*>;
-  for (auto [op, name] : {P{IntentOp::kCreate, "create"}, P{IntentOp::kMerge, "merge"},
-                          P{IntentOp::kRemove, "remove"}, P{IntentOp::kRevert, "revert"}}) {
+  for (const P& p : {P{IntentOp::kCreate, "create"}, P{IntentOp::kMerge, "merge"},
+                     P{IntentOp::kRemove, "remove"}, P{IntentOp::kRevert, "revert"}}) {
+    // Named copies, not structured bindings: CAPTURE's lambda cannot
+    // capture those in C++20 with clang 14.
+    const IntentOp op = p.first;
+    const char* name = p.second;
     CAPTURE(name);
     CHECK(std::string(intent_name(op)) == name);
     CHECK(intent_from_name(name) == op);

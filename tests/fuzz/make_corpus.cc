@@ -279,7 +279,7 @@ void json_seeds() {
   t.active_qemu_node = "cdp-n0003";
   t.next_id = 4;
   seed("tree", "four_nodes", tree_to_json(t));
-  t.intent = TreeIntent{"merge", {{"node", "s2"}, {"into", "@n0003"}}};
+  t.intent = TreeIntent{IntentOp::kMerge, {{"node", "s2"}, {"into", "@n0003"}}};
   seed("tree", "merge_intent", tree_to_json(t));
   Tree one;
   one.dir = "/t";
