@@ -41,10 +41,12 @@ struct ConfFile {
 struct Parsed {
   CLI::App app{"kvmcdp"};
   CLI::App* protect = nullptr;
+  // Owns the options the parser writes into: kept for as long as the app.
+  CommandRunner runner;
   std::string error;
   explicit Parsed(std::vector<std::string> args) {
     protect = app.add_subcommand("protect");
-    (void)setup_protect_command(protect);
+    runner = setup_protect_command(protect);
     args.insert(args.begin(), {"kvmcdp", "protect"});
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
