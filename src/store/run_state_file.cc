@@ -20,7 +20,10 @@ Result<nlohmann::json> read_run_state(const std::string& path, const std::string
 }
 
 Status write_run_state(const std::string& path, const nlohmann::json& j) {
-  return fsutil::replace_file_atomic(path, j.dump(2) + "\n");
+  // Strings from a client (a store or stream name) may not be UTF-8:
+  // written with U+FFFD in their place, never an exception.
+  return fsutil::replace_file_atomic(
+      path, j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 
 bool pid_alive(int pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
