@@ -6,7 +6,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
+#include <thread>
 #include <stdexcept>
 
 #include "capture/wire_io.h"
@@ -45,7 +47,7 @@ void TestReceiver::run() {
   wire::MessageReader reader(fd_);
   uint64_t acked = 0;
   bool greeted = false;
-  while (!stop_) {
+  while (!stop_ && !hang_up_) {
     pollfd p{fd_, POLLIN, 0};
     if (poll(&p, 1, 20) > 0) {
       auto r = reader.fill();
@@ -71,10 +73,19 @@ void TestReceiver::run() {
       acked = want;
     }
   }
+  if (hang_up_) {
+    close(fd_);
+    fd_ = -1;
+  }
   connected_ = false;
 }
 
 void TestReceiver::ack_all() { ack_request_ = UINT64_MAX; }
+
+void TestReceiver::hang_up() {
+  hang_up_ = true;
+  while (connected_) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+}
 
 std::vector<Record> TestReceiver::records() {
   std::lock_guard l(mu_);

@@ -22,6 +22,8 @@ class TestReceiver {
   ~TestReceiver();
 
   void ack_all();  // ack everything received so far
+  // Closes the connection, as a receiver that dies does (kill -9).
+  void hang_up();
   std::vector<Record> records();
   uint64_t last_seq();
   bool connected() const { return connected_; }
@@ -35,6 +37,7 @@ class TestReceiver {
   int listen_fd_ = -1;
   int fd_ = -1;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> hang_up_{false};
   std::atomic<bool> connected_{false};
   std::atomic<uint64_t> ack_request_{0};
   std::mutex mu_;

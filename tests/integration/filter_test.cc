@@ -8,69 +8,9 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
-#include "harness/qemu_process.h"
-#include "harness/test_receiver.h"
+#include "harness/filter_rig.h"
 
 namespace kvmcdp::test {
-namespace {
-
-struct FilterRig {
-  TempDir dir;
-  std::string disk = dir.file("disk.raw");
-  std::string base = dir.file("base.raw");
-  std::string nbd = dir.file("nbd.sock");
-  std::unique_ptr<QemuProcess> qsd;
-  std::unique_ptr<TestReceiver> rx;
-
-  explicit FilterRig(bool auto_ack, const std::string& mode = "async") {
-    REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=16"}).status == 0);
-    qsd = QemuProcess::start_storage_daemon(
-        dir, {"--blockdev",
-              fmt::format("driver=file,filename={},node-name=f0,discard=unmap", disk),
-              "--blockdev", "driver=raw,file=f0,node-name=disk0,discard=unmap", "--nbd-server",
-              fmt::format("addr.type=unix,addr.path={}", nbd), "--export",
-              "type=nbd,id=e,node-name=disk0,name=e,writable=on"});
-    // The copy "taken at attach time": nothing writes before the attach.
-    REQUIRE(run_command({"cp", disk, base}).status == 0);
-    rx = std::make_unique<TestReceiver>(dir.file("recv.sock"), auto_ack);
-    QmpReply r = qsd->qmp().execute(
-        "cdp-attach", {{"node", "disk0"},
-                       {"node-name", "cdp0"},
-                       {"mode", mode},
-                       {"timeout", 30000},
-                       {"addr", {{"type", "unix"}, {"path", dir.file("recv.sock")}}}});
-    REQUIRE_MESSAGE(r.ok(), r.message);
-    for (int i = 0; i < 250 && !rx->connected(); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    REQUIRE(rx->connected());
-  }
-
-  CommandOutput qemu_io(const std::vector<std::string>& cmds) {
-    // writeback: qemu-io defaults to writethrough, a flush after every write.
-    std::vector<std::string> argv = {qemu_bin("qemu-io"), "-t", "writeback", "-f", "raw",
-                                     fmt::format("nbd+unix:///e?socket={}", nbd)};
-    for (const auto& c : cmds) {
-      argv.push_back("-c");
-      argv.push_back(c);
-    }
-    return run_command(argv);
-  }
-
-  json cdp() {
-    QmpReply r = qsd->qmp().execute("query-cdp");
-    REQUIRE(r.ok());
-    REQUIRE(r.value.size() == 1);
-    return r.value[0];
-  }
-
-  void wait_received(uint64_t seq) {
-    for (int i = 0; i < 500 && rx->last_seq() < seq; ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    REQUIRE(rx->last_seq() >= seq);
-  }
-};
-
-}  // namespace
 
 TEST_CASE("filter: writes, write-zeroes, discards and flushes arrive exactly, in order") {
   FilterRig rig(true);
