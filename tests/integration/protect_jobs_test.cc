@@ -177,3 +177,69 @@ TEST_CASE("protect: a mirror that replaces the filter itself is reported, never 
 }
 
 }  // namespace kvmcdp::test
+
+namespace kvmcdp::test {
+
+TEST_CASE("protect while snapshot delete streams nodes into the running chain: restores exact") {
+  // kvmcdp's own block jobs: snapshot delete streams a deleted node into
+  // its child below the filter while protect captures.
+  TempDir dir;
+  setenv("KVMCDP_QEMU_IMG", qemu_bin("qemu-img").c_str(), 1);
+  std::string disk = dir.file("disk.raw"), store = dir.file("store"), tree = dir.file("t");
+  std::string mon = dir.file("snap.qmp");  // protect has the tool socket
+  REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=16"}).status == 0);
+  auto vm = QemuProcess::start_system(
+      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=disk0-file", disk),
+            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0", "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0", "-chardev",
+            fmt::format("socket,id=m3,path={},server=on,wait=off", mon), "-mon",
+            "chardev=m3,mode=control"});
+  ProtectProcess protect(vm->tool_socket(), "vd0", store);
+  REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
+  auto kvmcdp = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), KVMCDP_BINARY);
+    auto r = run_command(args);
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+    return r.output;
+  };
+  std::vector<std::pair<uint64_t, std::string>> points;
+  auto checkpoint = [&] {
+    wait_acked(*vm);
+    qemu_io(*vm, "flush");  // the overlay's qcow2 metadata, for qemu-img
+    wait_acked(*vm);
+    uint64_t seq = filter_seq(*vm);
+    auto m = json::parse(read_file(tree + "/tree.json"));
+    std::string file;
+    for (const auto& n : m["nodes"])
+      if (n["name"] == m["active"]) file = n["file"];
+    REQUIRE(!file.empty());
+    if (file[0] != '/') file = tree + "/" + file;
+    std::string flat = dir.file("now.raw");
+    auto c = run_command({qemu_bin("qemu-img"), "convert", "-U", "-O", "raw", file, flat});
+    REQUIRE_MESSAGE(c.status == 0, c.output);
+    points.push_back({seq, md5_of_file(flat)});
+  };
+  writes(*vm, 0);
+  int round = 1;
+  for (const char* name : {"s1", "s2", "s3"}) {
+    std::vector<std::string> args = {"snapshot", "create", name, "--tree", tree, "--qmp", mon};
+    if (round == 1) args.insert(args.end(), {"--drive", "vd0"});
+    kvmcdp(args);
+    writes(*vm, round++);
+  }
+  checkpoint();
+  CHECK(kvmcdp({"snapshot", "delete", "--tree", tree, "--qmp", mon, "s2"}).find("streamed") !=
+        std::string::npos);
+  writes(*vm, round++);
+  checkpoint();
+  CHECK(kvmcdp({"snapshot", "delete", "--tree", tree, "--qmp", mon, "s3"}).find("streamed") !=
+        std::string::npos);
+  writes(*vm, round++);
+  checkpoint();
+  REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
+  auto pj = json::parse(run_command({KVMCDP_BINARY, "points", "--json", "--store", store}).output);
+  CHECK_MESSAGE(pj["gaps"].empty(), pj.dump());
+  for (const auto& [seq, md5] : points) check_restore(dir, store, seq, md5);
+}
+
+}  // namespace kvmcdp::test
