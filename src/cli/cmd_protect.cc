@@ -370,6 +370,7 @@ class ProtectSession {
   Status find_drive();
   Status open_journal();
   Status connect_stream();
+  void say_resend(const Hello& hello);
   void start_capture();
   Status take_base();
   void serve_until_signal();
@@ -523,11 +524,27 @@ Status ProtectSession::open_journal() {
     say(o_, fmt::format("recovering: {}", writer_->recovered()->to_string()));
   if (!reattach_) {
     continuation_ = {{"stream-id", m_.stream_id}, {"first-seq", writer_->last_durable_seq() + 1}};
-    say(o_, fmt::format("continuing the stream after seq {}: the disk is resent in full, "
-                        "points before the resync ends are not recoverable",
-                        writer_->last_durable_seq()));
+    say(o_, fmt::format("continuing the stream after seq {}", writer_->last_durable_seq()));
   }
   return Status::ok();
+}
+
+// What a continued stream costs: the new filter resends what its bitmap
+// says changed since the journal's last record (the whole disk without
+// one), or nothing.
+void ProtectSession::say_resend(const Hello& hello) {
+  if (!hello.gap_pending) {
+    say(o_, "nothing was written since: the stream goes on without a gap");
+    return;
+  }
+  auto f = query_cdp(*qmp_, filter_);
+  std::string size = f && f->has_value()
+                         ? fmt::format("{:.1f} MiB", (*f)->dirty_bytes / 1048576.0)
+                         : std::string("what changed");
+  say(o_, fmt::format("the filter resends {} of {:.1f} MiB (what changed since, or the whole "
+                      "disk where QEMU kept no bitmap of it): points before the resync ends "
+                      "are not recoverable",
+                      size, m_.disk_size / 1048576.0));
 }
 
 // Connects the filter and shakes hands.  A new store adopts the stream id
@@ -560,6 +577,7 @@ Status ProtectSession::connect_stream() {
   } else {
     auto hello = rx_->handshake(writer_->last_durable_seq(), 10000);
     if (!hello) return hello.status();
+    if (!continuation_.is_null()) say_resend(*hello);
   }
   if (Status st = register_stream(m_.stream_id, o_.store); !st)
     warn(fmt::format("a second protect of this drive cannot learn who protects it: {}",

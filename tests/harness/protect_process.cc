@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,6 +33,10 @@ BackgroundProcess::BackgroundProcess(std::vector<std::string> argv, std::string 
 
 void BackgroundProcess::start(std::vector<std::string> args, std::string log) {
   log_ = std::move(log);
+  // A log shared with earlier runs (the same store): only what this one
+  // writes is its output.
+  struct stat st;
+  log_start_ = stat(log_.c_str(), &st) == 0 ? static_cast<size_t>(st.st_size) : 0;
   pid_t parent = getpid();
   pid_ = fork();
   if (pid_ < 0) throw std::runtime_error("fork failed");
@@ -53,7 +58,10 @@ BackgroundProcess::~BackgroundProcess() {
   if (!reaped_) kill9();
 }
 
-std::string BackgroundProcess::output() const { return read_file(log_); }
+std::string BackgroundProcess::output() const {
+  std::string all = read_file(log_);
+  return all.size() > log_start_ ? all.substr(log_start_) : std::string();
+}
 
 bool BackgroundProcess::wait_output(const std::string& text, std::chrono::seconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;

@@ -41,6 +41,7 @@ class BackgroundProcess {
   bool reaped_ = false;
   int status_ = -1;
   std::string log_;
+  size_t log_start_ = 0;  // the log's size when this process started
 };
 
 class ProtectProcess : public BackgroundProcess {

@@ -491,18 +491,7 @@ TEST_CASE("remote: a stop while the server is down keeps the rest in the spool f
   // The next run, with the server back, ships what the last one left.
   server = std::make_unique<Server>(dir, root, port, "serve2.log");
   ProtectProcess again(vm->tool_socket(), "vd0", "", args);
-  // Both runs log to the same file: wait for the second "protecting".
-  auto runs = [&] {
-    std::string out = again.output();
-    size_t n = 0;
-    for (size_t at = out.find("protecting vd0"); at != std::string::npos;
-         at = out.find("protecting vd0", at + 1))
-      n++;
-    return n;
-  };
-  for (int i = 0; i < 600 && runs() < 2; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  REQUIRE_MESSAGE(runs() == 2, again.output());
+  REQUIRE_MESSAGE(again.wait_output("protecting vd0", std::chrono::seconds(60)), again.output());
   CHECK(again.output().find("continuing the stream") != std::string::npos);
   random_writes(*vm, rng, 8);
   REQUIRE_MESSAGE(wait_remote(spool, filter_seq(*vm), std::chrono::seconds(90)), again.output());
