@@ -49,6 +49,7 @@
 #include "store/protect_state.h"
 #include "qemu/qemu_drive.h"
 #include "capture/receiver.h"
+#include "capture/resync_compare.h"
 #include "remote/remote_auth.h"
 #include "remote/remote_link.h"
 #include "remote/shipper.h"
@@ -57,6 +58,7 @@
 #include "store/time_parse.h"
 #include "base/wall_clock.h"
 #include "remote/remote_tls.h"
+#include "restore/image_fingerprints.h"
 #include "base/fault_point.h"
 
 namespace kvmcdp {
@@ -180,6 +182,7 @@ struct CaptureShared {
   std::atomic<bool> filter_lost{false};  // someone else's now: not ours to detach
   uint64_t stream_id = 0;
   AckGate* gate = nullptr;           // with --remote
+  ResyncCompare* compare = nullptr;  // continuing the stream: trims the resync
   Shipper* shipper = nullptr;        // with --remote
   std::atomic<uint64_t> durable_seq{0};  // live, for the shipper
   std::mutex mu;                     // guards the fields below
@@ -245,6 +248,7 @@ void receive_loop(CaptureShared* s, std::unique_ptr<StreamReceiver> rx, int fd) 
   for (;;) {
     { std::lock_guard l(s->mu); s->connected = true; }
     rx->set_gate(s->gate);
+    rx->set_resync_compare(s->compare);
     rx->set_every_write_waits(s->opts.mode == "sync");
     rx->set_live(&s->durable_seq, &s->counters, &s->mu);
     auto end = rx->run(s->stop);
@@ -376,6 +380,7 @@ class ProtectSession {
   Status detach();
 
  private:
+  void prepare_compare(uint64_t last_seq);
   void stop_receiver();
 
   const ProtectOptions& o_;
@@ -393,6 +398,7 @@ class ProtectSession {
   journal::WriterOptions wo_;
   std::unique_ptr<journal::JournalWriter> writer_;
   json continuation_ = nullptr;
+  std::unique_ptr<ResyncCompare> compare_;  // with a continuation, if the image was rebuilt
   int fd_ = -1;             // the stream's socket until the receiver thread has it
   bool detach_on_exit_ = false;  // a failure from here on takes the filter away
   std::unique_ptr<StreamReceiver> rx_;
@@ -523,11 +529,49 @@ Status ProtectSession::open_journal() {
     say(o_, fmt::format("recovering: {}", writer_->recovered()->to_string()));
   if (!reattach_) {
     continuation_ = {{"stream-id", m_.stream_id}, {"first-seq", writer_->last_durable_seq() + 1}};
-    say(o_, fmt::format("continuing the stream after seq {}: the disk is resent in full, "
-                        "points before the resync ends are not recoverable",
-                        writer_->last_durable_seq()));
+    prepare_compare(writer_->last_durable_seq());
   }
   return Status::ok();
+}
+
+// The new filter resends the whole disk.  What the journal's latest image
+// holds already is not journaled again: the resync is compared with that
+// image's block fingerprints, computed here before the filter exists
+// (capture/resync_compare.h).  Without the image (a spool keeps no base,
+// the journal ends inside an earlier resync) every resent byte is
+// journaled, as before.
+void ProtectSession::prepare_compare(uint64_t last_seq) {
+  if (!o_.spool.empty()) {
+    say(o_, fmt::format("continuing the stream after seq {}: the disk is resent in full and "
+                        "journaled (a spool keeps no image to compare it with); points before "
+                        "the resync ends are not recoverable",
+                        last_seq));
+    return;
+  }
+  // Said first: rebuilding the image takes as long as a restore.
+  say(o_, fmt::format("continuing the stream after seq {}: comparing the disk with the "
+                      "journal's latest image; points before the resync ends are not "
+                      "recoverable",
+                      last_seq));
+  auto map = fingerprint_image(o_.store, last_seq);
+  if (!map) {
+    say(o_, fmt::format("the journal's latest image cannot be rebuilt ({}): every resent byte "
+                        "is journaled",
+                        map.status().message()));
+    return;
+  }
+  const ProtectOptions& o = o_;
+  compare_ = std::make_unique<ResyncCompare>(std::move(*map), [&o](const ResyncTotals& t) {
+    const double mib = 1024.0 * 1024.0;
+    if (t.completed)
+      say(o, fmt::format("resync done: {:.1f} MiB of {:.1f} MiB differed and were journaled",
+                         t.journaled_bytes / mib, t.resent_bytes / mib));
+    else
+      say(o, fmt::format("records were lost during the resync: the rest of it is journaled "
+                         "in full ({:.1f} MiB of the {:.1f} MiB compared differed)",
+                         t.journaled_bytes / mib, t.resent_bytes / mib));
+  });
+  s_.compare = compare_.get();
 }
 
 // Connects the filter and shakes hands.  A new store adopts the stream id
