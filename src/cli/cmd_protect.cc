@@ -373,6 +373,7 @@ class ProtectSession {
   Status probe_remote();
   Status find_drive();
   Status open_journal();
+  Status prepare_compare();
   Status connect_stream();
   void start_capture();
   Status take_base();
@@ -380,7 +381,6 @@ class ProtectSession {
   Status detach();
 
  private:
-  void prepare_compare(uint64_t last_seq);
   void stop_receiver();
 
   const ProtectOptions& o_;
@@ -529,7 +529,6 @@ Status ProtectSession::open_journal() {
     say(o_, fmt::format("recovering: {}", writer_->recovered()->to_string()));
   if (!reattach_) {
     continuation_ = {{"stream-id", m_.stream_id}, {"first-seq", writer_->last_durable_seq() + 1}};
-    prepare_compare(writer_->last_durable_seq());
   }
   return Status::ok();
 }
@@ -539,26 +538,30 @@ Status ProtectSession::open_journal() {
 // image's block fingerprints, computed here before the filter exists
 // (capture/resync_compare.h).  Without the image (a spool keeps no base,
 // the journal ends inside an earlier resync) every resent byte is
-// journaled, as before.
-void ProtectSession::prepare_compare(uint64_t last_seq) {
+// journaled, as before.  Rebuilding the image takes as long as a restore,
+// so QMP is let go meanwhile, and the drive looked up again after it.
+Status ProtectSession::prepare_compare() {
+  if (continuation_.is_null()) return Status::ok();
+  const uint64_t last_seq = writer_->last_durable_seq();
   if (!o_.spool.empty()) {
     say(o_, fmt::format("continuing the stream after seq {}: the disk is resent in full and "
                         "journaled (a spool keeps no image to compare it with); points before "
                         "the resync ends are not recoverable",
                         last_seq));
-    return;
+    return Status::ok();
   }
-  // Said first: rebuilding the image takes as long as a restore.
+  // Said first: rebuilding the image takes a while.
   say(o_, fmt::format("continuing the stream after seq {}: comparing the disk with the "
                       "journal's latest image; points before the resync ends are not "
                       "recoverable",
                       last_seq));
+  qmp_.reset();
   auto map = fingerprint_image(o_.store, last_seq);
   if (!map) {
-    say(o_, fmt::format("the journal's latest image cannot be rebuilt ({}): every resent byte "
-                        "is journaled",
-                        map.status().message()));
-    return;
+    warn(fmt::format("the journal's latest image cannot be rebuilt ({}): every resent byte "
+                     "is journaled",
+                     map.status().message()));
+    return find_drive();
   }
   const ProtectOptions& o = o_;
   compare_ = std::make_unique<ResyncCompare>(std::move(*map), [&o](const ResyncTotals& t) {
@@ -572,6 +575,7 @@ void ProtectSession::prepare_compare(uint64_t last_seq) {
                          t.journaled_bytes / mib, t.resent_bytes / mib));
   });
   s_.compare = compare_.get();
+  return find_drive();
 }
 
 // Connects the filter and shakes hands.  A new store adopts the stream id
@@ -741,7 +745,7 @@ Status run_protect(const ProtectOptions& o) {
   ProtectSession p(o);
   for (auto pass : {&ProtectSession::own_store, &ProtectSession::probe_remote,
                     &ProtectSession::find_drive, &ProtectSession::open_journal,
-                    &ProtectSession::connect_stream})
+                    &ProtectSession::prepare_compare, &ProtectSession::connect_stream})
     if (Status st = (p.*pass)(); !st) return st;
   p.start_capture();
   if (Status st = p.take_base(); !st) return st;
