@@ -56,6 +56,11 @@
 //       34    2 flags        wire::MsgFlag bits
 //       36    4 data_len     kWrite: == length; kMark: name bytes; else 0
 //
+// A kWrite with kFlagResync may hold less than the filter resent, down to
+// length 0 (it then writes nothing): protect continuing a stream journals
+// only the resent 64 KiB blocks that differ from the journal's image
+// (src/capture/resync_compare.h).
+//
 // Index file (written once, when its segment is closed):
 //   header (32 bytes):
 //        0    4 magic        0x494a434b ("KCJI")

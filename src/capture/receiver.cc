@@ -123,6 +123,9 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
       counters_.last_seq = h.seq;
       counters_.last_time_ns = h.time_ns;
       if (!uncommitted_) first_uncommitted_ = std::chrono::steady_clock::now();
+      // A resync that the journal's image mostly holds already is
+      // trimmed to what differs (resync_compare.h).
+      if (compare_ && compare_->comparing()) compare_->on_record(&h, &payload);
       // Serialized straight from the receive buffer: one copy per record.
       if (Status s = writer_->append(journal::view_of(h, payload)); !s) return s;
       uncommitted_ = true;

@@ -20,6 +20,7 @@
 #include <string>
 
 #include "capture/ack_gate.h"
+#include "capture/resync_compare.h"
 #include "journal/journal_writer.h"
 #include "kvmcdp/wire_format.h"
 #include "base/status.h"
@@ -72,6 +73,10 @@ class StreamReceiver {
   // filter's queue must still drain), so a stream of small writes is not
   // an fdatasync every few records.
   void set_every_write_waits(bool yes) { every_write_waits_ = yes; }
+  // Continuing a stream: resync records are compared with the journal's
+  // image and trimmed (resync_compare.h).  It outlives this receiver: a
+  // reconnect's receiver goes on with the same compare.
+  void set_resync_compare(ResyncCompare* compare) { compare_ = compare; }
   // Publishes the counters after every commit, for other threads.
   void set_live(std::atomic<uint64_t>* durable, ReceiverCounters* counters, std::mutex* mu) {
     live_durable_ = durable;
@@ -91,6 +96,7 @@ class StreamReceiver {
   wire::MessageReader reader_;
   journal::JournalWriter* writer_;
   AckGate* gate_ = nullptr;
+  ResyncCompare* compare_ = nullptr;
   std::atomic<uint64_t>* live_durable_ = nullptr;
   ReceiverCounters* live_counters_ = nullptr;
   std::mutex* live_mu_ = nullptr;

@@ -100,7 +100,7 @@ struct Rig {
   Result<StreamReceiver::End> end = Status(ErrorKind::kFailure, "not run");
   FilterEnd filter{-1};
 
-  explicit Rig(bool every_write_waits) {
+  explicit Rig(bool every_write_waits, ResyncCompare* compare = nullptr) {
     REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
     filter.fd = sv[1];
     journal::WriterOptions o;
@@ -110,6 +110,7 @@ struct Rig {
     writer = std::move(*w);
     rx = std::make_unique<StreamReceiver>(sv[0], writer.get());
     rx->set_every_write_waits(every_write_waits);
+    rx->set_resync_compare(compare);
     filter.send(MsgType::kHello, 0);
     auto hello = rx->handshake(0, 10000);
     REQUIRE(hello);
@@ -247,6 +248,56 @@ TEST_CASE("receiver: a gap announced from a seq the journal holds starts after t
   }));
   CHECK(seqs == std::vector<uint64_t>{400, 401, 402, 403, 404, 405, 406, 407, 411, 412, 413, 414});
   CHECK(gap_from == 408);
+}
+
+// Continuing a stream: resync records are trimmed to the blocks that
+// differ from the map before they are journaled, and one that matches
+// throughout keeps its seq as a WRITE of length 0.
+TEST_CASE("receiver: with a resync compare, resent blocks the journal holds are not journaled") {
+  constexpr uint64_t kB = BlockFingerprints::kBlockSize;
+  const std::vector<uint8_t> zero(kB, 0);
+  BlockFingerprints map(4 * kB);  // the journal's image: four zero blocks
+  for (uint64_t b = 0; b < 4; b++) map.set(b, BlockFingerprints::digest(zero.data(), kB));
+  ResyncCompare compare(std::move(map), nullptr);
+  Rig rig(true, &compare);
+  auto resync = [&](uint64_t seq, uint64_t off, std::vector<uint8_t> data) {
+    MsgHeader h{};
+    h.magic = wire::kMagic;
+    h.type = static_cast<uint16_t>(MsgType::kWrite);
+    h.flags = wire::kFlagResync;
+    h.seq = seq;
+    h.time_ns = seq * 1000;
+    h.offset = off;
+    h.length = h.payload_len = uint32_t(data.size());
+    rig.filter.send_header(h, data);
+  };
+  rig.filter.gap(1, 1);
+  resync(2, 0, std::vector<uint8_t>(2 * kB, 0));
+  std::vector<uint8_t> changed(2 * kB, 0);
+  changed[kB + 5] = 1;  // block 3
+  resync(3, 2 * kB, changed);
+  rig.filter.send(MsgType::kResyncDone, 4);
+  CHECK(rig.filter.ack_covering(4) == 4);
+  CHECK_FALSE(compare.comparing());
+  CHECK(compare.totals().resent_bytes == 4 * kB);
+  CHECK(compare.totals().journaled_bytes == kB);
+
+  auto r = journal::JournalReader::open(rig.dir.path);
+  REQUIRE(r);
+  std::vector<Record> got;
+  REQUIRE((*r)->for_each_record(1, [&](const journal::RecordView& v) {
+    got.push_back(v.to_record());
+    return true;
+  }));
+  REQUIRE(got.size() == 4);
+  CHECK(got[1].type == RecordType::kWrite);
+  CHECK(got[1].flags == wire::kFlagResync);
+  CHECK(got[1].offset == 0);
+  CHECK(got[1].length == 0);
+  CHECK(got[1].data.empty());
+  CHECK(got[2].offset == 3 * kB);
+  CHECK(got[2].length == kB);
+  CHECK(got[2].data == std::vector<uint8_t>(changed.begin() + long(kB), changed.end()));
 }
 
 }  // namespace kvmcdp

@@ -86,6 +86,31 @@ Result<std::vector<CdpInfo>> list_cdp(QmpClient& qmp) {
   return out;
 }
 
+Result<bool> has_stream_bitmap(QmpClient& qmp, const std::string& node, uint64_t stream_id) {
+  QmpReply r = qmp.execute("query-named-block-nodes", {{"flat", true}});
+  if (!r.ok()) return r.status();
+  const std::string name = fmt::format("cdp-{:016x}", stream_id);
+  auto is = [](const nlohmann::json& o, const char* key, const std::string& want) {
+    auto it = o.find(key);
+    return it != o.end() && it->is_string() && it->get<std::string>() == want;
+  };
+  auto flag = [](const nlohmann::json& o, const char* key) {
+    auto it = o.find(key);
+    return it != o.end() && it->is_boolean() && it->get<bool>();
+  };
+  if (!r.value.is_array()) return false;
+  for (const auto& n : r.value) {
+    if (!n.is_object() || !is(n, "node-name", node)) continue;
+    auto bitmaps = n.find("dirty-bitmaps");
+    if (bitmaps == n.end() || !bitmaps->is_array()) return false;
+    for (const auto& b : *bitmaps)
+      if (b.is_object() && is(b, "name", name))
+        return !flag(b, "inconsistent") && !flag(b, "busy");
+    return false;
+  }
+  return false;
+}
+
 Result<std::optional<CdpInfo>> query_cdp(QmpClient& qmp, const std::string& filter_node) {
   auto all = list_cdp(qmp);
   if (!all) return all.status();

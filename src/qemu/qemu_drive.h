@@ -37,5 +37,9 @@ struct CdpInfo {
 Result<std::vector<CdpInfo>> list_cdp(QmpClient& qmp);
 // The filter named `filter_node`, if QEMU has it.
 Result<std::optional<CdpInfo>> query_cdp(QmpClient& qmp, const std::string& filter_node);
+// Whether `node` carries the stream's persistent dirty bitmap
+// (cdp-<stream id in hex>, kept by the filter) in a usable state: a filter
+// continuing the stream then resends only what it marks.
+Result<bool> has_stream_bitmap(QmpClient& qmp, const std::string& node, uint64_t stream_id);
 
 }  // namespace kvmcdp
