@@ -12,14 +12,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib/guest.sh"
 : "${KVMCDP:?set KVMCDP to the kvmcdp binary}"
 export KVMCDP_QEMU_IMG=$KVMCDP_QEMU_PREFIX/bin/qemu-img
 
-protect_pid=
-stop_all() {
-    [[ -n $protect_pid ]] && kill -KILL "$protect_pid" 2>/dev/null && wait "$protect_pid" 2>/dev/null
-    protect_pid=
-    kit_cleanup
-}
 kit_init
-trap stop_all EXIT
 disk=$KIT_TMPDIR/disk.raw
 store=$KIT_TMPDIR/store
 tool_sock=$KIT_TMPDIR/tool.qmp
@@ -52,22 +45,15 @@ kit_run_guest --script "$KIT_TMPDIR/script.img" -- -S \
     -device "virtio-blk-pci,drive=d0,id=vd0,serial=kvmcdp-data"
 for _ in $(seq 100); do [[ -S $tool_sock ]] && break; sleep 0.1; done
 
-"$KVMCDP" protect --qmp "$tool_sock" --drive vd0 --store "$store" >"$KIT_TMPDIR/protect.log" 2>&1 &
-protect_pid=$!
-for _ in $(seq 600); do
-    grep -q "base copy complete" "$KIT_TMPDIR/protect.log" && break
-    kill -0 "$protect_pid" 2>/dev/null || { cat "$KIT_TMPDIR/protect.log"; kit_fail "protect exited"; }
-    sleep 0.1
-done
+kit_protect_start --qmp "$tool_sock" --drive vd0 --store "$store"
+kit_protect_wait "base copy complete"
 "$KVMCDP" qmp --qmp "$tool_sock" '{"execute":"cont"}' >/dev/null
 kit_wait_poweroff 300 || { kit_dump_console; kit_fail "guest did not power off"; }
 kit_console | grep -q FSTRIM-DONE || { kit_dump_console; kit_fail "the guest's script failed"; }
 trimmed=$(kit_console | grep -o '[0-9]* bytes trimmed\|trimmed [0-9]* bytes\|([0-9]* bytes)' | head -1 || true)
 echo "fstrim: guest says: ${trimmed:-?}"
 # The VM is gone: protect ends by itself.
-for _ in $(seq 300); do kill -0 "$protect_pid" 2>/dev/null || break; sleep 0.1; done
-wait "$protect_pid" || { cat "$KIT_TMPDIR/protect.log"; kit_fail "protect failed"; }
-protect_pid=
+kit_protect_end
 "$KVMCDP" journal verify --store "$store" >/dev/null || kit_fail "journal verify failed"
 "$KVMCDP" journal dump --json --store "$store" >"$KIT_TMPDIR/dump.json" || kit_fail "journal dump failed"
 echo "fstrim: records by type: $(jq -r .type "$KIT_TMPDIR/dump.json" | sort | uniq -c | tr '\n' ' ')"

@@ -15,14 +15,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib/guest.sh"
 export KVMCDP_QEMU_IMG=$KVMCDP_QEMU_PREFIX/bin/qemu-img
 readonly MAX_STALL_CS=100   # 1 s, in the guest's /proc/uptime centiseconds
 
-protect_pid=
-stop_all() {
-    [[ -n $protect_pid ]] && kill -KILL "$protect_pid" 2>/dev/null && wait "$protect_pid" 2>/dev/null
-    protect_pid=
-    kit_cleanup
-}
 kit_init
-trap stop_all EXIT
 disk=$KIT_TMPDIR/disk.raw
 store=$KIT_TMPDIR/store
 tool_sock=$KIT_TMPDIR/tool.qmp
@@ -53,36 +46,20 @@ kit_run_guest --script "$KIT_TMPDIR/script.img" -- -S \
     -device "virtio-blk-pci,drive=d0,id=vd0,serial=kvmcdp-data"
 for _ in $(seq 100); do [[ -S $tool_sock ]] && break; sleep 0.1; done
 
-start_protect() {
-    "$KVMCDP" protect --qmp "$tool_sock" --drive vd0 --store "$store" >>"$KIT_TMPDIR/protect.log" 2>&1 &
-    protect_pid=$!
-}
-# wait_for_log TEXT [COUNT]: until protect's log has TEXT COUNT times.
-wait_for_log() {
-    for _ in $(seq 600); do
-        [[ $(grep -c "$1" "$KIT_TMPDIR/protect.log") -ge ${2:-1} ]] && return 0
-        kill -0 "$protect_pid" 2>/dev/null || { cat "$KIT_TMPDIR/protect.log"; kit_fail "protect exited"; }
-        sleep 0.1
-    done
-    cat "$KIT_TMPDIR/protect.log"
-    kit_fail "protect never said: $1"
-}
 progress() { kit_console | grep -c GUEST-PROGRESS || true; }
 
-start_protect
-wait_for_log "base copy complete"
+kit_protect_start --qmp "$tool_sock" --drive vd0 --store "$store"
+kit_protect_wait "base copy complete"
 "$KVMCDP" qmp --qmp "$tool_sock" '{"execute":"cont"}' >/dev/null
 # The guest writes a while under capture, then protect dies mid-stream.
 for _ in $(seq 600); do [[ $(progress) -ge 2 ]] && break; sleep 0.1; done
 [[ $(progress) -ge 2 ]] || { kit_dump_console; kit_fail "the guest does not write"; }
-kill -KILL "$protect_pid"
-wait "$protect_pid" 2>/dev/null || true
-protect_pid=
+kit_protect_kill
 before=$(progress)
 for _ in $(seq 600); do [[ $(progress) -ge $((before + 2)) ]] && break; sleep 0.1; done
 # A new protect takes the filter over and resends what was written since.
-start_protect
-wait_for_log "protecting vd0" 2
+kit_protect_start --qmp "$tool_sock" --drive vd0 --store "$store"
+kit_protect_wait "protecting vd0" 2
 for _ in $(seq 600); do [[ $(progress) -ge $((before + 4)) ]] && break; sleep 0.1; done
 kit_tell_guest_stop "$KIT_TMPDIR/script.img"
 kit_wait_poweroff 300 || { kit_dump_console; kit_fail "guest did not finish"; }
@@ -94,9 +71,7 @@ worst=$(sed 's/.*worst_cs=\([0-9]*\).*/\1/' <<<"$line")
     kit_fail "a guest write stalled ${worst}0 ms when protect was killed (at most ${MAX_STALL_CS}0 ms)"
 
 # QEMU is gone (the guest powered off): the second protect ends by itself.
-for _ in $(seq 300); do kill -0 "$protect_pid" 2>/dev/null || break; sleep 0.1; done
-wait "$protect_pid" || { cat "$KIT_TMPDIR/protect.log"; kit_fail "the second protect failed"; }
-protect_pid=
+kit_protect_end
 "$KVMCDP" journal verify --store "$store" >/dev/null || kit_fail "journal verify failed"
 "$KVMCDP" restore --quiet --force --store "$store" --latest -o "$KIT_TMPDIR/restored.raw" >/dev/null ||
     kit_fail "restore --latest failed"

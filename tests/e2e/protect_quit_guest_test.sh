@@ -14,17 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib/guest.sh"
 export KVMCDP_QEMU_IMG=$KVMCDP_QEMU_PREFIX/bin/qemu-img
 readonly MAX_QUIT_MS=1000
 
-protect_pid=
-stop_all() {
-    if [[ -n $protect_pid ]]; then
-        kill -CONT "$protect_pid" 2>/dev/null || true
-        kill -KILL "$protect_pid" 2>/dev/null && wait "$protect_pid" 2>/dev/null
-    fi
-    protect_pid=
-    kit_cleanup
-}
 kit_init
-trap stop_all EXIT
 disk=$KIT_TMPDIR/disk.raw
 store=$KIT_TMPDIR/store
 tool_sock=$KIT_TMPDIR/tool.qmp
@@ -49,33 +39,22 @@ kit_run_guest --script "$KIT_TMPDIR/script.img" -- -S \
 for _ in $(seq 100); do [[ -S $tool_sock ]] && break; sleep 0.1; done
 
 qmp() { "$KVMCDP" qmp --qmp "$tool_sock" "$1"; }
-# wait_for_log TEXT [COUNT]: until protect's log has TEXT COUNT times.
-wait_for_log() {
-    for _ in $(seq 600); do
-        [[ $(grep -c "$1" "$KIT_TMPDIR/protect.log") -ge ${2:-1} ]] && return 0
-        kill -0 "$protect_pid" 2>/dev/null || { cat "$KIT_TMPDIR/protect.log"; kit_fail "protect exited"; }
-        sleep 0.05
-    done
-    cat "$KIT_TMPDIR/protect.log"
-    kit_fail "protect never said: $1"
-}
 start_protect() {
-    "$KVMCDP" protect --qmp "$tool_sock" --drive vd0 --store "$store" --queue-size 1 \
-        --filter-timeout 30000 "$@" >>"$KIT_TMPDIR/protect.log" 2>&1 &
-    protect_pid=$!
+    kit_protect_start --qmp "$tool_sock" --drive vd0 --store "$store" --queue-size 1 \
+        --filter-timeout 30000
 }
 
 start_protect
-wait_for_log "base copy complete"
+kit_protect_wait "base copy complete"
 qmp '{"execute":"cont"}' >/dev/null
 for _ in $(seq 600); do kit_console | grep -q GUEST-PROGRESS && break; sleep 0.1; done
 # A stop detaches the filter; the next protect continues the stream with a
 # new filter that resends the whole disk.
-kill -TERM "$protect_pid"
-wait "$protect_pid" || { cat "$KIT_TMPDIR/protect.log"; kit_fail "protect did not stop cleanly"; }
+kill -TERM "$KIT_PROTECT_PID"
+kit_protect_end
 start_protect
-wait_for_log "protecting vd0" 2
-kill -STOP "$protect_pid"
+kit_protect_wait "protecting vd0" 2
+kill -STOP "$KIT_PROTECT_PID"
 sleep 1
 filter=$(qmp '{"execute":"query-cdp"}')
 grep -q '"gap": *true' <<<"$filter" || kit_fail "no resync running when protect stopped: $filter"
@@ -87,11 +66,8 @@ took=$((($(date +%s%N) - t0) / 1000000))
 echo "protect quit: QEMU exited ${took} ms after quit (protect stopped, resync running)"
 [[ $took -le $MAX_QUIT_MS ]] || kit_fail "QEMU took ${took} ms to quit (at most ${MAX_QUIT_MS} ms)"
 
-kill -CONT "$protect_pid"
-for _ in $(seq 300); do kill -0 "$protect_pid" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$protect_pid" 2>/dev/null && { cat "$KIT_TMPDIR/protect.log"; kit_fail "protect did not end after QEMU quit"; }
-wait "$protect_pid" || { cat "$KIT_TMPDIR/protect.log"; kit_fail "protect failed after QEMU quit"; }
-protect_pid=
+kill -CONT "$KIT_PROTECT_PID"
+kit_protect_end
 grep -q "the VM shut down" "$KIT_TMPDIR/protect.log" || { cat "$KIT_TMPDIR/protect.log"; kit_fail "protect did not say the VM shut down"; }
 "$KVMCDP" journal verify --store "$store" >/dev/null || kit_fail "journal verify failed"
 echo "protect quit: ok"

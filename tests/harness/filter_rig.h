@@ -58,15 +58,7 @@ struct FilterRig {
       for (auto& a : args)
         if (a.rfind("--", 0) == 0) a.erase(0, 1);
       qsd = QemuProcess::start_system(dir, args);
-      QmpReply srv = qsd->qmp().execute(
-          "nbd-server-start", {{"addr", {{"type", "unix"}, {"data", {{"path", nbd}}}}}});
-      REQUIRE_MESSAGE(srv.ok(), srv.message);
-      QmpReply ex = qsd->qmp().execute("block-export-add", {{"type", "nbd"},
-                                                           {"id", "e"},
-                                                           {"node-name", "disk0"},
-                                                           {"name", "e"},
-                                                           {"writable", true}});
-      REQUIRE_MESSAGE(ex.ok(), ex.message);
+      export_over_nbd(*qsd, nbd, "disk0");
     } else {
       args.insert(args.end(), {"--nbd-server", fmt::format("addr.type=unix,addr.path={}", nbd),
                                "--export", "type=nbd,id=e,node-name=disk0,name=e,writable=on"});

@@ -120,6 +120,16 @@ std::unique_ptr<QemuProcess> QemuProcess::start_system(const TempDir& dir,
   return spawn(dir, qemu_bin("qemu-system-x86_64"), std::move(base), sock, tool);
 }
 
+void export_over_nbd(QemuProcess& qemu, const std::string& socket, const std::string& node) {
+  QmpReply srv = qemu.qmp().execute(
+      "nbd-server-start", {{"addr", {{"type", "unix"}, {"data", {{"path", socket}}}}}});
+  REQUIRE_MESSAGE(srv.ok(), srv.message);
+  QmpReply ex = qemu.qmp().execute(
+      "block-export-add",
+      {{"type", "nbd"}, {"id", "e"}, {"node-name", node}, {"name", "e"}, {"writable", true}});
+  REQUIRE_MESSAGE(ex.ok(), ex.message);
+}
+
 QemuProcess::~QemuProcess() { kill_and_reap(); }
 
 void QemuProcess::kill_and_reap() {

@@ -76,6 +76,11 @@ class QemuProcess {
   std::unique_ptr<QmpClient> qmp_;
 };
 
+// Starts QEMU's NBD server on unix socket `socket` and exports `node`
+// writable under the name "e" (qemu-io's nbd+unix:///e?socket=...), as a
+// guest's writes would arrive.
+void export_over_nbd(QemuProcess& qemu, const std::string& socket, const std::string& node);
+
 // Runs a command line, returns its exit status and stdout+stderr.
 struct CommandOutput {
   int status = -1;

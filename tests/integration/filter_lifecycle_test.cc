@@ -212,15 +212,7 @@ TEST_CASE("filter lifecycle: stopping the VM does not wait for a stalled receive
   REQUIRE(run_command({"truncate", "-s", "16M", disk}).status == 0);
   auto vm = QemuProcess::start_system(
       dir, {"-blockdev", fmt::format("driver=file,filename={},node-name=disk0", disk)});
-  QmpReply srv = vm->qmp().execute(
-      "nbd-server-start", {{"addr", {{"type", "unix"}, {"data", {{"path", nbd}}}}}});
-  REQUIRE_MESSAGE(srv.ok(), srv.message);
-  QmpReply ex = vm->qmp().execute("block-export-add", {{"type", "nbd"},
-                                                      {"id", "e"},
-                                                      {"node-name", "disk0"},
-                                                      {"name", "e"},
-                                                      {"writable", true}});
-  REQUIRE_MESSAGE(ex.ok(), ex.message);
+  export_over_nbd(*vm, nbd, "disk0");
   TestReceiver rx(dir.file("recv.sock"), false);
   QmpReply a = vm->qmp().execute(
       "cdp-attach", {{"node", "disk0"},

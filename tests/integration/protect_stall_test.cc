@@ -35,15 +35,7 @@ TEST_CASE("protect SIGSTOPped with a flush pending: snapshot create pauses I/O f
             "-blockdev", "driver=qcow2,file=disk0-file,node-name=disk0", "-device",
             "virtio-blk-pci,drive=disk0,id=vd0,share-rw=on", "-qmp",
             fmt::format("unix:{},server=on,wait=off", probe_sock)});
-  QmpReply srv = vm->qmp().execute("nbd-server-start",
-                                   {{"addr", {{"type", "unix"}, {"data", {{"path", nbd}}}}}});
-  REQUIRE_MESSAGE(srv.ok(), srv.message);
-  QmpReply ex = vm->qmp().execute("block-export-add", {{"type", "nbd"},
-                                                      {"id", "e"},
-                                                      {"node-name", "disk0"},
-                                                      {"name", "e"},
-                                                      {"writable", true}});
-  REQUIRE_MESSAGE(ex.ok(), ex.message);
+  export_over_nbd(*vm, nbd, "disk0");
   auto chain_md5 = [&](const std::string& top) {
     std::string flat = dir.file("flat.raw");
     REQUIRE(run_command({qemu_bin("qemu-img"), "convert", "-U", "-O", "raw", top, flat}).status ==

@@ -87,9 +87,10 @@ kit_init() {
     trap 'exit 129' HUP
 }
 
-# Kill QEMU if it still runs, reap it, remove the temp dir. Safe to call
-# more than once.
+# Kill protect and QEMU if they still run, reap them, remove the temp
+# dir. Safe to call more than once.
 kit_cleanup() {
+    kit_protect_kill
     if [[ -n $KIT_QEMU_PID ]]; then
         if kill -0 "$KIT_QEMU_PID" 2>/dev/null; then
             kill -TERM "$KIT_QEMU_PID" 2>/dev/null || true
@@ -106,6 +107,49 @@ kit_cleanup() {
     if [[ -n $KIT_TMPDIR && -z ${KIT_KEEP_TMPDIR:-} ]]; then
         rm -rf "$KIT_TMPDIR"
     fi
+}
+
+# One `kvmcdp protect` in the background of a kit test ($KVMCDP):
+#   kit_protect_start ARGS...    starts `kvmcdp protect ARGS`, its output
+#                                appended to $KIT_TMPDIR/protect.log
+#   kit_protect_wait TEXT [N]    until that log has TEXT N times (default
+#                                1); fails, showing the log, if protect
+#                                exits first or in 60 s
+#   kit_protect_end              waits for it to exit by itself (in 30 s);
+#                                fails, showing the log, if it does not
+#                                exit 0
+#   kit_protect_kill             SIGKILL (after SIGCONT), as a crash
+# The cleanup kills it too.
+KIT_PROTECT_PID=
+kit_protect_start() {
+    [[ -z $KIT_PROTECT_PID ]] || kit_fail "kit_protect_start: protect already runs"
+    "$KVMCDP" protect "$@" >>"$KIT_TMPDIR/protect.log" 2>&1 &
+    KIT_PROTECT_PID=$!
+}
+kit_protect_wait() {
+    local i
+    for ((i = 0; i < 1200; i++)); do
+        [[ $(grep -c "$1" "$KIT_TMPDIR/protect.log" 2>/dev/null) -ge ${2:-1} ]] && return 0
+        kill -0 "$KIT_PROTECT_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    cat "$KIT_TMPDIR/protect.log" >&2
+    kit_fail "protect never said: $1"
+}
+kit_protect_end() {
+    local i rc=0
+    for ((i = 0; i < 300; i++)); do kill -0 "$KIT_PROTECT_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$KIT_PROTECT_PID" 2>/dev/null && { cat "$KIT_TMPDIR/protect.log" >&2; kit_fail "protect did not end"; }
+    wait "$KIT_PROTECT_PID" || rc=$?
+    KIT_PROTECT_PID=
+    [[ $rc -eq 0 ]] || { cat "$KIT_TMPDIR/protect.log" >&2; kit_fail "protect exited $rc"; }
+}
+kit_protect_kill() {
+    [[ -n ${KIT_PROTECT_PID:-} ]] || return 0
+    kill -CONT "$KIT_PROTECT_PID" 2>/dev/null || true
+    kill -KILL "$KIT_PROTECT_PID" 2>/dev/null || true
+    wait "$KIT_PROTECT_PID" 2>/dev/null || true
+    KIT_PROTECT_PID=
 }
 
 # kit_make_script_disk SCRIPT_FILE OUT_IMG
