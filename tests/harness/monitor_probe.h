@@ -21,7 +21,7 @@ class MonitorProbe {
  public:
   explicit MonitorProbe(const std::string& socket) {
     auto c = QmpClient::connect(socket, std::chrono::milliseconds(5000));
-    REQUIRE_MESSAGE(bool(c), c.status().message());
+    if (!c) FAIL("cannot reach the monitor: " << c.status().message());
     client_ = std::move(*c);
     thread_ = std::thread([this] {
       using Clock = std::chrono::steady_clock;
