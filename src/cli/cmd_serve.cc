@@ -239,6 +239,9 @@ Status run_listen(const ServeOptions& o) {
         }
       };
       cfg.authenticated = [&c] { c.authenticated = true; };
+      cfg.warn = [&cfg](const std::string& what) {
+        log_line(fmt::format("{}: warning: {}", cfg.peer, what));
+      };
       cfg.claimed = [&](const std::string& store) {
         std::lock_guard l(owners_mu);
         owners[store] = &c;
@@ -287,6 +290,7 @@ Status run_listen(const ServeOptions& o) {
 Status run_stdio(const ServeOptions& o) {
   ServeConfig cfg;
   cfg.peer = "stdio";
+  cfg.warn = [](const std::string& what) { log_line("warning: " + what); };
   // Run by sshd: SSH_CLIENT is "ADDRESS PORT SERVER_PORT".
   if (const char* ssh = getenv("SSH_CLIENT")) {
     std::string c = ssh;

@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdio>
 #include <memory>
 
 #include <fmt/format.h>
@@ -71,8 +70,8 @@ void publish(ClientConn& s, bool now) {
   s.state.updated_ns = t;
   s.state.durable_seq = s.mirror->durable_seq();
   s.state.durable_time_ns = s.mirror->durable_ns();
-  if (Status st = write_serve_state(s.store, s.state); !st)
-    std::fprintf(stderr, "kvmcdp: warning: %s\n", st.message().c_str());
+  if (Status st = write_serve_state(s.store, s.state); !st && s.cfg.warn)
+    s.cfg.warn(st.message());
   s.published_ns = t;
 }
 

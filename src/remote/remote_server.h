@@ -25,6 +25,9 @@ struct ServeConfig {
   std::function<void()> authenticated;
   // Tells which store this connection got (for evict's bookkeeping).
   std::function<void(const std::string& store)> claimed;
+  // A problem that does not end the connection (the run-state file could
+  // not be written): the command decides where it goes.
+  std::function<void(const std::string& what)> warn;
 };
 
 // Serves `conn` to its end.  Returns why it ended (a client that
