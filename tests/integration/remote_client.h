@@ -24,6 +24,22 @@
 
 namespace kvmcdp::test {
 
+// The disk the remote tests protect: 6 MiB of random data in 32 MiB.
+inline constexpr uint64_t kRemoteDiskSize = 32ull << 20;
+inline std::string make_disk(const TempDir& dir) {
+  std::string disk = dir.file("disk.raw");
+  REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=6"}).status == 0);
+  REQUIRE(run_command({"truncate", "-s", std::to_string(kRemoteDiskSize), disk}).status == 0);
+  return disk;
+}
+
+// An empty store root for `kvmcdp serve`.
+inline std::string make_root(const TempDir& dir) {
+  std::string root = dir.file("server");
+  mkdir(root.c_str(), 0700);
+  return root;
+}
+
 // A server on a free loopback port (or on `port`, to restart it there),
 // with `extra` options (--tls-cert ...).
 struct Server {

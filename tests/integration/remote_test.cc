@@ -29,7 +29,7 @@ namespace {
 
 using nlohmann::json;
 
-constexpr uint64_t kDiskSize = 32ull << 20;
+constexpr uint64_t kDiskSize = kRemoteDiskSize;
 
 struct Checkpoint {
   uint64_t seq;
@@ -71,20 +71,8 @@ void check_restores(const TempDir& dir, const std::string& store,
   for (const auto& c : points) check_restore(dir, store, c.seq, c.md5);
 }
 
-std::string make_disk(const TempDir& dir) {
-  std::string disk = dir.file("disk.raw");
-  REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=6"}).status == 0);
-  REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
-  return disk;
-}
-
 // A paused VM with a disk, and a backup server (on a free loopback port)
 // with store vm1 and its secret file: what most cases start from.
-std::string make_root(const TempDir& dir) {
-  std::string root = dir.file("server");
-  mkdir(root.c_str(), 0700);
-  return root;
-}
 struct Rig {
   TempDir dir;
   std::string disk = make_disk(dir);

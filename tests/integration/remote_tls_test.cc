@@ -33,20 +33,9 @@ namespace {
 using nlohmann::json;
 using remote::MsgType;
 
-constexpr uint64_t kDiskSize = 32ull << 20;
+constexpr uint64_t kDiskSize = kRemoteDiskSize;
 
-std::string make_disk(const TempDir& dir) {
-  std::string disk = dir.file("disk.raw");
-  REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=6"}).status == 0);
-  REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
-  return disk;
-}
 
-std::string make_root(const TempDir& dir) {
-  std::string root = dir.file("server");
-  mkdir(root.c_str(), 0700);
-  return root;
-}
 
 // `serve --init-tls DIR`: the fingerprint it prints.
 std::string init_tls(const std::string& dir) {
