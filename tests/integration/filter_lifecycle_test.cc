@@ -312,3 +312,49 @@ TEST_CASE("filter lifecycle: a resync waiting for queue space survives a move to
 }
 
 }  // namespace kvmcdp::test
+
+namespace kvmcdp::test {
+
+TEST_CASE("filter lifecycle: blockdev-del of the filter's parent during a stalled resync") {
+  // The filter above the file node, the raw node its parent: deleting the
+  // raw node closes the filter while its resync waits for queue space that
+  // a stalled receiver never frees (before: closing waited for it forever).
+  TempDir dir;
+  std::string disk = dir.file("disk.raw");
+  REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=16"}).status == 0);
+  auto qsd = QemuProcess::start_storage_daemon(
+      dir, {"--blockdev", fmt::format("driver=file,filename={},node-name=f0", disk), "--blockdev",
+            "driver=raw,file=f0,node-name=disk0"});
+  TestReceiver rx(dir.file("recv.sock"), false);
+  QmpReply a = qsd->qmp().execute(
+      "cdp-attach", {{"node", "f0"},
+                     {"node-name", "cdp0"},
+                     {"queue-size", 2 << 20},
+                     {"timeout", 30000},
+                     {"stream-id", 0xdef0},
+                     {"addr", {{"type", "unix"}, {"path", dir.file("recv.sock")}}}});
+  REQUIRE_MESSAGE(a.ok(), a.message);
+  auto queued = [&] {
+    QmpReply r = qsd->qmp().execute("query-cdp");
+    REQUIRE(r.ok());
+    REQUIRE(r.value.size() == 1);
+    return r.value[0]["queued-bytes"].get<uint64_t>();
+  };
+  for (int i = 0; i < 500 && queued() < (1u << 20); ++i)
+    std::this_thread::sleep_for(milliseconds(20));
+  REQUIRE(queued() >= (1u << 20));
+  std::this_thread::sleep_for(milliseconds(300));
+
+  MonitorProbe probe(qsd->tool_socket());
+  auto t0 = Clock::now();
+  QmpReply del = qsd->qmp().execute("blockdev-del", {{"node-name", "disk0"}}, milliseconds(20000));
+  long took = ms_since(t0);
+  long worst = probe.finish();
+  REQUIRE_MESSAGE(del.ok(), del.message);
+  INFO("blockdev-del took " << took << " ms; another monitor " << worst << " ms");
+  CHECK(took < 1000);
+  CHECK(worst < 100);
+  CHECK(qsd->qmp().execute("query-cdp").value.empty());
+}
+
+}  // namespace kvmcdp::test
