@@ -14,12 +14,15 @@
 //       24    8 offset       byte offset on the disk
 //       32    8 length       bytes of the disk affected
 //       40    4 payload_len  bytes that follow this header
-//       44    4 aux          HELLO / HELLO_REPLY: protocol version (1);
-//                             otherwise 0
+//       44    4 aux          HELLO: the highest protocol version the filter
+//                             speaks; HELLO_REPLY: the version both use
+//                             (the lower of the two); otherwise 0
 //
 // Filter -> kvmcdp, after connect: HELLO, then records in strictly
-// increasing, consecutive seq order (WRITE, WRITE_ZEROES, DISCARD, FLUSH,
-// MARK, GAP, RESYNC_DONE).  kvmcdp -> filter: HELLO_REPLY once, then ACKs.
+// increasing seq order (WRITE, WRITE_ZEROES, DISCARD, FLUSH, MARK, GAP,
+// RESYNC_DONE); seqs are consecutive except where a GAP says which are
+// missing.  kvmcdp -> filter: HELLO_REPLY once, then ACKs (and, in
+// version 2, RECEIVED acks).
 // There is no checksum: the socket is local, and the journal checksums
 // what it stores.
 #pragma once
@@ -30,7 +33,12 @@
 namespace kvmcdp::wire {
 
 inline constexpr uint32_t kMagic = 0x5044434b;
-inline constexpr uint32_t kVersion = 1;
+// Version 1: ACK only.  Version 2 adds RECEIVED: the filter frees a
+// record's payload once kvmcdp has it, and only flushes (and sync-mode
+// writes) wait for ACK.
+inline constexpr uint32_t kVersion = 2;
+inline constexpr uint32_t kMinVersion = 1;
+inline constexpr uint32_t kVersionReceived = 2;
 inline constexpr uint32_t kHeaderSize = 48;
 // A WRITE never carries more than this; the filter splits larger requests.
 inline constexpr uint32_t kMaxPayload = 4u << 20;
@@ -61,6 +69,11 @@ enum class MsgType : uint16_t {
   kHelloReply = 64,  // seq: last seq kvmcdp holds durably for this stream
                      // id (0 if none); the filter resends what follows
   kAck = 65,         // every record with seq <= this is durable
+  kReceived = 66,    // version 2: every record with seq <= this is in
+                     // kvmcdp's hands (its memory or the journal file),
+                     // not yet durable.  The filter may free their
+                     // payloads; if the stream ends before their ACK, it
+                     // resends their ranges as a GAP and a resync.
 };
 
 enum MsgFlag : uint16_t {

@@ -10,6 +10,8 @@
 
 #include <fmt/format.h>
 
+#include "base/crash_point.h"
+
 namespace kvmcdp {
 
 using wire::MsgHeader;
@@ -36,18 +38,21 @@ Result<Hello> StreamReceiver::handshake(uint64_t durable_seq, int timeout_ms) {
   }
   if (h.type != static_cast<uint16_t>(MsgType::kHello))
     return Status(ErrorKind::kQemu, fmt::format("stream: expected hello, got message type {}", h.type));
-  if (h.aux != wire::kVersion)
+  if (h.aux < wire::kMinVersion)
     return Status(ErrorKind::kQemu,
-                  fmt::format("stream: the filter speaks protocol version {}, kvmcdp {}", h.aux,
-                              wire::kVersion));
+                  fmt::format("stream: the filter speaks protocol version {}, kvmcdp {} to {}",
+                              h.aux, wire::kMinVersion, wire::kVersion));
+  version_ = std::min(h.aux, wire::kVersion);
   Hello hello;
   hello.stream_id = h.offset;
   hello.last_seq = h.seq;
   hello.disk_size = h.length;
   hello.gap_pending = h.flags & wire::kFlagGap;
   hello.node_name.assign(reinterpret_cast<const char*>(payload), h.payload_len);
-  if (Status s = wire::send_control(fd_, MsgType::kHelloReply, durable_seq); !s) return s;
+  if (Status s = wire::send_control(fd_, MsgType::kHelloReply, durable_seq, version_); !s)
+    return s;
   counters_.last_seq = counters_.durable_seq = counters_.acked_seq = durable_seq;
+  received_acked_ = durable_seq;
   return hello;
 }
 
@@ -99,8 +104,22 @@ Status StreamReceiver::on_durable(uint64_t durable) {
 Status StreamReceiver::send_ack() {
   uint64_t ack = gate_ ? gate_->ackable(counters_.durable_seq) : counters_.durable_seq;
   if (ack <= counters_.acked_seq) return Status::ok();
+  // Tests: ack:<k> dies after the commit whose ack is the k-th, before it leaves.
+  crash_point("ack", static_cast<int>(++acks_sent_));
   counters_.acked_seq = ack;
   return wire::send_control(fd_, MsgType::kAck, ack);
+}
+
+// Version 2: what was appended is in our hands, and the filter may free
+// it: the guest's writes wait for the journal's memory, not its fdatasync.
+// One message per batch read from the socket.  The writer bounds what is
+// appended and not yet written (frames_in_flight): beyond that append
+// waits, this thread stops reading, and the filter's queue fills.
+Status StreamReceiver::send_received() {
+  if (version_ < wire::kVersionReceived || counters_.last_seq <= received_acked_)
+    return Status::ok();
+  received_acked_ = counters_.last_seq;
+  return wire::send_control(fd_, MsgType::kReceived, received_acked_);
 }
 
 Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
@@ -133,6 +152,7 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
       if (h.type == static_cast<uint16_t>(MsgType::kFlush) || (h.flags & wire::kFlagFua))
         waited_for_ = true;
     }
+    if (Status s = send_received(); !s) return s;
     // Ask for a commit when the socket has nothing more right now (one
     // fsync covers everything that arrived meanwhile), or when a batch is
     // big or old enough: a sender that never pauses must still get acks,

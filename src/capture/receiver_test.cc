@@ -22,6 +22,8 @@ using wire::MsgType;
 // The filter's end of the stream, played by the test.
 struct FilterEnd {
   int fd;
+  uint32_t version = 1;  // what HELLO offers
+  uint64_t received = 0;  // the last RECEIVED seen
 
   void send(MsgType type, uint64_t seq, uint16_t flags = 0, std::vector<uint8_t> payload = {}) {
     MsgHeader h{};
@@ -33,7 +35,7 @@ struct FilterEnd {
     h.offset = type == MsgType::kHello ? 7 : seq * 4096;
     h.length = type == MsgType::kHello ? 1 << 30 : payload.size();
     h.payload_len = uint32_t(payload.size());
-    if (type == MsgType::kHello) h.aux = wire::kVersion;
+    if (type == MsgType::kHello) h.aux = version;
     send_header(h, payload);
   }
   // A GAP record: seqs from `from` on were lost.
@@ -76,11 +78,16 @@ struct FilterEnd {
     REQUIRE(wire::decode_header(b, &h));
     return h;
   }
-  // Reads acks until one covers `seq`.
+  // Reads acks until one covers `seq`; RECEIVED acks on the way are noted.
   uint64_t ack_covering(uint64_t seq) {
     uint64_t last = 0;
     while (last < seq) {
       MsgHeader h = receive();
+      if (h.type == static_cast<uint16_t>(MsgType::kReceived)) {
+        CHECK(h.seq > received);
+        received = h.seq;
+        continue;
+      }
       REQUIRE(h.type == static_cast<uint16_t>(MsgType::kAck));
       CHECK(h.seq > last);  // acks only move forward
       last = h.seq;
@@ -100,9 +107,10 @@ struct Rig {
   Result<StreamReceiver::End> end = Status(ErrorKind::kFailure, "not run");
   FilterEnd filter{-1};
 
-  explicit Rig(bool every_write_waits, ResyncCompare* compare = nullptr) {
+  explicit Rig(bool every_write_waits, ResyncCompare* compare = nullptr, uint32_t version = 1) {
     REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
     filter.fd = sv[1];
+    filter.version = version;
     journal::WriterOptions o;
     o.stream_id = 7;
     auto w = journal::JournalWriter::open(dir.path, o);
@@ -114,7 +122,9 @@ struct Rig {
     filter.send(MsgType::kHello, 0);
     auto hello = rx->handshake(0, 10000);
     REQUIRE(hello);
-    CHECK(filter.receive().type == static_cast<uint16_t>(MsgType::kHelloReply));
+    MsgHeader reply = filter.receive();
+    CHECK(reply.type == static_cast<uint16_t>(MsgType::kHelloReply));
+    CHECK(reply.aux == std::min(version, wire::kVersion));
     thread = std::thread([this] { end = rx->run(stop); });
   }
   ~Rig() {
@@ -154,6 +164,59 @@ TEST_CASE("receiver, async mode: writes are acked without a flush; a flush and a
   CHECK(rig.filter.ack_covering(6) == 6);
   // An ack is only sent for what is durable: a fresh reader sees it all.
   CHECK(rig.journal_records() == 6);
+}
+
+TEST_CASE("receiver, version 2: RECEIVED as soon as a record is in, ACK only once it is durable") {
+  for (bool sync : {true, false}) {
+    CAPTURE(sync);
+    Rig rig(sync, nullptr, 2);
+    rig.filter.write(1);
+    // RECEIVED is sent before the commit is even asked for, so it comes
+    // first; the ACK follows the fdatasync.
+    MsgHeader first = rig.filter.receive();
+    CHECK(first.type == static_cast<uint16_t>(MsgType::kReceived));
+    CHECK(first.seq == 1);
+    rig.filter.received = first.seq;
+    CHECK(rig.filter.ack_covering(1) == 1);
+    for (uint64_t s = 2; s <= 40; s++) rig.filter.write(s);
+    rig.filter.send(MsgType::kFlush, 41);
+    CHECK(rig.filter.ack_covering(41) == 41);
+    // Every record was reported received, in order (checked on the way).
+    CHECK(rig.filter.received == 41);
+    CHECK(rig.journal_records() == 41);
+  }
+}
+
+TEST_CASE("receiver: a version 1 filter never gets RECEIVED; versions are agreed downwards") {
+  {
+    Rig rig(false, nullptr, 1);
+    for (uint64_t s = 1; s <= 5; s++) rig.filter.write(s);
+    rig.filter.send(MsgType::kFlush, 6);
+    CHECK(rig.filter.ack_covering(6) == 6);
+    CHECK(rig.filter.received == 0);
+  }
+  {
+    Rig rig(false, nullptr, 9);  // a newer filter: HELLO_REPLY says 2 (checked in Rig)
+    rig.filter.send(MsgType::kFlush, 1);
+    CHECK(rig.filter.ack_covering(1) == 1);
+    CHECK(rig.filter.received == 1);
+  }
+  TempDir dir;
+  int sv[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  journal::WriterOptions o;
+  o.stream_id = 7;
+  auto w = journal::JournalWriter::open(dir.path, o);
+  REQUIRE(w);
+  StreamReceiver rx(sv[0], w->get());
+  FilterEnd f{sv[1]};
+  f.version = 0;
+  f.send(MsgType::kHello, 0);
+  auto hello = rx.handshake(0, 10000);
+  REQUIRE_FALSE(hello);
+  CHECK(hello.status().message().find("protocol version 0") != std::string::npos);
+  ::close(sv[0]);
+  ::close(sv[1]);
 }
 
 TEST_CASE("receiver: a long stream with commits running beside it: every record lands, acks in order") {

@@ -25,7 +25,7 @@ T get(const uint8_t* p) {
 }
 
 bool known_type(uint16_t t) {
-  return (t >= 1 && t <= 8) || t == 64 || t == 65;
+  return (t >= 1 && t <= 8) || (t >= 64 && t <= 66);
 }
 
 }  // namespace
@@ -42,6 +42,7 @@ std::string_view type_name(MsgType t) {
     case MsgType::kResyncDone: return "resync-done";
     case MsgType::kHelloReply: return "hello-reply";
     case MsgType::kAck: return "ack";
+    case MsgType::kReceived: return "received";
   }
   return "unknown";
 }
@@ -81,12 +82,12 @@ Status decode_header(const uint8_t in[kHeaderSize], MsgHeader* h) {
   return Status::ok();
 }
 
-Status send_control(int fd, MsgType type, uint64_t seq) {
+Status send_control(int fd, MsgType type, uint64_t seq, uint32_t aux) {
   MsgHeader h{};
   h.magic = kMagic;
   h.type = static_cast<uint16_t>(type);
   h.seq = seq;
-  if (type == MsgType::kHelloReply) h.aux = kVersion;
+  h.aux = aux;
   uint8_t buf[kHeaderSize];
   encode_header(h, buf);
   size_t done = 0;

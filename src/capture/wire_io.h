@@ -19,7 +19,7 @@ void encode_header(const MsgHeader& h, uint8_t out[kHeaderSize]);
 Status decode_header(const uint8_t in[kHeaderSize], MsgHeader* h);
 
 // Sends a payload-less control message (HELLO_REPLY, ACK).
-Status send_control(int fd, MsgType type, uint64_t seq);
+Status send_control(int fd, MsgType type, uint64_t seq, uint32_t aux = 0);
 
 class MessageReader {
  public:

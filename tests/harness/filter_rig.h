@@ -32,6 +32,8 @@ struct FilterOptions {
   // qemu-system-x86_64 (no guest: the export stands for it) instead of
   // qemu-storage-daemon.
   bool system = false;
+  // The receiver's protocol version (2: RECEIVED for every batch).
+  uint32_t version = 1;
 };
 
 struct FilterRig {
@@ -66,7 +68,7 @@ struct FilterRig {
     }
     // The copy "taken at attach time": nothing writes before the attach.
     REQUIRE(run_command({"cp", disk, base}).status == 0);
-    rx = std::make_unique<TestReceiver>(dir.file("recv.sock"), o.auto_ack);
+    rx = std::make_unique<TestReceiver>(dir.file("recv.sock"), o.auto_ack, o.version);
     json attach = {{"node", "disk0"},
                    {"node-name", "cdp0"},
                    {"mode", o.mode},

@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -15,8 +16,8 @@
 
 namespace kvmcdp::test {
 
-TestReceiver::TestReceiver(const std::string& socket_path, bool auto_ack)
-    : path_(socket_path), auto_ack_(auto_ack) {
+TestReceiver::TestReceiver(const std::string& socket_path, bool auto_ack, uint32_t version)
+    : path_(socket_path), auto_ack_(auto_ack), version_(version) {
   listen_fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;
@@ -45,7 +46,7 @@ void TestReceiver::run() {
   if (fd_ < 0) return;
   connected_ = true;
   wire::MessageReader reader(fd_);
-  uint64_t acked = 0;
+  uint64_t acked = 0, received = 0;
   bool greeted = false;
   while (!stop_ && !hang_up_) {
     pollfd p{fd_, POLLIN, 0};
@@ -59,7 +60,9 @@ void TestReceiver::run() {
       auto got = reader.next(&h, &payload);
       if (!got || !*got) break;
       if (h.type == static_cast<uint16_t>(wire::MsgType::kHello)) {
-        wire::send_control(fd_, wire::MsgType::kHelloReply, 0);
+        // Versions are agreed downwards, as kvmcdp does.
+        version_ = std::min(version_, h.aux);
+        wire::send_control(fd_, wire::MsgType::kHelloReply, 0, version_);
         greeted = true;
         continue;
       }
@@ -67,6 +70,10 @@ void TestReceiver::run() {
       records_.push_back(wire::to_record(h, payload));
     }
     uint64_t last = last_seq();
+    if (greeted && version_ >= wire::kVersionReceived && last > received) {
+      wire::send_control(fd_, wire::MsgType::kReceived, last);
+      received = last;
+    }
     uint64_t want = auto_ack_ ? last : std::min<uint64_t>(ack_request_.load(), last);
     if (greeted && want > acked) {
       wire::send_control(fd_, wire::MsgType::kAck, want);

@@ -18,7 +18,9 @@ namespace kvmcdp::test {
 class TestReceiver {
  public:
   // Listens on `socket_path`; `auto_ack` acks each batch as it arrives.
-  TestReceiver(const std::string& socket_path, bool auto_ack);
+  // With protocol `version` 2 every batch is also reported RECEIVED at
+  // once, acks or not.
+  TestReceiver(const std::string& socket_path, bool auto_ack, uint32_t version = 1);
   ~TestReceiver();
 
   void ack_all();  // ack everything received so far
@@ -34,6 +36,7 @@ class TestReceiver {
   void run();
   std::string path_;
   bool auto_ack_;
+  uint32_t version_;
   int listen_fd_ = -1;
   int fd_ = -1;
   std::atomic<bool> stop_{false};

@@ -1,6 +1,6 @@
 // protect killed at the worst moments, against a real patched QEMU: right
-// after a commit whose ack never left (strace injects the kill into the
-// ack's send), and right after `kvmcdp mark` answered.  The journal is the
+// after a commit whose ack never left (a crash point ends it as the ack
+// is about to be sent), and right after `kvmcdp mark` answered.  The journal is the
 // truth: whatever protect reported or made durable must be there, and a
 // new protect must carry on from it.
 #include <signal.h>
@@ -8,7 +8,6 @@
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 #include <thread>
 
@@ -28,16 +27,6 @@ constexpr uint64_t kDiskSize = 32ull << 20;
 struct Checkpoint {
   uint64_t seq = 0;
   std::string md5;
-};
-
-// Kills what a tracer still runs when the test leaves its scope: a tracee
-// outlives strace, so the strace's own kill does not reach it.
-struct KillChildrenOf {
-  pid_t parent;
-  ~KillChildrenOf() {
-    std::ifstream f(fmt::format("/proc/{}/task/{}/children", parent, parent));
-    for (pid_t child; f >> child;) ::kill(child, SIGKILL);
-  }
 };
 
 // Waits until protect.json names `pid`: from then on mark finds it.
@@ -68,25 +57,22 @@ TEST_CASE("protect: killed after a commit, before its ack, away past the filter'
     wait_acked(*vm);
     first.kill9();
   }
-  // No base copy this time, so the receiver thread sends nothing but acks:
-  // its second send is the ack of the second write, and strace kills
-  // protect as that send starts, after the commit.
+  // Its second ack is that of the second write: the crash point kills
+  // protect after that commit, before the ack leaves.
   Checkpoint acked{}, committed{};
   {
-    BackgroundProcess traced(
-        {"strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=sendto", "-e",
-         "inject=sendto:error=EPIPE:signal=SIGKILL:when=2", KVMCDP_BINARY, "protect", "--qmp",
-         vm->tool_socket(), "--drive", "vd0", "--store", store, "--filter-timeout", "300"},
-        dir.file("traced.log"));
-    KillChildrenOf tracees{traced.pid()};
-    REQUIRE_MESSAGE(traced.wait_output("protecting", std::chrono::seconds(30)), traced.output());
+    BackgroundProcess crashing({"env", "KVMCDP_CRASH_AT_STEP=ack:2", KVMCDP_BINARY, "protect",
+                              "--qmp", vm->tool_socket(), "--drive", "vd0", "--store", store,
+                              "--filter-timeout", "300"},
+                             dir.file("crashing.log"));
+    REQUIRE_MESSAGE(crashing.wait_output("protecting", std::chrono::seconds(30)), crashing.output());
     qemu_io(*vm, "write -P 2 1048576 65536");
     wait_acked(*vm);
     acked = {filter_seq(*vm), md5_of_file(disk)};
     // Its ack never leaves: the filter last saw the ack before it.
     qemu_io(*vm, "write -P 3 2097152 65536");
     committed = {filter_seq(*vm), md5_of_file(disk)};
-    REQUIRE_MESSAGE(traced.wait_exit(std::chrono::seconds(30)) != -1, traced.output());
+    REQUIRE_MESSAGE(crashing.wait_exit(std::chrono::seconds(30)) != -1, crashing.output());
   }
   // Away past the filter's timeout: it drops its queue and counts a gap.
   QmpReply q;
