@@ -1,4 +1,5 @@
 #include "journal/frame_compressor.h"
+#include "journal/frame_effort.h"
 
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -47,35 +48,20 @@ size_t store_frame(const ByteBuf& raw, ByteBuf* head, std::vector<iovec>* iov) {
   return head->size() - kFrameHeaderSize + n;
 }
 
-// Whether to spend zstd on a frame, judged from a 64 KiB probe in its
-// middle.  zstd level 1 costs several times more CPU per byte on data that
-// barely compresses (fio's buffers, already compressed files, encrypted
-// disks) than on text, for a few percent.  So: a frame whose probe saves
-// less than 1/16 is stored; one that saves less than 1/4 is stored only
-// while frames queue behind it (the compression threads are what holds
-// the stream back, and so the guest); the rest is compressed.
-bool worth_compressing(ZSTD_CCtx* cctx, const ByteBuf& raw, bool backlog, ByteBuf* probe_out) {
-  constexpr size_t kProbe = 64 << 10;
-  if (raw.size() < 2 * kProbe) return true;  // small: the probe would be the frame
-  const uint8_t* at = raw.data() + (raw.size() - kProbe) / 2;
-  probe_out->resize(ZSTD_compressBound(kProbe));
-  size_t n = ZSTD_compress2(cctx, probe_out->data(), probe_out->size(), at, kProbe);
-  if (ZSTD_isError(n)) return true;
-  size_t saved = n < kProbe ? kProbe - n : 0;
-  return saved >= kProbe / 4 || (saved >= kProbe / 16 && !backlog);
-}
-
 // Makes `raw` one frame, `iov` its bytes: encoded header + payload, in
 // `out` when compressed, in `out` and `raw` when stored.
-Status compress(ZSTD_CCtx* cctx, const ByteBuf& raw, bool backlog, FrameHeader* h,
+Status compress(ZSTD_CCtx* cctx, int level, const ByteBuf& raw, bool backlog, FrameHeader* h,
                 ByteBuf* out, ByteBuf* probe, std::vector<iovec>* iov) {
   size_t n;
   uint32_t crc;
-  if (worth_compressing(cctx, raw, backlog, probe)) {
+  Effort e = effort_for(cctx, level, raw, backlog, probe);
+  if (e != Effort::kStore) {
     size_t bound = ZSTD_compressBound(raw.size());
     out->resize(kFrameHeaderSize + bound);
     uint8_t* payload = out->data() + kFrameHeaderSize;
+    if (e == Effort::kFast) ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, kFastLevel);
     n = ZSTD_compress2(cctx, payload, bound, raw.data(), raw.size());
+    if (e == Effort::kFast) ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level);
     if (ZSTD_isError(n))
       return {ErrorKind::kFailure, std::string("zstd: ") + ZSTD_getErrorName(n)};
     out->resize(kFrameHeaderSize + n);
@@ -174,7 +160,7 @@ void FrameCompressor::run() {
     const bool skip = !error_.is_ok();
     const bool backlog = !jobs_.empty();  // frames wait that no thread has taken
     l.unlock();
-    Status s = skip ? Status::ok() : compress(cctx, j.raw, backlog, &j.h, &out, &probe, &iov);
+    Status s = skip ? Status::ok() : compress(cctx, level_, j.raw, backlog, &j.h, &out, &probe, &iov);
     l.lock();
     // The sink takes frames in submission order, one at a time.
     cv_.wait(l, [&] { return stop_ || sunk_ == ticket; });
