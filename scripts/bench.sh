@@ -198,6 +198,14 @@ jobs_status() {
     'import json, sys; print(" ".join(j["status"] for j in json.load(sys.stdin)))'
 }
 
+# mirror_ready SOCK NAME: a mirror job that failed (e.g. its target gone)
+# would leave the guest's writes on the source alone: after each mirror
+# run the job must still be ready.
+mirror_ready() {
+  [ "$(jobs_status "$1")" = ready ] ||
+    die "mirror ($2) no longer ready (block jobs: '$(jobs_status "$1")')"
+}
+
 # guest_io MODE [VARIANT]: the four paths (none, blk, mirror, cdp) with
 # `protect --mode MODE`.  VARIANT pinned: the qemu-storage-daemons and fio
 # on CPU 0, protect on CPU 1; tmpfs: protect's store, blklogwrites' log and
@@ -286,18 +294,16 @@ guest_io() {
     fallocate -p -o 0 -l 256G "$jd/blk-log.raw"
     fio_run blk "$name-$job-blk-1" "${args[@]}"
     fio_run mirror "$name-$job-mirror-1" "${args[@]}"
+    mirror_ready "$bq" "$name"
     fio_run cdp "$name-$job-cdp-1" "${args[@]}"
     fio_run cdp "$name-$job-cdp-2" "${args[@]}"
     fio_run mirror "$name-$job-mirror-2" "${args[@]}"
+    mirror_ready "$bq" "$name"
     fallocate -p -o 0 -l 256G "$jd/blk-log.raw"
     fio_run blk "$name-$job-blk-2" "${args[@]}"
     fio_run none "$name-$job-none-2" "${args[@]}"
   done
   "$K" qmp --qmp "$bq" '{"execute":"query-cdp"}' >"$R/query-cdp-$name.json"
-  # A failed mirror job would have left the target behind: it must still
-  # be ready (and the target equal to disk3 at the end, below).
-  [ "$(jobs_status "$bq")" = ready ] ||
-    die "mirror ($name) no longer ready: $(jobs_status "$bq")"
   qmp "$bq" '{"execute":"block-job-cancel","arguments":{"device":"mirror"}}'
   wait_for 20 test -z "$(jobs_status "$bq")" || die "mirror ($name) did not stop"
   for e in cdp none blk mirror; do
