@@ -36,6 +36,20 @@
 #   * flush: 64 KiB write + flush, QD 1 (fio --fsync=1); the sync latency,
 #     and the extra time over one journal commit (a 64 KiB append +
 #     fdatasync in the store's directory, measured by scripts/bench/fsync.py).
+# Two stock anchors share the daemon and the NBD server (issue 17): "blk",
+# QEMU's blklogwrites over its own raw data file, logging every write (and
+# flush) to a log file on the same file system (log-sector-size 4096; the
+# log is sparse and never extended, and punched empty before each run), and
+# "mirror", a raw disk under an active mirror job (blockdev-mirror
+# sync=none copy-mode=write-blocking: each write returns once on both) to
+# an NBD client node of a second qemu-storage-daemon exporting a raw file on
+# the same file system; the job is cancelled at the end and the target must
+# then equal its source.  Each job runs none, blk, mirror, cdp, cdp,
+# mirror, blk, none; each path's two runs are averaged and compared with
+# none.  Variants of the async step (steps guest_io_pinned and
+# guest_io_tmpfs, seq1m and rand4k only): the daemons and fio on CPU 0 and
+# protect on CPU 1; and protect's store, the blk log and the mirror's
+# target on a tmpfs under /dev/shm (removed at the end).
 #
 # Ingest (figures 4, 6).  scripts/bench/fakefilter.py plays QEMU to
 # `kvmcdp protect`: a QMP server and the filter's stream, fed as fast as
@@ -115,10 +129,12 @@ R=$B/results
 mkdir -p "$B" "$R"
 
 pids=()
+tmpfs_dirs=()  # in RAM: removed even with BENCH_KEEP
 cleanup() {
   local p
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "${tmpfs_dirs[@]}"
   [ -n "${BENCH_KEEP:-}" ] || rm -rf "$B"
 }
 trap cleanup EXIT
@@ -145,7 +161,7 @@ fi
 full_disk=${BENCH_FULL_DISK:-$full_disk}
 
 machine_json() {
-  python3 - "$@" <<EOF
+  python3 - <<EOF
 import json, os, platform, subprocess
 cpu = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
 mem = [l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")][0]
@@ -164,64 +180,149 @@ machine_json >"$R/machine.json"
 log "scratch $B, QEMU $QBIN, kvmcdp $K"
 
 # ---------------------------------------------------------------- guest I/O
-# fio_run EXPORT NAME JOBARGS...: one fio run, its JSON in $R/fio-NAME.json
+# fio_run EXPORT NAME JOBARGS...: one fio run, its JSON in $R/fio-NAME.json;
+# fio runs under "${fio_pin[@]}" (guest_io sets it for the pinned variant).
+fio_pin=()
 fio_run() {
   local exp=$1 name=$2; shift 2
-  fio --name="$name" --ioengine=nbd --uri="nbd+unix:///$exp?socket=$B/nbd.sock" \
+  "${fio_pin[@]}" fio --name="$name" --ioengine=nbd --uri="nbd+unix:///$exp?socket=$B/nbd.sock" \
     --size="$fio_disk" --time_based --runtime="$fio_secs" --output-format=json \
     --output="$R/fio-$name.json" "$@" >/dev/null 2>"$B/fio.err" ||
     { cat "$B/fio.err" >&2; die "fio $name failed"; }
 }
 
+# jobs_status SOCK: the status of each block job, or nothing.  (kvmcdp
+# qmp prints the reply's "return".)
+jobs_status() {
+  "$K" qmp --qmp "$1" '{"execute":"query-block-jobs"}' | python3 -c \
+    'import json, sys; print(" ".join(j["status"] for j in json.load(sys.stdin)))'
+}
+
+# mirror_ready SOCK NAME: a mirror job that failed (e.g. its target gone)
+# would leave the guest's writes on the source alone: after each mirror
+# run the job must still be ready.
+mirror_ready() {
+  [ "$(jobs_status "$1")" = ready ] ||
+    die "mirror ($2) no longer ready (block jobs: '$(jobs_status "$1")')"
+}
+
+# guest_io MODE [VARIANT]: the four paths (none, blk, mirror, cdp) with
+# `protect --mode MODE`.  VARIANT pinned: the qemu-storage-daemons and fio
+# on CPU 0, protect on CPU 1; tmpfs: protect's store, blklogwrites' log and
+# the mirror's target on a tmpfs (each path's "journal device" in RAM).
+# The variants run seq1m and rand4k only; their results are named
+# MODE-VARIANT (e.g. async-pinned).
 guest_io() {
-  local mode=$1
-  local d=$B/io-$mode
+  local mode=$1 variant=${2:-}
+  local name=$mode${variant:+-$variant}
+  local d=$B/io-$name jd=$B/io-$name
+  local jobs=(seq1m rand4k flush64k) qpin=() ppin=()
+  case $variant in
+    "") ;;
+    pinned) qpin=(taskset -c 0); ppin=(taskset -c 1); jobs=(seq1m rand4k) ;;
+    tmpfs)
+      jd=$(mktemp -d /dev/shm/kvmcdp-bench.XXXXXX)
+      tmpfs_dirs+=("$jd")
+      jobs=(seq1m rand4k) ;;
+    *) die "guest_io: unknown variant $variant" ;;
+  esac
+  local fio_pin=("${qpin[@]}")
   mkdir -p "$d"
   fallocate -l "$fio_disk" "$d/disk0.raw"
   fallocate -l "$fio_disk" "$d/disk1.raw"
+  fallocate -l "$fio_disk" "$d/disk2.raw"
+  fallocate -l "$fio_disk" "$d/disk3.raw"
+  fallocate -l "$fio_disk" "$jd/mirror-target.raw"
+  # blklogwrites' log: sparse and larger than any run writes, so that log
+  # writes allocate blocks (as a journal's appends do) but never extend the
+  # file; its blocks are freed (punched) before each blk run.
+  truncate -s 256G "$jd/blk-log.raw"
   local bd="cache.direct=on,aio=native"
-  "$QBIN/qemu-storage-daemon" \
+  # The active mirror's target: a second daemon exporting a raw file.
+  "${qpin[@]}" "$QBIN/qemu-storage-daemon" \
+    --blockdev "driver=file,filename=$jd/mirror-target.raw,node-name=ft,$bd" \
+    --blockdev driver=raw,file=ft,node-name=target \
+    --nbd-server "addr.type=unix,addr.path=$d/nbd-target.sock" \
+    --export type=nbd,id=target,node-name=target,name=target,writable=on \
+    >"$d/qsd-target.log" 2>&1 &
+  local qsdt=$!
+  pids+=("$qsdt")
+  wait_for 20 test -S "$d/nbd-target.sock" ||
+    die "qemu-storage-daemon (mirror target) did not start: $(cat "$d/qsd-target.log")"
+  "${qpin[@]}" "$QBIN/qemu-storage-daemon" \
     --blockdev "driver=file,filename=$d/disk0.raw,node-name=f0,$bd" \
     --blockdev driver=raw,file=f0,node-name=disk0 \
     --blockdev "driver=file,filename=$d/disk1.raw,node-name=f1,$bd" \
     --blockdev driver=raw,file=f1,node-name=disk1 \
+    --blockdev "driver=file,filename=$d/disk2.raw,node-name=f2,$bd" \
+    --blockdev "driver=file,filename=$jd/blk-log.raw,node-name=blklog,$bd" \
+    --blockdev driver=blklogwrites,node-name=blk,file=f2,log=blklog,log-sector-size=4096 \
+    --blockdev "driver=file,filename=$d/disk3.raw,node-name=f3,$bd" \
+    --blockdev driver=raw,file=f3,node-name=disk3 \
     --chardev "socket,id=m0,path=$d/qmp-protect.sock,server=on,wait=off" --monitor chardev=m0 \
     --chardev "socket,id=m1,path=$d/qmp-bench.sock,server=on,wait=off" --monitor chardev=m1 \
     >"$d/qsd.log" 2>&1 &
   local qsd=$!
   pids+=("$qsd")
   wait_for 20 test -S "$d/qmp-bench.sock" || die "qemu-storage-daemon did not start: $(cat "$d/qsd.log")"
-  "$K" protect --qmp "$d/qmp-protect.sock" --drive f0 --store "$d/store" --mode "$mode" \
+  "${ppin[@]}" "$K" protect --qmp "$d/qmp-protect.sock" --drive f0 --store "$jd/store" --mode "$mode" \
     >"$d/protect.log" 2>&1 &
   local prot=$!
   pids+=("$prot")
   wait_for 120 grep -q "base copy complete" "$d/protect.log" ||
-    die "protect ($mode): no base copy: $(cat "$d/protect.log")"
-  qmp "$d/qmp-bench.sock" "{\"execute\":\"nbd-server-start\",\"arguments\":{\"addr\":{\"type\":\"unix\",\"data\":{\"path\":\"$B/nbd.sock\"}}}}"
-  qmp "$d/qmp-bench.sock" '{"execute":"block-export-add","arguments":{"type":"nbd","id":"cdp","name":"cdp","node-name":"disk0","writable":true}}'
-  qmp "$d/qmp-bench.sock" '{"execute":"block-export-add","arguments":{"type":"nbd","id":"none","name":"none","node-name":"disk1","writable":true}}'
+    die "protect ($name): no base copy: $(cat "$d/protect.log")"
+  local bq=$d/qmp-bench.sock e
+  qmp "$bq" "{\"execute\":\"nbd-server-start\",\"arguments\":{\"addr\":{\"type\":\"unix\",\"data\":{\"path\":\"$B/nbd.sock\"}}}}"
+  for e in cdp:disk0 none:disk1 blk:blk mirror:disk3; do
+    qmp "$bq" "{\"execute\":\"block-export-add\",\"arguments\":{\"type\":\"nbd\",\"id\":\"${e%%:*}\",\"name\":\"${e%%:*}\",\"node-name\":\"${e#*:}\",\"writable\":true}}"
+  done
+  # The mirror starts after the export, so that its filter goes between the
+  # export and disk3 (a user added later would bypass it).
+  qmp "$bq" "{\"execute\":\"blockdev-add\",\"arguments\":{\"driver\":\"nbd\",\"node-name\":\"mtarget\",\"server\":{\"type\":\"unix\",\"path\":\"$d/nbd-target.sock\"},\"export\":\"target\"}}"
+  qmp "$bq" '{"execute":"blockdev-mirror","arguments":{"job-id":"mirror","device":"disk3","target":"mtarget","sync":"none","copy-mode":"write-blocking"}}'
+  wait_for 20 test "$(jobs_status "$bq")" = ready ||
+    die "mirror ($name) not ready: $(jobs_status "$bq")"
   local job args
-  for job in seq1m rand4k flush64k; do
+  for job in "${jobs[@]}"; do
     case $job in
       seq1m) args=(--rw=write --bs=1M --iodepth=16) ;;
       rand4k) args=(--rw=randwrite --bs=4k --iodepth=16 --randrepeat=0) ;;
       flush64k) args=(--rw=write --bs=64k --iodepth=1 --fsync=1) ;;
     esac
-    log "fio $job, $mode: none, cdp, cdp, none (${fio_secs} s each)"
-    fio_run none "$mode-$job-none-1" "${args[@]}"
-    fio_run cdp "$mode-$job-cdp-1" "${args[@]}"
-    fio_run cdp "$mode-$job-cdp-2" "${args[@]}"
-    fio_run none "$mode-$job-none-2" "${args[@]}"
+    log "fio $job, $name: none, blk, mirror, cdp, cdp, mirror, blk, none (${fio_secs} s each)"
+    fio_run none "$name-$job-none-1" "${args[@]}"
+    fallocate -p -o 0 -l 256G "$jd/blk-log.raw"
+    fio_run blk "$name-$job-blk-1" "${args[@]}"
+    fio_run mirror "$name-$job-mirror-1" "${args[@]}"
+    mirror_ready "$bq" "$name"
+    fio_run cdp "$name-$job-cdp-1" "${args[@]}"
+    fio_run cdp "$name-$job-cdp-2" "${args[@]}"
+    fio_run mirror "$name-$job-mirror-2" "${args[@]}"
+    mirror_ready "$bq" "$name"
+    fallocate -p -o 0 -l 256G "$jd/blk-log.raw"
+    fio_run blk "$name-$job-blk-2" "${args[@]}"
+    fio_run none "$name-$job-none-2" "${args[@]}"
   done
-  "$K" qmp --qmp "$d/qmp-bench.sock" '{"execute":"query-cdp"}' >"$R/query-cdp-$mode.json"
-  qmp "$d/qmp-bench.sock" '{"execute":"block-export-del","arguments":{"id":"cdp","mode":"hard"}}'
-  qmp "$d/qmp-bench.sock" '{"execute":"block-export-del","arguments":{"id":"none","mode":"hard"}}'
-  qmp "$d/qmp-bench.sock" '{"execute":"nbd-server-stop"}'
-  python3 "$H/fsync.py" "$d/store" 65536 200 >"$R/fsync-$mode.json"
-  kill -TERM "$prot"; wait "$prot" || die "protect ($mode) failed: $(tail -3 "$d/protect.log")"
+  "$K" qmp --qmp "$bq" '{"execute":"query-cdp"}' >"$R/query-cdp-$name.json"
+  qmp "$bq" '{"execute":"block-job-cancel","arguments":{"device":"mirror"}}'
+  wait_for 20 test -z "$(jobs_status "$bq")" || die "mirror ($name) did not stop"
+  for e in cdp none blk mirror; do
+    qmp "$bq" "{\"execute\":\"block-export-del\",\"arguments\":{\"id\":\"$e\",\"mode\":\"hard\"}}"
+  done
+  qmp "$bq" '{"execute":"blockdev-del","arguments":{"node-name":"mtarget"}}'
+  qmp "$bq" '{"execute":"nbd-server-stop"}'
+  if [ -z "$variant" ]; then
+    python3 "$H/fsync.py" "$jd/store" 65536 200 >"$R/fsync-$name.json"
+  fi
+  kill -TERM "$prot"; wait "$prot" || die "protect ($name) failed: $(tail -3 "$d/protect.log")"
   kill -TERM "$qsd"; wait "$qsd" || true
-  rm -rf "$d"
+  kill -TERM "$qsdt"; wait "$qsdt" || true
+  cmp -s "$d/disk3.raw" "$jd/mirror-target.raw" ||
+    die "mirror ($name): the target differs from its source"
+  rm -rf "$d" "$jd"
 }
+guest_io_pinned() { guest_io "$1" pinned; }
+guest_io_tmpfs() { guest_io "$1" tmpfs; }
 
 # ------------------------------------------------------------------- ingest
 # fake_protect DIR BASE DISKSIZE POOL PLAN RESULT: protect fed by the fake filter
@@ -437,7 +538,7 @@ snapshot_pause() {
 }
 
 t0=$(date +%s)
-for step in "guest_io async" "guest_io sync" make_pools "ingest comp" "ingest rand" \
+for step in "guest_io async" "guest_io sync" "guest_io_pinned async" "guest_io_tmpfs async" make_pools "ingest comp" "ingest rand" \
   remote_ingest full_restore restore_scaling snapshot_pause; do
   # BENCH_ONLY="snapshot_pause ingest" runs only the steps named (and the
   # pools the ingest and restore steps read).
