@@ -110,16 +110,21 @@ Status StreamReceiver::send_ack() {
   return wire::send_control(fd_, MsgType::kAck, ack);
 }
 
-// Version 2: what was appended is in our hands, and the filter may free
-// it: the guest's writes wait for the journal's memory, not its fdatasync.
-// One message per batch read from the socket.  The writer bounds what is
-// appended and not yet written (frames_in_flight): beyond that append
-// waits, this thread stops reading, and the filter's queue fills.
+// Version 2: what the journal writer has written to its segment is safe
+// from a crash of kvmcdp (the next protect recovers it from the file and
+// says so in its HELLO_REPLY), so the filter may free it: the guest's
+// writes wait for the compressors and write(2), not for fdatasync.  Sent
+// whenever a frame is written.  The writer bounds what is appended and not
+// yet written (frames_in_flight): beyond that append waits, this thread
+// stops reading, and the filter's queue fills.
 Status StreamReceiver::send_received() {
-  if (version_ < wire::kVersionReceived || counters_.last_seq <= received_acked_)
-    return Status::ok();
-  received_acked_ = counters_.last_seq;
-  return wire::send_control(fd_, MsgType::kReceived, received_acked_);
+  uint64_t written = std::min(writer_->take_written_event(), counters_.last_seq);
+  if (version_ < wire::kVersionReceived || written <= received_acked_) return Status::ok();
+  received_acked_ = written;
+  Status sent = wire::send_control(fd_, MsgType::kReceived, received_acked_);
+  // Tests: received:<k> dies right after the k-th RECEIVED left.
+  crash_point("received", static_cast<int>(++received_sent_));
+  return sent;
 }
 
 Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
@@ -152,21 +157,24 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
       if (h.type == static_cast<uint16_t>(MsgType::kFlush) || (h.flags & wire::kFlagFua))
         waited_for_ = true;
     }
-    if (Status s = send_received(); !s) return s;
     // Ask for a commit when the socket has nothing more right now (one
     // fsync covers everything that arrived meanwhile), or when a batch is
     // big or old enough: a sender that never pauses must still get acks,
     // or its queue fills and the guest stalls.  The sync runs on the
     // writer's thread while this one reads on; what arrives meanwhile is
     // asked for as soon as it ends.
-    pollfd p[3] = {{fd_, POLLIN, 0},
+    pollfd p[4] = {{fd_, POLLIN, 0},
                    {gate_ ? gate_->receiver_fd() : -1, POLLIN, 0},
-                   {writer_->commit_event_fd(), POLLIN, 0}};
+                   {writer_->commit_event_fd(), POLLIN, 0},
+                   {writer_->written_event_fd(), POLLIN, 0}};
     bool may_start = uncommitted_ && !syncing_;
     bool prompt = every_write_waits_ || waited_for_;
-    int ready = poll(p, 3, !may_start ? 100 : prompt ? 0 : ms_until_batch_due());
+    int ready = poll(p, 4, !may_start ? 100 : prompt ? 0 : ms_until_batch_due());
     if (ready < 0 && errno != EINTR)
       return Status(ErrorKind::kFailure, fmt::format("poll: {}", std::strerror(errno)));
+    if (ready > 0 && (p[3].revents & POLLIN)) {
+      if (Status s = send_received(); !s) return s;
+    }
     if (ready > 0 && (p[2].revents & POLLIN)) {
       if (Status s = finish_commit(); !s) return s;
     }

@@ -1,7 +1,8 @@
 // The kvmcdp end of the filter's stream: reads records from the socket,
-// appends them to the journal, tells the filter it has them (RECEIVED,
-// protocol version 2) and acknowledges them (ACK) only once a group
-// commit has made them durable.
+// appends them to the journal, tells the filter once they are written to
+// a segment file (RECEIVED, protocol version 2: a crash of kvmcdp keeps
+// them) and acknowledges them (ACK) only once a group commit has made
+// them durable.
 //
 // Batching follows the socket: when it has nothing more to read, what
 // arrived is committed with one fdatasync and acked with one message (in
@@ -104,8 +105,8 @@ class StreamReceiver {
   std::mutex* live_mu_ = nullptr;
   ReceiverCounters counters_;
   uint32_t version_ = 1;         // agreed in the handshake
-  uint64_t received_acked_ = 0;  // the last RECEIVED sent
-  uint64_t acks_sent_ = 0;
+  uint64_t received_acked_ = 0;  // the last RECEIVED sent (written seq)
+  uint64_t acks_sent_ = 0, received_sent_ = 0;
   bool uncommitted_ = false;  // appended, not yet asked to commit
   bool syncing_ = false;      // a commit_async has not ended yet
   bool every_write_waits_ = true;

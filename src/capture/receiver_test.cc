@@ -166,13 +166,13 @@ TEST_CASE("receiver, async mode: writes are acked without a flush; a flush and a
   CHECK(rig.journal_records() == 6);
 }
 
-TEST_CASE("receiver, version 2: RECEIVED as soon as a record is in, ACK only once it is durable") {
+TEST_CASE("receiver, version 2: RECEIVED once a record is written, ACK only once it is durable") {
   for (bool sync : {true, false}) {
     CAPTURE(sync);
     Rig rig(sync, nullptr, 2);
     rig.filter.write(1);
-    // RECEIVED is sent before the commit is even asked for, so it comes
-    // first; the ACK follows the fdatasync.
+    // RECEIVED is sent when the frame is written, before its fdatasync
+    // ends, so it comes first; the ACK follows the fdatasync.
     MsgHeader first = rig.filter.receive();
     CHECK(first.type == static_cast<uint16_t>(MsgType::kReceived));
     CHECK(first.seq == 1);

@@ -59,6 +59,9 @@ Result<std::unique_ptr<JournalWriter>> JournalWriter::open(
                       std::to_string(w->stream_id_) + ", not " +
                       std::to_string(opts.stream_id));
   if (w->stream_id_ == 0) w->stream_id_ = opts.stream_id;
+  w->written_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (w->written_fd_ < 0) return Status(ErrorKind::kFailure, fsutil::errno_message("eventfd", store_dir));
+  w->written_pub_ = w->written_seq_;
   JournalWriter* self = w.get();
   w->compressor_ = std::make_unique<FrameCompressor>(
       opts.zstd_level, opts.zstd_workers, opts.compress_threads, opts.frames_in_flight,
@@ -125,6 +128,13 @@ JournalWriter::~JournalWriter() {
   compressor_.reset();  // its threads call write_frame: stop them first
   if (fd_ >= 0) ::close(fd_);
   if (event_fd_ >= 0) ::close(event_fd_);
+  if (written_fd_ >= 0) ::close(written_fd_);
+}
+
+uint64_t JournalWriter::take_written_event() {
+  uint64_t events;
+  (void)!::read(written_fd_, &events, sizeof events);
+  return written_pub_.load();
 }
 
 WriterStats JournalWriter::stats() const {
@@ -340,6 +350,9 @@ Status JournalWriter::write_frame(const FrameHeader& h, const iovec* iov, size_t
   compressed_bytes_ += n;
   written_seq_ = h.last_seq;
   unsynced_ = true;
+  written_pub_ = h.last_seq;
+  uint64_t one = 1;
+  (void)!::write(written_fd_, &one, sizeof one);
   return {};
 }
 

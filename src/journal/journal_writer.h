@@ -98,6 +98,13 @@ class JournalWriter {
   Status close();
 
   uint64_t last_durable_seq() const { return durable_seq_.load(); }  // 0: none
+  // The last seq written to a segment file: in the page cache, so a crash
+  // of this process (not of the host) keeps it, and the next open
+  // recovers it.  written_event_fd() becomes readable when it advances;
+  // take_written_event() clears that and returns it.
+  uint64_t last_written_seq() const { return written_pub_.load(); }
+  int written_event_fd() const { return written_fd_; }
+  uint64_t take_written_event();
   uint64_t stream_id() const { return stream_id_; }
   WriterStats stats() const;
 
@@ -148,6 +155,8 @@ class JournalWriter {
   bool sync_stop_ = false;
   std::optional<Status> sync_failed_;
   int event_fd_ = -1;
+  int written_fd_ = -1;
+  std::atomic<uint64_t> written_pub_{0};
   // Counters the compression thread updates; stats() may read them anytime.
   std::atomic<uint64_t> segments_{0}, current_segment_{0}, compressed_bytes_{0},
       commits_{0};

@@ -391,3 +391,41 @@ TEST_CASE("compression threads run at the nice value asked for") {
 }
 
 }  // namespace kvmcdp::journal
+
+namespace kvmcdp::journal {
+
+TEST_CASE("the written event: fires when a frame reaches the segment file, before any fdatasync") {
+  TempDir d;
+  WriterOptions o;
+  o.frame_raw_bytes = 64 << 10;  // two 40 KiB records fill a frame
+  uint64_t reopened_at = 0;
+  {
+    auto w = JournalWriter::open(d.path, o);
+    REQUIRE(w);
+    int fd = (*w)->written_event_fd();
+    REQUIRE(fd >= 0);
+    pollfd p{fd, POLLIN, 0};
+    CHECK(poll(&p, 1, 0) == 0);
+    CHECK((*w)->last_written_seq() == 0);
+    // A full frame goes to the compression threads, which write it: the
+    // event comes without a commit.
+    REQUIRE((*w)->append(write_rec(1, 0, pattern(40 << 10, 1))));
+    REQUIRE((*w)->append(write_rec(2, 1 << 20, pattern(40 << 10, 2))));
+    REQUIRE((*w)->append(write_rec(3, 2 << 20, pattern(40 << 10, 3))));
+    REQUIRE(poll(&p, 1, 20000) == 1);  // a hang detector, not a speed check
+    uint64_t written = (*w)->take_written_event();
+    CHECK(written >= 1);
+    CHECK(written < 3);  // the third record is still in the open frame
+    CHECK((*w)->last_durable_seq() == 0);
+    CHECK(poll(&p, 1, 0) == 0);  // taken
+    REQUIRE((*w)->commit());
+    CHECK((*w)->take_written_event() == 3);
+    reopened_at = 3;
+  }
+  // What was written is what a new writer starts from.
+  auto w = JournalWriter::open(d.path, o);
+  REQUIRE(w);
+  CHECK((*w)->last_written_seq() == reopened_at);
+}
+
+}  // namespace kvmcdp::journal

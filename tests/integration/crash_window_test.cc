@@ -114,6 +114,46 @@ TEST_CASE("protect: killed after a commit, before its ack, away past the filter'
   check_restore(dir, store, after.seq, after.md5);
 }
 
+TEST_CASE("protect: killed right after a RECEIVED, before the ACK: the next protect carries on "
+          "without a gap, restores exact") {
+  // RECEIVED lets the filter free what it sent; it is sent only for what
+  // is written to a segment file, which a crash of protect keeps.
+  TempDir dir;
+  std::string disk = dir.file("disk.raw");
+  REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
+  auto vm = start_vm(dir, disk);
+  std::string store = dir.file("store");
+  Checkpoint written{};
+  {
+    BackgroundProcess crashing({"env", "KVMCDP_CRASH_AT_STEP=received:1", KVMCDP_BINARY,
+                                "protect", "--qmp", vm->tool_socket(), "--drive", "vd0",
+                                "--store", store},
+                               dir.file("crashing.log"));
+    REQUIRE_MESSAGE(crashing.wait_output("base copy complete", std::chrono::seconds(60)),
+                    crashing.output());
+    qemu_io(*vm, "write -P 6 1048576 1048576");
+    written = {filter_seq(*vm), md5_of_file(disk)};
+    REQUIRE_MESSAGE(crashing.wait_exit(std::chrono::seconds(30)) != -1, crashing.output());
+  }
+  QmpReply q = vm->qmp().execute("query-cdp");
+  REQUIRE(q.ok());
+  // Between the two: the filter freed the write, nothing was acknowledged.
+  CHECK(q.value[0]["received-seq"].get<uint64_t>() == written.seq);
+  CHECK(q.value[0]["acked-seq"].get<uint64_t>() < written.seq);
+
+  ProtectProcess next(vm->tool_socket(), "vd0", store);
+  REQUIRE_MESSAGE(next.wait_output("protecting", std::chrono::seconds(30)), next.output());
+  wait_acked(*vm);
+  q = vm->qmp().execute("query-cdp");
+  REQUIRE(q.ok());
+  CHECK(q.value[0]["gap"] == false);
+  CHECK(q.value[0]["dirty-bytes"] == 0);
+  REQUIRE_MESSAGE(next.stop() == 0, next.output());
+  auto status = run_command({KVMCDP_BINARY, "status", "--store", store});
+  CHECK_MESSAGE(status.output.find("gaps:        0") != std::string::npos, status.output);
+  check_restore(dir, store, written.seq, written.md5);
+}
+
 TEST_CASE("mark: the seq is printed once durable; protect killed right after, restore --mark "
           "finds it") {
   TempDir dir;
