@@ -16,7 +16,9 @@ writes) in the way:
     the ACKs.  The ingest time runs from the first byte sent to the ACK of
     the last record, i.e. until everything is durable in the journal;
   * like the filter, it keeps at most --window bytes (default 64 MiB, the
-    filter's default queue-size) sent but not acknowledged;
+    filter's default queue-size) sent but not acknowledged; with protocol
+    version 2 (the default, as the filter), RECEIVED frees the window and
+    only the end waits for the ACK;
   * meanwhile it samples protect's /proc/PID/status (VmRSS, VmHWM) and
     /proc/PID/stat (utime + stime); the PID comes from SO_PEERCRED.
 
@@ -45,7 +47,7 @@ import time
 
 MAGIC = 0x5044434B
 HDR = struct.Struct("<IHHQQQQII")
-T_HELLO, T_WRITE, T_HELLO_REPLY, T_ACK = 1, 2, 64, 65
+T_HELLO, T_WRITE, T_HELLO_REPLY, T_ACK, T_RECEIVED = 1, 2, 64, 65, 66
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -74,6 +76,7 @@ class Stream:
         self.stream_id = random.getrandbits(63) | 1
         self.seq = 0  # last seq assigned
         self.acked = 0
+        self.received = 0  # RECEIVED or ACK: the window's measure
         self.ack_cv = threading.Condition()
         self.go = threading.Event()  # the base copy is done
         self.done = threading.Event()  # everything sent was acked
@@ -90,7 +93,7 @@ class Stream:
         self.peer_pid = pid
         name = b"disk0"
         s.sendall(HDR.pack(MAGIC, T_HELLO, 0, self.seq, time.time_ns(), self.stream_id,
-                           self.args.disk_size, len(name), 1) + name)
+                           self.args.disk_size, len(name), self.args.version) + name)
         threading.Thread(target=self.pump, daemon=True).start()
 
     def recv_exact(self, n):
@@ -108,9 +111,11 @@ class Stream:
             if h is None:
                 return
             _, typ, _, seq, *_ = HDR.unpack(h)
-            if typ == T_ACK:
+            if typ in (T_ACK, T_RECEIVED):
                 with self.ack_cv:
-                    self.acked = max(self.acked, seq)
+                    self.received = max(self.received, seq)
+                    if typ == T_ACK:
+                        self.acked = max(self.acked, seq)
                     self.ack_cv.notify_all()
 
     def records(self):
@@ -138,8 +143,9 @@ class Stream:
 
     def pump(self):
         h = self.recv_exact(HDR.size)
-        _, typ, _, durable, *_ = HDR.unpack(h)
+        _, typ, _, durable, *_, version = HDR.unpack(h)
         assert typ == T_HELLO_REPLY, typ
+        assert 1 <= version <= self.args.version, version
         threading.Thread(target=self.read_acks, daemon=True).start()
         self.go.wait()
         gen = self.records()  # reads the pool before the clock starts
@@ -168,7 +174,7 @@ class Stream:
             # flight without an ACK.
             with self.ack_cv:
                 while True:
-                    while unacked and unacked[0][0] <= self.acked:
+                    while unacked and unacked[0][0] <= self.received:
                         unacked.popleft()
                     if not unacked or sent - unacked[0][1] <= window:
                         return
@@ -335,6 +341,8 @@ def main():
     ap.add_argument("--filter", default="kvmcdp-disk0")
     ap.add_argument("--window", type=int, default=64 << 20,
                     help="bytes in flight without an ACK (the filter's queue-size)")
+    ap.add_argument("--version", type=int, default=2, choices=(1, 2),
+                    help="the stream protocol version offered (2: RECEIVED frees the window)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--qemu-nbd", default="qemu-nbd")
     args = ap.parse_args()

@@ -156,13 +156,13 @@ rt = load("remote-tcp.json")
 rl = [load("remote-local-1.json"), load("remote-local-2.json")]
 if rt and all(rl):
     local = mean([x["mib_per_s"] for x in rl])
-    fig("remote ingest over tcp loopback (--spool, acks wait for the server)", rt["mib_per_s"],
+    fig("remote ingest over tcp loopback (--spool, the end waits for the server's ACK)", rt["mib_per_s"],
         local, ratio(rt["mib_per_s"], local), ">= 0.9", "MiB/s",
         "reference = local-store ingest of the same compressible pool, run before and after")
 rs = load("remote-tls.json")
 if rs and all(rl):
     local = mean([x["mib_per_s"] for x in rl])
-    fig("remote ingest over tls loopback (--spool, acks wait for the server)", rs["mib_per_s"],
+    fig("remote ingest over tls loopback (--spool, the end waits for the server's ACK)", rs["mib_per_s"],
         local, ratio(rs["mib_per_s"], local), ">= 0.9", "MiB/s",
         "reference = local-store ingest of the same compressible pool, run before and after")
 
