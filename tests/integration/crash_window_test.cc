@@ -40,15 +40,33 @@ void wait_state_pid(const std::string& store, pid_t pid) {
   FAIL("protect.json never named the new protect");
 }
 
+// A paused VM with an empty raw disk, and the path of its store.
+struct VmRig {
+  TempDir dir;
+  std::string disk = dir.file("disk.raw");
+  std::string store = dir.file("store");
+  std::unique_ptr<QemuProcess> vm;
+  VmRig() {
+    REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
+    vm = start_vm(dir, disk);
+  }
+  // protect of vd0 into the store, dying at crash point `step`.
+  std::unique_ptr<BackgroundProcess> crashing_protect(const std::string& step,
+                                                      std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {"env", "KVMCDP_CRASH_AT_STEP=" + step, KVMCDP_BINARY,
+                                     "protect", "--qmp", vm->tool_socket(), "--drive", "vd0",
+                                     "--store", store};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return std::make_unique<BackgroundProcess>(argv, dir.file("crashing.log"));
+  }
+};
+
 }  // namespace
 
 TEST_CASE("protect: killed after a commit, before its ack, away past the filter's timeout: "
           "the next protect carries on, restores exact") {
-  TempDir dir;
-  std::string disk = dir.file("disk.raw");
-  REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
-  auto vm = start_vm(dir, disk);
-  std::string store = dir.file("store");
+  VmRig rig;
+  auto& [dir, disk, store, vm] = rig;
   std::vector<std::string> fast = {"--filter-timeout", "300"};
   {
     ProtectProcess first(vm->tool_socket(), "vd0", store, fast);
@@ -61,18 +79,16 @@ TEST_CASE("protect: killed after a commit, before its ack, away past the filter'
   // protect after that commit, before the ack leaves.
   Checkpoint acked{}, committed{};
   {
-    BackgroundProcess crashing({"env", "KVMCDP_CRASH_AT_STEP=ack:2", KVMCDP_BINARY, "protect",
-                              "--qmp", vm->tool_socket(), "--drive", "vd0", "--store", store,
-                              "--filter-timeout", "300"},
-                             dir.file("crashing.log"));
-    REQUIRE_MESSAGE(crashing.wait_output("protecting", std::chrono::seconds(30)), crashing.output());
+    auto crashing = rig.crashing_protect("ack:2", fast);
+    REQUIRE_MESSAGE(crashing->wait_output("protecting", std::chrono::seconds(30)),
+                    crashing->output());
     qemu_io(*vm, "write -P 2 1048576 65536");
     wait_acked(*vm);
     acked = {filter_seq(*vm), md5_of_file(disk)};
     // Its ack never leaves: the filter last saw the ack before it.
     qemu_io(*vm, "write -P 3 2097152 65536");
     committed = {filter_seq(*vm), md5_of_file(disk)};
-    REQUIRE_MESSAGE(crashing.wait_exit(std::chrono::seconds(30)) != -1, crashing.output());
+    REQUIRE_MESSAGE(crashing->wait_exit(std::chrono::seconds(30)) != -1, crashing->output());
   }
   // Away past the filter's timeout: it drops its queue and counts a gap.
   QmpReply q;
@@ -118,22 +134,16 @@ TEST_CASE("protect: killed right after a RECEIVED, before the ACK: the next prot
           "without a gap, restores exact") {
   // RECEIVED lets the filter free what it sent; it is sent only for what
   // is written to a segment file, which a crash of protect keeps.
-  TempDir dir;
-  std::string disk = dir.file("disk.raw");
-  REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
-  auto vm = start_vm(dir, disk);
-  std::string store = dir.file("store");
+  VmRig rig;
+  auto& [dir, disk, store, vm] = rig;
   Checkpoint written{};
   {
-    BackgroundProcess crashing({"env", "KVMCDP_CRASH_AT_STEP=received:1", KVMCDP_BINARY,
-                                "protect", "--qmp", vm->tool_socket(), "--drive", "vd0",
-                                "--store", store},
-                               dir.file("crashing.log"));
-    REQUIRE_MESSAGE(crashing.wait_output("base copy complete", std::chrono::seconds(60)),
-                    crashing.output());
+    auto crashing = rig.crashing_protect("received:1");
+    REQUIRE_MESSAGE(crashing->wait_output("base copy complete", std::chrono::seconds(60)),
+                    crashing->output());
     qemu_io(*vm, "write -P 6 1048576 1048576");
     written = {filter_seq(*vm), md5_of_file(disk)};
-    REQUIRE_MESSAGE(crashing.wait_exit(std::chrono::seconds(30)) != -1, crashing.output());
+    REQUIRE_MESSAGE(crashing->wait_exit(std::chrono::seconds(30)) != -1, crashing->output());
   }
   QmpReply q = vm->qmp().execute("query-cdp");
   REQUIRE(q.ok());
@@ -156,11 +166,8 @@ TEST_CASE("protect: killed right after a RECEIVED, before the ACK: the next prot
 
 TEST_CASE("mark: the seq is printed once durable; protect killed right after, restore --mark "
           "finds it") {
-  TempDir dir;
-  std::string disk = dir.file("disk.raw");
-  REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
-  auto vm = start_vm(dir, disk);
-  std::string store = dir.file("store");
+  VmRig rig;
+  auto& [dir, disk, store, vm] = rig;
   // async: a mark waits for the batch's age, not an fdatasync of its own,
   // which is the widest window between a mark's seq and its commit.
   std::vector<std::string> async = {"--mode", "async"};
