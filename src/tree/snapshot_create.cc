@@ -128,7 +128,9 @@ Result<CreateReport> snapshot_create(const std::string& dir, const CreateRequest
 
   // Step 2 of the patent (prepare the file) before step 1 (pause), so that
   // the pause covers only the switch.
-  if (auto st = create_overlay(path, relative_backing(path, old_path), old->format, size); !st)
+  if (auto st = create_overlay(path, relative_backing(path, old_path), old->format, size,
+                               kSnapshotOverlay);
+      !st)
     return st;
   crash_point("create", 2);
 
@@ -192,7 +194,9 @@ Status snapshot_revert(Tree& t, const std::string& name, OpLog* log) {
   t.intent = TreeIntent{IntentOp::kRevert, {{"file", file}}};
   if (auto st = save_tree(t); !st) return st;
   crash_point("revert", 1);
-  if (auto st = create_overlay(path, relative_backing(path, tpath), format, info->virtual_size); !st)
+  if (auto st = create_overlay(path, relative_backing(path, tpath), format, info->virtual_size,
+                               kSnapshotOverlay);
+      !st)
     return st;
   crash_point("revert", 2);
   std::string old_active = t.active;

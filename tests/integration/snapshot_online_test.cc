@@ -473,7 +473,7 @@ TEST_CASE("snapshot: online create past QEMU's file name limit") {
 // O_DIRECT whose overlays went through the page cache would have every
 // guest write after a snapshot flushed back inside the next snapshot's I/O
 // pause (and would no longer be cache=none).
-TEST_CASE("snapshot: online overlays keep the disk's cache mode") {
+TEST_CASE("snapshot: online overlays keep the disk's cache mode and have subclusters") {
   Vm vm;
   std::string base = vm.dir.file("base.qcow2");
   REQUIRE(run_command({qemu_bin("qemu-img"), "create", "-q", "-f", "qcow2", base, "8M"}).status == 0);
@@ -488,15 +488,23 @@ TEST_CASE("snapshot: online overlays keep the disk's cache mode") {
   }
   auto nodes = vm.qsd->qmp().execute("query-named-block-nodes", {{"flat", true}});
   REQUIRE(nodes.ok());
-  int overlays = 0;
+  int overlays = 0, qcow2 = 0;
   for (const auto& node : nodes.value) {
     std::string file = node.value("file", "");
-    if (node.value("drv", "") != "file" || file.find("/t/n000") == std::string::npos) continue;
+    if (file.find("/t/n000") == std::string::npos) continue;
+    if (node.value("drv", "") == "qcow2") {
+      // A first 4 KiB write into a cluster copies 4 KiB, not 64 KiB.
+      qcow2++;
+      const json& spec = node["image"]["format-specific"]["data"];
+      CHECK_MESSAGE(spec.value("extended-l2", false), file);
+    }
+    if (node.value("drv", "") != "file") continue;
     overlays++;
     CHECK_MESSAGE(node["cache"].value("direct", false), file);
     CHECK_MESSAGE(node["cache"].value("no-flush", false), file);
   }
   CHECK(overlays == 2);
+  CHECK(qcow2 == 2);
   vm.guest_write(7, "3M", "1M");
   auto before = vm.all_md5();
   CHECK(before.size() == 3);
