@@ -265,6 +265,7 @@ guest_io() {
   local qsd=$!
   pids+=("$qsd")
   wait_for 20 test -S "$d/qmp-bench.sock" || die "qemu-storage-daemon did not start: $(cat "$d/qsd.log")"
+  : >"$d/protect.log"  # before wait_for greps it
   "${ppin[@]}" "$K" protect --qmp "$d/qmp-protect.sock" --drive f0 --store "$jd/store" --mode "$mode" \
     >"$d/protect.log" 2>&1 &
   local prot=$!
