@@ -82,7 +82,7 @@ for mode in MODES:
     c, n = fio(mode, "rand4k", "cdp"), fio(mode, "rand4k", "none")
     if c and n:
         fig(f"p99 write latency 4 KiB QD16, {mode}", c["p99_ms"], n["p99_ms"],
-            ratio(c["p99_ms"], n["p99_ms"]), "<= 1.2" if is_async else "report", "ms")
+            ratio(c["p99_ms"], n["p99_ms"]), "<= 1.10" if is_async else "report", "ms")
     c, n = fio(mode, "seq1m", "cdp"), fio(mode, "seq1m", "none")
     if c and n:
         fig(f"p99 write latency 1 MiB QD16, {mode}", c["p99_ms"], n["p99_ms"],
