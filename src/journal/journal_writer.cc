@@ -60,7 +60,8 @@ Result<std::unique_ptr<JournalWriter>> JournalWriter::open(
                       std::to_string(opts.stream_id));
   if (w->stream_id_ == 0) w->stream_id_ = opts.stream_id;
   w->written_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (w->written_fd_ < 0) return Status(ErrorKind::kFailure, fsutil::errno_message("eventfd", store_dir));
+  if (w->written_fd_ < 0)
+    return Status(ErrorKind::kFailure, fsutil::errno_message("eventfd", store_dir));
   w->written_pub_ = w->written_seq_;
   JournalWriter* self = w.get();
   w->compressor_ = std::make_unique<FrameCompressor>(
