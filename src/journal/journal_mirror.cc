@@ -97,6 +97,8 @@ Status JournalMirror::append(uint64_t segment, uint64_t offset, const uint8_t* p
       return refuse(fmt::format("segment {} belongs to stream {:016x}, the store to {:016x}",
                                 segment, h.stream_id, stream_id_));
     if (Status s = sync(); !s) return s;  // the previous segment, before it is let go
+    if (fd_.valid()) writeback_.synced(fd_.get(), pos_.size);
+    writeback_.reset();
     std::string path = segment_path(store_, segment);
     fsutil::Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
     if (!fd.valid()) return Status(ErrorKind::kFailure, fsutil::errno_message("create", path));
@@ -142,6 +144,7 @@ Status JournalMirror::append_frames(const uint8_t* p, size_t n) {
   }
   if (n == 0) return Status::ok();
   if (Status s = fsutil::pwrite_all(fd_.get(), p, n, pos_.size, path); !s) return s;
+  writeback_.written(fd_.get(), pos_.size, n);  // base/stream_writeback.h says why
   pos_.size += n;
   pos_.last_seq = last;
   pos_.last_ns = last_ns;

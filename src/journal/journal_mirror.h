@@ -15,6 +15,7 @@
 
 #include "base/fsutil.h"
 #include "base/status.h"
+#include "base/stream_writeback.h"
 
 namespace kvmcdp::journal {
 
@@ -59,6 +60,7 @@ class JournalMirror {
   uint64_t stream_id_ = 0;
   MirrorPosition pos_;
   fsutil::Fd fd_;          // the last segment, open for appending
+  StreamWriteback writeback_;  // fd_'s page cache
   bool dirty_ = false;
   bool new_file_ = false;  // the directory needs an fsync too
   uint64_t durable_seq_ = 0, durable_ns_ = 0;

@@ -343,8 +343,9 @@ Status JournalWriter::write_frame(const FrameHeader& h, const iovec* iov, size_t
       !s)
     return s;
   // Start the writeback now, so that commit's fdatasync finds little left
-  // to do.  Only a hint: fdatasync is what makes the frame durable.
-  (void)::sync_file_range(fd_, off64_t(seg_size_), off64_t(n), SYNC_FILE_RANGE_WRITE);
+  // to do, and drop what is long on disk from the page cache
+  // (base/stream_writeback.h says why).
+  writeback_.written(fd_, seg_size_, n);
   seg_frames_.push_back(FrameInfo{seg_number_, seg_size_, uint32_t(n), h.count, h.first_seq,
                                   h.last_seq, h.first_ns, h.last_ns, h.flags});
   seg_size_ += n;
@@ -371,6 +372,7 @@ Status JournalWriter::open_segment(uint64_t now) {
     return {ErrorKind::kFailure, fsutil::errno_message("fdatasync", path)};
   if (auto s = fsutil::fsync_dir(journal_dir(store_)); !s) return s;
   seg_size_ = kSegmentHeaderSize;
+  writeback_.reset();
   seg_created_ns_ = now;
   seg_frames_.clear();
   segments_++;
@@ -380,6 +382,8 @@ Status JournalWriter::open_segment(uint64_t now) {
 
 Status JournalWriter::seal_segment() {
   if (fd_ < 0) return {};
+  // Callers synced the segment: its pages are clean and all can go.
+  writeback_.synced(fd_, seg_size_);
   if (auto s = write_index(store_, seg_number_, seg_size_, seg_frames_); !s)
     return s;
   ::close(fd_);

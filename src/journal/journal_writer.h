@@ -28,6 +28,7 @@
 #include "journal/record.h"
 #include "journal/segment_reader.h"
 #include "base/status.h"
+#include "base/stream_writeback.h"
 
 namespace kvmcdp::journal {
 
@@ -140,6 +141,7 @@ class JournalWriter {
   int fd_ = -1;
   uint64_t seg_number_ = 0;  // open segment, or the last one if none open
   uint64_t seg_size_ = 0;
+  StreamWriteback writeback_;  // the open segment's page cache
   uint64_t seg_created_ns_ = 0;
   std::vector<FrameInfo> seg_frames_;
   uint64_t written_seq_ = 0;  // last seq written (durable after fdatasync)
