@@ -69,6 +69,13 @@ def proc_sample(pid):
         return None
 
 
+def machine_busy():
+    """CPU seconds the whole machine spent busy (not idle, not iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / HZ
+
+
 class Stream:
     def __init__(self, args):
         self.args = args
@@ -161,6 +168,7 @@ class Stream:
                 stop_sampling.wait(0.25)
 
         before = proc_sample(self.peer_pid)
+        busy0 = machine_busy()
         threading.Thread(target=sampler, daemon=True).start()
         t0 = time.monotonic()
         sent_bytes = 0
@@ -204,6 +212,7 @@ class Stream:
                 self.ack_cv.wait(1)
         t1 = time.monotonic()
         after = proc_sample(self.peer_pid)
+        busy1 = machine_busy()
         stop_sampling.set()
         elapsed = t1 - t0
         res = {
@@ -216,6 +225,9 @@ class Stream:
             "mib_per_s": sent_bytes / elapsed / 2**20 if elapsed else 0,
             "protect_pid": self.peer_pid,
             "cpu_seconds": (after[2] - before[2]) if after and before else None,
+            # Every process's, this one's included: what the run cost the
+            # machine (for the remote figure, client and server together).
+            "machine_busy_seconds": busy1 - busy0,
             "rss_start": before[0] if before else None,
             "hwm_end": after[1] if after else None,
             "rss_samples": [(round(t - t0, 2), r, w) for t, r, w, _ in samples],
