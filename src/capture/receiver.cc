@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -31,6 +32,7 @@ Result<Hello> StreamReceiver::handshake(uint64_t durable_seq, int timeout_ms) {
     pollfd p{fd_, POLLIN, 0};
     if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) == 0)
       return Status(ErrorKind::kQemu, "the cdp filter did not say hello in time");
+    note_source_ahead();
     auto r = reader_.fill();
     if (!r) return r.status();
     if (*r == wire::MessageReader::Next::kClosed)
@@ -127,6 +129,21 @@ Status StreamReceiver::send_received() {
   return sent;
 }
 
+// Whether the filter is ahead of us: much is waiting on the socket when
+// we come to read it (a sender that we keep up with has sent a message
+// or two since the last read; one that waits for us has filled the
+// socket).  Then the guest waits for this process, and the journal writer
+// stores poorly compressing frames instead of taking the CPU the guest's
+// own threads need (frame_effort.h).
+void StreamReceiver::note_source_ahead() {
+  int pending = 0;
+  bool ahead = ::ioctl(fd_, FIONREAD, &pending) == 0 && pending >= kAheadBytes;
+  if (ahead) counters_.ahead_reads++;
+  if (ahead == source_ahead_) return;
+  source_ahead_ = ahead;
+  writer_->set_source_ahead(ahead);
+}
+
 Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
   while (!stop.load()) {
     if (gate_ && gate_->paused()) {
@@ -191,6 +208,7 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
       if (Status s = start_commit(); !s) return s;
     }
     if (!readable) continue;
+    note_source_ahead();
     auto r = reader_.fill();
     if (!r) return r.status();
     if (*r == wire::MessageReader::Next::kClosed) {

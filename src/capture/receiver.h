@@ -46,6 +46,7 @@ struct ReceiverCounters {
   uint64_t durable_seq = 0;    // committed to the local journal
   uint64_t acked_seq = 0;      // acked to the filter (see AckGate)
   uint64_t last_time_ns = 0;   // of the newest durable record
+  uint64_t ahead_reads = 0;    // reads that found the filter ahead of us
 };
 
 class StreamReceiver {
@@ -94,6 +95,7 @@ class StreamReceiver {
   Status on_durable(uint64_t durable);
   Status send_ack();
   Status send_received();
+  void note_source_ahead();
 
   int fd_;
   wire::MessageReader reader_;
@@ -113,7 +115,11 @@ class StreamReceiver {
   bool waited_for_ = false;   // an uncommitted record is waited for
   uint64_t uncommitted_bytes_ = 0;
   std::chrono::steady_clock::time_point first_uncommitted_;
+  bool source_ahead_ = false;  // last told to the writer
   static constexpr uint64_t kBatchBytes = 8u << 20;
+  // Bytes waiting on the socket before a read from which the sender is
+  // ahead of us (a socket buffer holds ~200 KiB by default).
+  static constexpr int kAheadBytes = 64 << 10;
   static constexpr std::chrono::milliseconds kBatchAge{5};
 };
 

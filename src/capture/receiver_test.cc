@@ -107,7 +107,9 @@ struct Rig {
   Result<StreamReceiver::End> end = Status(ErrorKind::kFailure, "not run");
   FilterEnd filter{-1};
 
-  explicit Rig(bool every_write_waits, ResyncCompare* compare = nullptr, uint32_t version = 1) {
+  // `run`: start the receiver's thread now (else start() does).
+  explicit Rig(bool every_write_waits, ResyncCompare* compare = nullptr, uint32_t version = 1,
+               bool run = true) {
     REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
     filter.fd = sv[1];
     filter.version = version;
@@ -125,8 +127,9 @@ struct Rig {
     MsgHeader reply = filter.receive();
     CHECK(reply.type == static_cast<uint16_t>(MsgType::kHelloReply));
     CHECK(reply.aux == std::min(version, wire::kVersion));
-    thread = std::thread([this] { end = rx->run(stop); });
+    if (run) start();
   }
+  void start() { thread = std::thread([this] { end = rx->run(stop); }); }
   ~Rig() {
     stop = true;
     if (thread.joinable()) thread.join();
@@ -240,6 +243,34 @@ TEST_CASE("receiver: a long stream with commits running beside it: every record 
     CHECK(*rig.end == StreamReceiver::End::kStopped);
     CHECK(rig.rx->counters().durable_seq == 3000);
     CHECK(rig.journal_records() == 3000);
+  }
+}
+
+TEST_CASE("receiver: it notices when the filter is ahead of it, and only then") {
+  // 20 writes of 4 KiB (~83,000 bytes with their headers) wait on the
+  // socket before the receiver first reads: more than kAheadBytes.
+  {
+    Rig rig(true, nullptr, 1, false);
+    for (uint64_t s = 1; s <= 20; s++) rig.filter.write(s);
+    rig.start();
+    CHECK(rig.filter.ack_covering(20) == 20);
+    rig.stop = true;
+    rig.thread.join();
+    REQUIRE(rig.end);
+    CHECK(rig.rx->counters().ahead_reads >= 1);
+  }
+  // One write at a time, each waiting for its ack: never ahead.
+  {
+    Rig rig(true);
+    for (uint64_t s = 1; s <= 20; s++) {
+      rig.filter.write(s);
+      CHECK(rig.filter.ack_covering(s) == s);
+    }
+    rig.stop = true;
+    rig.thread.join();
+    REQUIRE(rig.end);
+    CHECK(rig.rx->counters().records == 20);
+    CHECK(rig.rx->counters().ahead_reads == 0);
   }
 }
 

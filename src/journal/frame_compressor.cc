@@ -158,7 +158,9 @@ void FrameCompressor::run() {
     jobs_.pop_front();
     const uint64_t ticket = taken_++;
     const bool skip = !error_.is_ok();
-    const bool backlog = !jobs_.empty();  // frames wait that no thread has taken
+    // Frames wait that no thread has taken, or records that the journal
+    // has not taken yet.
+    const bool backlog = !jobs_.empty() || source_ahead_.load(std::memory_order_relaxed);
     l.unlock();
     Status s = skip ? Status::ok() : compress(cctx, level_, j.raw, backlog, &j.h, &out, &probe, &iov);
     l.lock();

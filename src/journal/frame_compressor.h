@@ -12,6 +12,7 @@
 // slower than the stream and the disk, so it gets the cores.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -67,6 +68,13 @@ class FrameCompressor {
   // running beside the caller needs.  Returns the pipeline's first error.
   Status wait_sunk(uint64_t n);
 
+  // The source of the records is ahead of the journal (e.g. the receiver
+  // finds more waiting on its socket than it has read): the stream's
+  // sender, and so the guest, waits for us, so CPU spent on a frame that
+  // compresses poorly is taken from the guest.  Such frames are then
+  // stored, as when frames queue for the threads.
+  void set_source_ahead(bool ahead) { source_ahead_.store(ahead, std::memory_order_relaxed); }
+
  private:
   void run();
 
@@ -89,6 +97,7 @@ class FrameCompressor {
   std::vector<ByteBuf> free_raw_;
   Status error_ = Status::ok();
   bool stop_ = false;
+  std::atomic<bool> source_ahead_{false};
   std::vector<std::thread> threads_;  // last: start once the above exists
 };
 

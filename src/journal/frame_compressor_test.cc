@@ -189,6 +189,28 @@ TEST_CASE("frame compressor: data that compresses a little is stored only while 
   CHECK(!stored_frame(frames[5], n));
 }
 
+TEST_CASE("frame compressor: data that compresses a little is stored while the source is ahead") {
+  // Nothing queues (one frame at a time), but the caller says its own
+  // source waits for it: kind 3 (saves ~1/7) is stored, text still
+  // compressed; once the source is no longer ahead, kind 3 is compressed.
+  const size_t n = 1 << 20;
+  Sunk out;
+  FrameCompressor c(1, 0, 1, 8, out.sink());
+  c.set_source_ahead(true);
+  c.submit(sample_bytes(n, 3), header(1));
+  REQUIRE(c.drain());
+  c.submit(sample_bytes(n, 2), header(2));
+  REQUIRE(c.drain());
+  c.set_source_ahead(false);
+  c.submit(sample_bytes(n, 3), header(3));
+  REQUIRE(c.drain());
+  REQUIRE(out.frames.size() == 3);
+  CHECK(stored_frame(out.frames[0], n));
+  CHECK(out.frames[1].size() < n / 4);
+  CHECK(!stored_frame(out.frames[2], n));
+  CHECK(out.frames[2].size() < n - n / 16);
+}
+
 TEST_CASE("frame compressor: a sink error stops the frames after it, for good") {
   std::vector<uint64_t> sunk;
   FrameCompressor c(1, 0, 2, 3, [&](const FrameHeader& h, const iovec*, size_t) {

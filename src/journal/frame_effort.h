@@ -24,6 +24,7 @@ namespace kvmcdp::journal {
 
 enum class Effort { kStore, kFast, kFull };
 inline constexpr int kFastLevel = -5;
+inline constexpr size_t kProbe = 64 << 10;  // bytes of a frame's middle
 
 // `cctx` is set to `level` and left so; `backlog`: frames wait for the
 // compression threads; `probe_out` is scratch space, reused.

@@ -108,6 +108,8 @@ class JournalWriter {
   uint64_t take_written_event();
   uint64_t stream_id() const { return stream_id_; }
   WriterStats stats() const;
+  // See FrameCompressor::set_source_ahead.
+  void set_source_ahead(bool ahead) { compressor_->set_source_ahead(ahead); }
 
  private:
   JournalWriter() = default;
