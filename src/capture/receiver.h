@@ -47,6 +47,7 @@ struct ReceiverCounters {
   uint64_t acked_seq = 0;      // acked to the filter (see AckGate)
   uint64_t last_time_ns = 0;   // of the newest durable record
   uint64_t ahead_reads = 0;    // reads that found the filter ahead of us
+  uint64_t coalesced = 0;      // polls delayed so that messages gather
 };
 
 class StreamReceiver {
@@ -96,6 +97,7 @@ class StreamReceiver {
   Status send_ack();
   Status send_received();
   void note_source_ahead();
+  void note_read();
 
   int fd_;
   wire::MessageReader reader_;
@@ -116,6 +118,9 @@ class StreamReceiver {
   uint64_t uncommitted_bytes_ = 0;
   std::chrono::steady_clock::time_point first_uncommitted_;
   bool source_ahead_ = false;  // last told to the writer
+  bool coalesce_ = false;      // wait kCoalesce before the next poll
+  std::chrono::steady_clock::time_point last_read_;
+  static constexpr std::chrono::nanoseconds kCoalesce{200'000};
   static constexpr uint64_t kBatchBytes = 8u << 20;
   // Bytes waiting on the socket before a read from which the sender is
   // ahead of us (a socket buffer holds ~200 KiB by default).

@@ -4,6 +4,7 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -271,6 +272,36 @@ TEST_CASE("receiver: it notices when the filter is ahead of it, and only then") 
     REQUIRE(rig.end);
     CHECK(rig.rx->counters().records == 20);
     CHECK(rig.rx->counters().ahead_reads == 0);
+  }
+}
+
+TEST_CASE("receiver: messages that come close together are gathered in async mode only") {
+  // A write every ~50 us, well inside kCoalesce: in async mode polls are
+  // delayed so that writes gather; in sync mode, where each write waits
+  // for its commit, never.  Every record lands either way.
+  for (bool sync : {false, true}) {
+    CAPTURE(sync);
+    Rig rig(sync);
+    std::atomic<uint64_t> acked{0};
+    std::thread acks([&] { acked = rig.filter.ack_covering(500); });
+    for (uint64_t s = 1; s <= 500; s++) {
+      if (s == 500)
+        rig.filter.send(MsgType::kFlush, s);
+      else
+        rig.filter.write(s);
+      timespec t{0, 50'000};
+      ::nanosleep(&t, nullptr);
+    }
+    acks.join();
+    CHECK(acked.load() == 500);
+    rig.stop = true;
+    rig.thread.join();
+    REQUIRE(rig.end);
+    CHECK(rig.journal_records() == 500);
+    if (sync)
+      CHECK(rig.rx->counters().coalesced == 0);
+    else
+      CHECK(rig.rx->counters().coalesced > 0);
   }
 }
 
