@@ -1,8 +1,9 @@
-// Block jobs on a protected disk: a backup job and a mirror job (completed:
-// the VM then runs on the mirror's target) while writes go on through the
-// device.  Capture must stay exact: every checkpoint restores to the
-// disk's MD5, and the stream has no gap.  A VM (no guest: -S) written
-// through HMP qemu-io, as in protect_test.cc.
+// Block jobs on a protected disk while writes go on through the device: a
+// backup job, a mirror job (completed: the VM then runs on the mirror's
+// target), kvmcdp's own stream of snapshot delete, and a user's active
+// commit with its pivot.  Capture must stay exact: every checkpoint
+// restores to the disk's MD5, and the stream has no gap.  A VM (no guest:
+// -S) written through HMP qemu-io, as in protect_test.cc.
 #include <chrono>
 #include <thread>
 
@@ -236,6 +237,86 @@ TEST_CASE("protect while snapshot delete streams nodes into the running chain: r
         std::string::npos);
   writes(*vm, round++);
   checkpoint();
+  REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
+  auto pj = json::parse(run_command({KVMCDP_BINARY, "points", "--json", "--store", store}).output);
+  CHECK_MESSAGE(pj["gaps"].empty(), pj.dump());
+  for (const auto& [seq, md5] : points) check_restore(dir, store, seq, md5);
+}
+
+}  // namespace kvmcdp::test
+
+namespace kvmcdp::test {
+
+TEST_CASE("protect while the user commits an external snapshot back into its base: restores exact") {
+  // What `virsh blockcommit --active --pivot` does after an external
+  // snapshot: an active commit of the top overlay into the disk below it,
+  // then the pivot, which puts that disk under the filter again.  Writes
+  // go on throughout; every point restores exact and there is no gap.
+  TempDir dir;
+  setenv("KVMCDP_QEMU_IMG", qemu_bin("qemu-img").c_str(), 1);
+  std::string disk = dir.file("disk.raw"), store = dir.file("store"), tree = dir.file("t");
+  std::string mon = dir.file("snap.qmp");  // protect has the tool socket
+  REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=16"}).status == 0);
+  auto vm = QemuProcess::start_system(
+      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=disk0-file", disk),
+            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0", "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0", "-chardev",
+            fmt::format("socket,id=m3,path={},server=on,wait=off", mon), "-mon",
+            "chardev=m3,mode=control"});
+  ProtectProcess protect(vm->tool_socket(), "vd0", store);
+  REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
+  auto filter_child = [&] {
+    QmpReply r = vm->qmp().execute("query-cdp");
+    REQUIRE(r.ok());
+    REQUIRE(r.value.size() == 1);
+    return r.value[0]["child"].get<std::string>();
+  };
+  // The disk as the guest sees it: `top`'s chain flattened (after a flush,
+  // so that the overlay's qcow2 metadata is on disk for qemu-img).
+  std::vector<std::pair<uint64_t, std::string>> points;
+  auto checkpoint = [&](const std::string& top) {
+    qemu_io(*vm, "flush");
+    wait_acked(*vm);
+    std::string flat = dir.file("now.raw");
+    auto c = run_command({qemu_bin("qemu-img"), "convert", "-U", "-O", "raw", top, flat});
+    REQUIRE_MESSAGE(c.status == 0, c.output);
+    points.push_back({filter_seq(*vm), md5_of_file(flat)});
+  };
+  writes(*vm, 0);
+  checkpoint(disk);
+  auto snap = run_command(
+      {KVMCDP_BINARY, "snapshot", "create", "s1", "--tree", tree, "--qmp", mon, "--drive", "vd0"});
+  REQUIRE_MESSAGE(snap.status == 0, snap.output);
+  std::string overlay_node = filter_child();
+  REQUIRE(overlay_node != "disk0");
+  QmpReply q = vm->qmp().execute("query-named-block-nodes");
+  REQUIRE(q.ok());
+  std::string overlay;
+  for (const auto& n : q.value)
+    if (n["node-name"] == overlay_node) overlay = n["file"];
+  REQUIRE(!overlay.empty());
+  writes(*vm, 1);
+  checkpoint(overlay);
+
+  // The job belongs to the drive's root (the filter); the overlay is the
+  // active layer below it, written by the filter, so QEMU runs an active
+  // commit and its pivot replaces the overlay under the filter.
+  QmpReply c = vm->qmp().execute("block-commit", {{"job-id", "job-commit"},
+                                                  {"device", filter_node(*vm)},
+                                                  {"top-node", overlay_node},
+                                                  {"base-node", "disk0"}});
+  REQUIRE_MESSAGE(c.ok(), c.message);
+  writes(*vm, 2);
+  wait_job_ready(*vm, "job-commit");
+  writes(*vm, 3);
+  checkpoint(overlay);
+  QmpReply done = vm->qmp().execute("block-job-complete", {{"device", "job-commit"}});
+  REQUIRE_MESSAGE(done.ok(), done.message);
+  wait_job_gone(*vm, "job-commit");
+  CHECK(filter_child() == "disk0");
+  writes(*vm, 4);
+  checkpoint(disk);
+
   REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
   auto pj = json::parse(run_command({KVMCDP_BINARY, "points", "--json", "--store", store}).output);
   CHECK_MESSAGE(pj["gaps"].empty(), pj.dump());
