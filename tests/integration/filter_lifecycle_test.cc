@@ -315,6 +315,46 @@ TEST_CASE("filter lifecycle: a resync waiting for queue space survives a move to
 
 namespace kvmcdp::test {
 
+TEST_CASE("filter lifecycle: removing the export whose writes wait for queue space, then quit") {
+  // The guest side goes away (an NBD client's export is removed) while its
+  // writes wait for space that a stalled receiver never frees.  QEMU's NBD
+  // server does not drain a hard removal: it waits for the requests in
+  // flight, as it would for a slow disk, so they end by the filter's
+  // timeout (3 s here).
+  // Meanwhile every monitor answers, and a quit afterwards is at once.
+  FilterOptions o = stalled();
+  o.timeout_ms = 3000;
+  FilterRig rig(o);
+  BackgroundWrites writes(rig, 16);
+  wait_queue_full(rig);
+  CHECK_FALSE(writes.done.load());
+  MonitorProbe probe(rig.qsd->tool_socket());
+  auto t0 = Clock::now();
+  QmpReply del = rig.qsd->qmp().execute("block-export-del", {{"id", "e"}, {"mode", "hard"}},
+                                        milliseconds(60000));
+  REQUIRE_MESSAGE(del.ok(), del.message);
+  bool gone = false;
+  while (!gone && ms_since(t0) < 30000) {
+    QmpReply q = rig.qsd->qmp().execute("query-block-exports");
+    REQUIRE(q.ok());
+    gone = q.value.empty();
+    if (!gone) std::this_thread::sleep_for(milliseconds(5));
+  }
+  long took = ms_since(t0);
+  long worst = probe.finish();
+  INFO("the export was gone after " << took << " ms; another monitor " << worst << " ms");
+  CHECK(gone);
+  CHECK(worst < 100);
+  // The export was the disk's only user: the filter left with it.
+  CHECK(rig.qsd->qmp().execute("query-cdp").value.empty());
+  writes.thread.join();  // the client saw its connection close
+  t0 = Clock::now();
+  rig.qsd->qmp().execute("quit", json::object(), milliseconds(2000));
+  REQUIRE(rig.qsd->wait_exit(milliseconds(30000)).has_value());
+  INFO("quit took " << ms_since(t0) << " ms");
+  CHECK(ms_since(t0) < 1000);
+}
+
 TEST_CASE("filter lifecycle: blockdev-del of the filter's parent during a stalled resync") {
   // The filter above the file node, the raw node its parent: deleting the
   // raw node closes the filter while its resync waits for queue space that
