@@ -315,6 +315,23 @@ TEST_CASE("filter lifecycle: a resync waiting for queue space survives a move to
 
 namespace kvmcdp::test {
 
+TEST_CASE("filter lifecycle: quit while an export's writes wait for queue space") {
+  // QEMU closes its exports before it drains, and an export waits for its
+  // requests: without the drain that qemu-patch/0005 adds to that close,
+  // quit took the filter's whole timeout (29.7 s here).
+  FilterRig rig(stalled());
+  BackgroundWrites writes(rig, 16);
+  wait_queue_full(rig);
+  CHECK_FALSE(writes.done.load());
+  auto t0 = Clock::now();
+  rig.qsd->qmp().execute("quit", json::object(), milliseconds(2000));
+  REQUIRE(rig.qsd->wait_exit(milliseconds(60000)).has_value());
+  long took = ms_since(t0);
+  writes.thread.join();
+  INFO("quit took " << took << " ms");
+  CHECK(took < 1000);
+}
+
 TEST_CASE("filter lifecycle: removing the export whose writes wait for queue space, then quit") {
   // The guest side goes away (an NBD client's export is removed) while its
   // writes wait for space that a stalled receiver never frees.  QEMU's NBD
