@@ -17,6 +17,16 @@ std::unique_ptr<QemuProcess> start_vm(const TempDir& dir, const std::string& dis
             "virtio-blk-pci,drive=disk0,id=vd0"});
 }
 
+std::unique_ptr<QemuProcess> start_vm_with_monitor(const TempDir& dir, const std::string& disk,
+                                                   const std::string& monitor) {
+  return QemuProcess::start_system(
+      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=disk0-file", disk),
+            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0", "-device",
+            "virtio-blk-pci,drive=disk0,id=vd0", "-chardev",
+            fmt::format("socket,id=m3,path={},server=on,wait=off", monitor), "-mon",
+            "chardev=m3,mode=control"});
+}
+
 SmallFs::SmallFs(const std::string& where, const std::string& size) : path(where) {
   REQUIRE(run_command({"mkdir", "-p", path}).status == 0);
   auto m = run_command({"mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", path});

@@ -14,6 +14,10 @@ namespace kvmcdp::test {
 // A paused VM (-S, no guest) with `disk` (raw) as virtio-blk device vd0 on
 // node disk0; guest discards reach the disk.
 std::unique_ptr<QemuProcess> start_vm(const TempDir& dir, const std::string& disk);
+// The same without discard, with a second QMP monitor at `monitor` (for a
+// kvmcdp command while protect holds the tool socket).
+std::unique_ptr<QemuProcess> start_vm_with_monitor(const TempDir& dir, const std::string& disk,
+                                                   const std::string& monitor);
 
 // A small tmpfs (root needed), unmounted however the test ends.
 struct SmallFs {

@@ -44,6 +44,27 @@ void wait_job_ready(QemuProcess& vm, const std::string& id) {
   FAIL("block job " << id << " did not become ready in 30 s");
 }
 
+// A paused VM with a 16 MiB random disk and a second monitor for kvmcdp's
+// snapshot commands (protect holds the tool socket), protected, with its
+// base copy taken.
+struct ProtectedVmWithMonitor {
+  TempDir dir;
+  std::string disk = dir.file("disk.raw"), store = dir.file("store"), tree = dir.file("t");
+  std::string mon = dir.file("snap.qmp");
+  std::unique_ptr<QemuProcess> vm = start();
+  ProtectProcess protect{vm->tool_socket(), "vd0", store};
+
+  ProtectedVmWithMonitor() {
+    REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
+  }
+  std::unique_ptr<QemuProcess> start() {
+    setenv("KVMCDP_QEMU_IMG", qemu_bin("qemu-img").c_str(), 1);
+    REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=16"}).status ==
+            0);
+    return start_vm_with_monitor(dir, disk, mon);
+  }
+};
+
 std::string filter_node(QemuProcess& vm) {
   QmpReply r = vm.qmp().execute("query-cdp");
   REQUIRE(r.ok());
@@ -181,22 +202,11 @@ TEST_CASE("protect: a mirror that replaces the filter itself is reported, never 
 
 namespace kvmcdp::test {
 
-TEST_CASE("protect while snapshot delete streams nodes into the running chain: restores exact") {
+TEST_CASE_FIXTURE(ProtectedVmWithMonitor,
+                  "protect while snapshot delete streams nodes into the running chain: restores "
+                  "exact") {
   // kvmcdp's own block jobs: snapshot delete streams a deleted node into
   // its child below the filter while protect captures.
-  TempDir dir;
-  setenv("KVMCDP_QEMU_IMG", qemu_bin("qemu-img").c_str(), 1);
-  std::string disk = dir.file("disk.raw"), store = dir.file("store"), tree = dir.file("t");
-  std::string mon = dir.file("snap.qmp");  // protect has the tool socket
-  REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=16"}).status == 0);
-  auto vm = QemuProcess::start_system(
-      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=disk0-file", disk),
-            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0", "-device",
-            "virtio-blk-pci,drive=disk0,id=vd0", "-chardev",
-            fmt::format("socket,id=m3,path={},server=on,wait=off", mon), "-mon",
-            "chardev=m3,mode=control"});
-  ProtectProcess protect(vm->tool_socket(), "vd0", store);
-  REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
   auto kvmcdp = [&](std::vector<std::string> args) {
     args.insert(args.begin(), KVMCDP_BINARY);
     auto r = run_command(args);
@@ -247,24 +257,13 @@ TEST_CASE("protect while snapshot delete streams nodes into the running chain: r
 
 namespace kvmcdp::test {
 
-TEST_CASE("protect while the user commits an external snapshot back into its base: restores exact") {
+TEST_CASE_FIXTURE(ProtectedVmWithMonitor,
+                  "protect while the user commits an external snapshot back into its base: "
+                  "restores exact") {
   // What `virsh blockcommit --active --pivot` does after an external
   // snapshot: an active commit of the top overlay into the disk below it,
   // then the pivot, which puts that disk under the filter again.  Writes
   // go on throughout; every point restores exact and there is no gap.
-  TempDir dir;
-  setenv("KVMCDP_QEMU_IMG", qemu_bin("qemu-img").c_str(), 1);
-  std::string disk = dir.file("disk.raw"), store = dir.file("store"), tree = dir.file("t");
-  std::string mon = dir.file("snap.qmp");  // protect has the tool socket
-  REQUIRE(run_command({"dd", "if=/dev/urandom", "of=" + disk, "bs=1M", "count=16"}).status == 0);
-  auto vm = QemuProcess::start_system(
-      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=disk0-file", disk),
-            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0", "-device",
-            "virtio-blk-pci,drive=disk0,id=vd0", "-chardev",
-            fmt::format("socket,id=m3,path={},server=on,wait=off", mon), "-mon",
-            "chardev=m3,mode=control"});
-  ProtectProcess protect(vm->tool_socket(), "vd0", store);
-  REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
   auto filter_child = [&] {
     QmpReply r = vm->qmp().execute("query-cdp");
     REQUIRE(r.ok());

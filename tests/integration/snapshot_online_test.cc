@@ -398,12 +398,7 @@ TEST_CASE("snapshot: online create --drive by device id under protect's filter")
   std::string disk = dir.file("disk.raw"), store = dir.file("store"), tree = dir.file("t");
   std::string mon = dir.file("snap.qmp");  // protect has the tool socket
   REQUIRE(run_command({"truncate", "-s", "8M", disk}).status == 0);
-  auto vm = QemuProcess::start_system(
-      dir, {"-S", "-blockdev", fmt::format("driver=file,filename={},node-name=disk0-file", disk),
-            "-blockdev", "driver=raw,file=disk0-file,node-name=disk0", "-device",
-            "virtio-blk-pci,drive=disk0,id=vd0", "-chardev",
-            fmt::format("socket,id=m3,path={},server=on,wait=off", mon), "-mon",
-            "chardev=m3,mode=control"});
+  auto vm = start_vm_with_monitor(dir, disk, mon);
   ProtectProcess protect(vm->tool_socket(), "vd0", store);
   REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
   qemu_io(*vm, "write -P 3 0 1M");
