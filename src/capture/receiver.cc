@@ -34,10 +34,8 @@ Result<Hello> StreamReceiver::handshake(uint64_t durable_seq, int timeout_ms) {
     pollfd p{fd_, POLLIN, 0};
     if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) == 0)
       return Status(ErrorKind::kQemu, "the cdp filter did not say hello in time");
-    note_source_ahead();
     auto r = reader_.fill();
     if (!r) return r.status();
-    note_read();
     if (*r == wire::MessageReader::Next::kClosed)
       return Status(ErrorKind::kQemu, "the cdp filter closed the stream before its hello");
   }
@@ -193,12 +191,6 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
       if (h.type == static_cast<uint16_t>(MsgType::kFlush) || (h.flags & wire::kFlagFua))
         waited_for_ = true;
     }
-    // Ask for a commit when the socket has nothing more right now (one
-    // fsync covers everything that arrived meanwhile), or when a batch is
-    // big or old enough: a sender that never pauses must still get acks,
-    // or its queue fills and the guest stalls.  The sync runs on the
-    // writer's thread while this one reads on; what arrives meanwhile is
-    // asked for as soon as it ends.
     // Let the next messages gather on the socket (see note_read()), unless
     // what was just read holds a flush or FUA write.
     if (std::exchange(coalesce_, false) && !waited_for_) {
@@ -206,6 +198,12 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
       timespec t{0, kCoalesce.count()};
       ::nanosleep(&t, nullptr);
     }
+    // Ask for a commit when the socket has nothing more right now (one
+    // fsync covers everything that arrived meanwhile), or when a batch is
+    // big or old enough: a sender that never pauses must still get acks,
+    // or its queue fills and the guest stalls.  The sync runs on the
+    // writer's thread while this one reads on; what arrives meanwhile is
+    // asked for as soon as it ends.
     pollfd p[4] = {{fd_, POLLIN, 0},
                    {gate_ ? gate_->receiver_fd() : -1, POLLIN, 0},
                    {writer_->commit_event_fd(), POLLIN, 0},
