@@ -10,10 +10,12 @@
 // ~600 MB/s (but text by only 41%, and data whose only redundancy is in
 // its byte frequencies not at all: fast levels leave literals raw).  So:
 // a frame whose probe saves less than 1/16 is stored; one that saves less
-// than 1/4 is stored while frames queue behind it (the compression threads
-// are what holds the stream back, and so the guest), and otherwise
-// compressed at level -5 if a second probe at that level still saves
-// 1/16, else at the configured level; the rest at the configured level.
+// than 1/4 is stored while there is a backlog (frames queue for the
+// compression threads, or records for the receiver: then kvmcdp is what
+// holds the stream back, and so the guest; a 16 KiB probe decides), and
+// otherwise compressed at level -5 if a second probe at that level still
+// saves 1/16, else at the configured level; the rest at the configured
+// level.
 #pragma once
 
 #include <zstd.h>
@@ -27,7 +29,8 @@ inline constexpr int kFastLevel = -5;
 inline constexpr size_t kProbe = 64 << 10;  // bytes of a frame's middle
 
 // `cctx` is set to `level` and left so; `backlog`: frames wait for the
-// compression threads; `probe_out` is scratch space, reused.
+// compression threads or records for the journal; `probe_out` is scratch
+// space, reused.
 Effort effort_for(ZSTD_CCtx* cctx, int level, const ByteBuf& raw, bool backlog,
                   ByteBuf* probe_out);
 
