@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -31,12 +32,12 @@ uint64_t resident(int fd, uint64_t size) {
 // Appends `total` bytes in 1 MiB writes (a pattern that names its offset),
 // through `wb` if given.  The file lives in the test's working directory,
 // the build tree, on a disk file system: tmpfs has no writeback to pace.
+// Its name is unique: ctest runs this file's cases in parallel.
 struct Stream {
-  std::string path = "stream_writeback_test.tmp";
+  std::string path = "stream_writeback_test.XXXXXX";
   int fd = -1;
   Stream() {
-    ::unlink(path.c_str());
-    fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    fd = ::mkostemp(path.data(), O_CLOEXEC);
     REQUIRE(fd >= 0);
   }
   ~Stream() {
