@@ -381,46 +381,68 @@ ingest() {
 }
 
 # Remote (issue 7): the same compressible pool through `protect --spool
-# --remote tcp://` to a `kvmcdp serve` on loopback, whose acks (hence the
-# ingest time) wait for the server's fdatasync, against the local-store
-# ingest of the same pool measured just before and just after.
-remote_ingest() {
-  local pool=$B/pool.comp d=$B/remote
-  mkdir -p "$d/server"
-  truncate -s 1G "$d/base.raw"
-  log "remote ingest: local store, then tcp and tls loopback to kvmcdp serve, then local again"
-  fake_protect "$d/l1" "$d/base.raw" $((1 << 30)) "$pool" seq:65536 "$R/remote-local-1.json"
-  rm -rf "$d/l1"
-  "$K" serve --store-root "$d/server" --new-store bench >"$d/secret"
-  chmod 600 "$d/secret"
+# --remote tcp://` and `tls://` to a `kvmcdp serve` on loopback, whose acks
+# (hence the ingest time) wait for the server's fdatasync, against the
+# local-store ingest of the same pool; two interleaved rounds, each side's
+# best run counts (as for ingest).  The server shares the client's cores
+# here, as it would not in use, so each round also runs two controls: the
+# local ingest beside a CPU load the size of what the server took in that
+# round's tcp (tls) run (its utime+stime over the run's length, as a duty
+# cycle of one core, scripts/bench/burn.py).  The remote figures are to be read
+# against it: what the control loses is the co-located server's share.
+# serve_start DIR [serve args]: a server on a free loopback port; sets srv, port
+serve_start() {
+  local d=$1; shift
   : >"$d/serve.log"
-  "$K" serve --store-root "$d/server" --listen 127.0.0.1:0 2>"$d/serve.log" &
-  local srv=$!
-  pids+=("$srv")
-  wait_for 20 grep -q serving "$d/serve.log" || die "serve did not start: $(cat "$d/serve.log")"
-  local port
-  port=$(sed -n 's/.* on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$d/serve.log")
-  PROTECT_ARGS="--spool $d/r/spool --remote tcp://127.0.0.1:$port/bench --secret-file $d/secret" \
-    fake_protect "$d/r" "$d/base.raw" $((1 << 30)) "$pool" seq:65536 "$R/remote-tcp.json"
-  kill -TERM "$srv"; wait "$srv" || true
-  "$K" journal verify --store "$d/server/bench" >/dev/null || die "the server's journal does not verify"
-  # The same over TLS, into a fresh store.
-  rm -rf "$d/r" "$d/server/bench"
-  "$K" serve --store-root "$d/server" --new-store bench >"$d/secret"
-  local fp
-  fp=$("$K" serve --init-tls "$d/tls" 2>/dev/null)
-  : >"$d/serve.log"
-  "$K" serve --store-root "$d/server" --listen 127.0.0.1:0 \
-    --tls-cert "$d/tls/server.crt" --tls-key "$d/tls/server.key" 2>"$d/serve.log" &
+  "$K" serve --store-root "$d/server" --listen 127.0.0.1:0 "$@" 2>"$d/serve.log" &
   srv=$!
   pids+=("$srv")
   wait_for 20 grep -q serving "$d/serve.log" || die "serve did not start: $(cat "$d/serve.log")"
   port=$(sed -n 's/.* on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$d/serve.log")
-  PROTECT_ARGS="--spool $d/r/spool --remote tls://127.0.0.1:$port/bench --secret-file $d/secret --server-fingerprint $fp" \
-    fake_protect "$d/r" "$d/base.raw" $((1 << 30)) "$pool" seq:65536 "$R/remote-tls.json"
-  kill -TERM "$srv"; wait "$srv" || true
-  "$K" journal verify --store "$d/server/bench" >/dev/null || die "the server's journal does not verify (tls)"
-  fake_protect "$d/l2" "$d/base.raw" $((1 << 30)) "$pool" seq:65536 "$R/remote-local-2.json"
+}
+proc_cpu() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+remote_ingest() {
+  local pool=$B/pool.comp d=$B/remote run fp c0 srv port
+  mkdir -p "$d"
+  truncate -s 1G "$d/base.raw"
+  fp=$("$K" serve --init-tls "$d/tls" 2>/dev/null)
+  for run in 1 2; do
+    log "remote ingest, round $run: local store, tcp and tls loopback to kvmcdp serve, local beside each server's CPU load"
+    fake_protect "$d/l" "$d/base.raw" $((1 << 30)) "$pool" seq:65536 "$R/remote-local-$run.json"
+    rm -rf "$d/l"
+    for proto in tcp tls; do
+      rm -rf "$d/server" "$d/r"
+      mkdir -p "$d/server"
+      "$K" serve --store-root "$d/server" --new-store bench >"$d/secret"
+      chmod 600 "$d/secret"
+      local extra=""
+      if [ $proto = tls ]; then
+        serve_start "$d" --tls-cert "$d/tls/server.crt" --tls-key "$d/tls/server.key"
+        extra="--server-fingerprint $fp"
+      else
+        serve_start "$d"
+      fi
+      c0=$(proc_cpu "$srv")
+      PROTECT_ARGS="--spool $d/r/spool --remote $proto://127.0.0.1:$port/bench --secret-file $d/secret $extra" \
+        fake_protect "$d/r" "$d/base.raw" $((1 << 30)) "$pool" seq:65536 "$R/remote-$proto-$run.json"
+      awk -v a="$(proc_cpu "$srv")" -v b="$c0" 'BEGIN { print a - b }' >"$R/remote-serve-cpu-$proto-$run"
+      kill -TERM "$srv"; wait "$srv" || true
+      "$K" journal verify --store "$d/server/bench" >/dev/null ||
+        die "the server's journal does not verify ($proto)"
+    done
+    local duty
+    for proto in tcp tls; do
+      duty=$(python3 -c "import json; t = json.load(open('$R/remote-$proto-$run.json'))['seconds']; print(min(1.0, float(open('$R/remote-serve-cpu-$proto-$run').read()) / t))")
+      echo "$duty" >"$R/remote-load-duty-$proto-$run"
+      python3 "$H/burn.py" "$duty" &
+      local burn=$!
+      pids+=("$burn")
+      fake_protect "$d/l" "$d/base.raw" $((1 << 30)) "$pool" seq:65536 "$R/remote-loaded-$proto-$run.json"
+      kill -TERM "$burn"; wait "$burn" || true
+      rm -rf "$d/l"
+    done
+    rm -rf "$d/l"
+  done
   rm -rf "$d"
 }
 
