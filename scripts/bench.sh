@@ -388,8 +388,8 @@ ingest() {
 # here, as it would not in use, so each round also runs two controls: the
 # local ingest beside a CPU load the size of what the server took in that
 # round's tcp (tls) run (its utime+stime over the run's length, as a duty
-# cycle of one core, scripts/bench/burn.py).  The remote figures are to be read
-# against it: what the control loses is the co-located server's share.
+# cycle of one core, scripts/bench/burn.py).  The remote figures are to be
+# read against them: what a control loses is the co-located server's share.
 # serve_start DIR [serve args]: a server on a free loopback port; sets srv, port
 serve_start() {
   local d=$1; shift
@@ -402,7 +402,7 @@ serve_start() {
 }
 proc_cpu() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 remote_ingest() {
-  local pool=$B/pool.comp d=$B/remote run fp c0 srv port
+  local pool=$B/pool.comp d=$B/remote run proto fp c0 srv port
   mkdir -p "$d"
   truncate -s 1G "$d/base.raw"
   fp=$("$K" serve --init-tls "$d/tls" 2>/dev/null)
@@ -441,7 +441,6 @@ remote_ingest() {
       kill -TERM "$burn"; wait "$burn" || true
       rm -rf "$d/l"
     done
-    rm -rf "$d/l"
   done
   rm -rf "$d"
 }
