@@ -252,9 +252,6 @@ TEST_CASE("filter lifecycle: stopping the VM does not wait for a stalled receive
   CHECK(ms_since(t0) < 1000);
 }
 
-}  // namespace kvmcdp::test
-
-namespace kvmcdp::test {
 
 TEST_CASE("filter lifecycle: a resync waiting for queue space survives a move to an iothread") {
   // The resync coroutine waits for room while the node moves to another
@@ -311,9 +308,6 @@ TEST_CASE("filter lifecycle: a resync waiting for queue space survives a move to
   CHECK(md5_of_file(base) == md5_of_file(disk));
 }
 
-}  // namespace kvmcdp::test
-
-namespace kvmcdp::test {
 
 TEST_CASE("filter lifecycle: quit while an export's writes wait for queue space") {
   // QEMU closes its exports before it drains, and an export waits for its
