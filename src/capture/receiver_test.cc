@@ -155,7 +155,7 @@ TEST_CASE("receiver, sync mode: a lone write is committed and acked") {
   CHECK(rig.writer->last_durable_seq() >= 1);
 }
 
-TEST_CASE("receiver, async mode: writes are acked without a flush; a flush and a FUA write too") {
+TEST_CASE("receiver, async mode: writes are acked without a flush, a flush and a FUA write too") {
   Rig rig(false);
   // No flush: the batch's age still commits them, or the filter's queue
   // would never drain.
@@ -191,7 +191,7 @@ TEST_CASE("receiver, version 2: RECEIVED once a record is written, ACK only once
   }
 }
 
-TEST_CASE("receiver: a version 1 filter never gets RECEIVED; versions are agreed downwards") {
+TEST_CASE("receiver: a version 1 filter never gets RECEIVED, versions are agreed downwards") {
   {
     Rig rig(false, nullptr, 1);
     for (uint64_t s = 1; s <= 5; s++) rig.filter.write(s);

@@ -251,7 +251,7 @@ Result<uint64_t> wait_commit_event(JournalWriter& w) {
 }
 }  // namespace
 
-TEST_CASE("commit_async: appends go on while a sync runs; each event is durable up to its ask") {
+TEST_CASE("commit_async: appends go on while a sync runs, each event is durable up to its ask") {
   // Small frames and segments, so syncs overlap frames in flight and
   // segment rotations.  After each event, a fresh reader must see at least
   // every record appended before the ask that the event answers.

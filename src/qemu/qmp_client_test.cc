@@ -85,7 +85,7 @@ TEST_CASE("qmp fake: a silent peer makes a command time out, not hang") {
   CHECK(r.failure == QmpFailure::kTimeout);
 }
 
-TEST_CASE("qmp fake: events before a reply are kept in order; stale replies skipped") {
+TEST_CASE("qmp fake: events before a reply are kept in order, stale replies skipped") {
   FakePeer peer([](int fd) {
     handshake(fd);
     json cmd = json::parse(hear_line(fd));

@@ -96,7 +96,7 @@ TEST_CASE("restore equals naive replay at many points") {
   }
 }
 
-TEST_CASE("recoverable ranges with gaps and resync; refusals") {
+TEST_CASE("recoverable ranges with gaps and resync, refusals") {
   TempDir d;
   const uint64_t size = 4096;
   std::mt19937_64 rng(9);

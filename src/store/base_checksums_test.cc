@@ -105,7 +105,7 @@ void check_refused(const std::string& store, const std::string& scratch, const s
 
 }  // namespace
 
-TEST_CASE("base checksums: the file round-trips; any change to it is damage") {
+TEST_CASE("base checksums: the file round-trips, any change to it is damage") {
   BaseChecksums c;
   c.disk_size = 3 * kBaseBlock + 7;
   c.crcs = {1, 2, 3, 0xdeadbeef};

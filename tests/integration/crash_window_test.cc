@@ -164,7 +164,7 @@ TEST_CASE("protect: killed right after a RECEIVED, before the ACK: the next prot
   check_restore(dir, store, written.seq, written.md5);
 }
 
-TEST_CASE("mark: the seq is printed once durable; protect killed right after, restore --mark "
+TEST_CASE("mark: the seq is printed once durable, protect killed right after, restore --mark "
           "finds it") {
   VmRig rig;
   auto& [dir, disk, store, vm] = rig;

@@ -99,7 +99,7 @@ TEST_CASE("filter lifecycle: cdp-detach during a stalled resync ends at once") {
   CHECK(rig.qemu_io({"write -P 9 0 65536"}).status == 0);
 }
 
-TEST_CASE("filter lifecycle: a drain lets go of waiting requests; their ranges are resent exactly") {
+TEST_CASE("filter lifecycle: a drain lets go of waiting requests, their ranges are resent exactly") {
   FilterRig rig(stalled());
   BackgroundWrites writes(rig, 16);
   wait_queue_full(rig);

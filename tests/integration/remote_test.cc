@@ -234,7 +234,7 @@ TEST_CASE("remote: spool only, the server down for 10 s while the VM writes: not
   check_restores(dir, remote_store, points);
 }
 
-TEST_CASE("remote: a spool past its limit hands over to the filter's bitmap; gaps are exact") {
+TEST_CASE("remote: a spool past its limit hands over to the filter's bitmap, gaps are exact") {
   Rig rig;
   auto& [dir, disk, vm, root, secret, server, port, url] = rig;
   std::string spool = dir.file("spool");
@@ -299,7 +299,7 @@ TEST_CASE("remote: a spool past its limit hands over to the filter's bitmap; gap
   CHECK_MESSAGE(r.status == 6, r.output, pts.output);
 }
 
-TEST_CASE("remote: wrong secrets and escaping names are refused; the server survives garbage") {
+TEST_CASE("remote: wrong secrets and escaping names are refused, the server survives garbage") {
   TempDir dir;
   std::string disk = make_disk(dir);
   auto vm = start_vm(dir, disk);

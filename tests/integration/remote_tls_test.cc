@@ -185,7 +185,7 @@ bool closed_by_server(int fd) {
 
 }  // namespace
 
-TEST_CASE("remote tls: shipped over tls:// the server's store restores every point; the wire "
+TEST_CASE("remote tls: shipped over tls:// the server's store restores every point, the wire "
           "shows none of the disk") {
   TempDir dir;
   std::string disk = make_disk(dir);
@@ -261,7 +261,7 @@ TEST_CASE("remote tls: the eavesdropper's check sees the disk in a tcp:// stream
   CHECK(wire.find("\"nonce\"") != std::string::npos);
 }
 
-TEST_CASE("remote tls: wrong or missing fingerprints and clients in the clear are refused; "
+TEST_CASE("remote tls: wrong or missing fingerprints and clients in the clear are refused, "
           "nothing is written and the server goes on") {
   TempDir dir;
   std::string root = make_root(dir);
@@ -334,7 +334,7 @@ TEST_CASE("remote tls: wrong or missing fingerprints and clients in the clear ar
   CHECK_MESSAGE(w, w.status().message());
 }
 
-TEST_CASE("remote tls: --init-tls never replaces a key; cleartext beyond loopback must be asked "
+TEST_CASE("remote tls: --init-tls never replaces a key, cleartext beyond loopback must be asked "
           "for") {
   TempDir dir;
   std::string tls = dir.file("tls");
