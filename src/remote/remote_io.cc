@@ -133,10 +133,7 @@ Status Conn::send(MsgType t, uint64_t a, uint64_t b, const void* payload, size_t
     const uint8_t* p;
     size_t n;
   } parts[2] = {{head, kHeaderSize}, {static_cast<const uint8_t*>(payload), n}};
-  // Header and payload in one TLS record where they fit; a large payload
-  // is not worth copying into the cork's buffer for that.
-  bool cork = n <= 16384 - kHeaderSize;
-  if (cork) t_->cork();
+  t_->begin_message(kHeaderSize + n);
   for (auto& part : parts) {
     size_t done = 0;
     while (done < part.n) {
@@ -153,7 +150,7 @@ Status Conn::send(MsgType t, uint64_t a, uint64_t b, const void* payload, size_t
       if (r < 0 && errno != EINTR) return io_error("poll");
     }
   }
-  return cork ? t_->uncork(timeout_ms) : Status::ok();
+  return t_->end_message(timeout_ms);
 }
 
 bool Conn::buffered() const {

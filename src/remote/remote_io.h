@@ -46,9 +46,12 @@ class Transport {
   // What to poll for after read() (`reading`) or write() returned 0.
   virtual int fd(bool reading) const = 0;
   virtual short events(bool reading) const = 0;
-  // Lets several small writes leave as one TLS record (no-op otherwise).
-  virtual void cork() {}
-  virtual Status uncork(int /*timeout_ms*/) { return Status::ok(); }
+  // Brackets the writes of one message of `size` bytes, so the transport
+  // may gather them (TLS: small messages in one record, and the records
+  // of a large one in few socket writes); end_message() sends what it
+  // gathered, waiting at most `timeout_ms` for the peer to take it.
+  virtual void begin_message(size_t /*size*/) {}
+  virtual Status end_message(int /*timeout_ms*/) { return Status::ok(); }
 };
 
 // Owns `in` and `out` (which may be the same fd).

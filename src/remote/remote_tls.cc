@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <vector>
 
 #include <fmt/format.h>
 #include <gnutls/crypto.h>
@@ -57,7 +59,10 @@ Result<std::string> der_fingerprint(const gnutls_datum_t& der) {
 class TlsTransport : public Transport {
  public:
   TlsTransport(int fd, gnutls_session_t s, gnutls_certificate_credentials_t own)
-      : fd_(fd), s_(s), own_(own) {}
+      : fd_(fd), s_(s), own_(own) {
+    gnutls_transport_set_ptr2(s_, reinterpret_cast<void*>(static_cast<intptr_t>(fd)), this);
+    gnutls_transport_set_push_function(s_, &TlsTransport::push_cb);
+  }
   ~TlsTransport() override {
     // Best effort, never waiting: the peer learns the end was meant.
     gnutls_bye(s_, GNUTLS_SHUT_WR);
@@ -91,26 +96,86 @@ class TlsTransport : public Transport {
   short events(bool reading) const override {
     return (reading ? read_dir_ : write_dir_) ? POLLOUT : POLLIN;
   }
-  void cork() override { gnutls_record_cork(s_); }
-  Status uncork(int timeout_ms) override {
-    for (;;) {
+  void begin_message(size_t size) override {
+    // Header and payload in one record where they fit; a large payload
+    // is not worth copying into the cork's buffer for that.
+    corked_ = size <= 16384;
+    if (corked_) gnutls_record_cork(s_);
+    gathering_ = true;
+  }
+  Status end_message(int timeout_ms) override {
+    gathering_ = false;
+    while (corked_) {
       int r = gnutls_record_uncork(s_, 0);
-      if (r >= 0) return Status::ok();
+      if (r >= 0) {
+        corked_ = false;
+        break;
+      }
       if (r != GNUTLS_E_AGAIN && r != GNUTLS_E_INTERRUPTED) return tls_error("TLS send", r);
-      pollfd p{fd_, static_cast<short>(gnutls_record_get_direction(s_) ? POLLOUT : POLLIN), 0};
-      int pr = poll(&p, 1, timeout_ms);
-      if (pr == 0)
-        return {ErrorKind::kFailure, "remote: the peer stopped reading", Cause::kTimeout};
-      if (pr < 0 && errno != EINTR)
-        return {ErrorKind::kFailure, fsutil::errno_message("poll", "")};
+      short ev = static_cast<short>(gnutls_record_get_direction(s_) ? POLLOUT : POLLIN);
+      if (Status st = wait(ev, timeout_ms); !st) return st;
     }
+    while (!flush()) {
+      if (errno != EAGAIN) return tls_error("TLS send", GNUTLS_E_PUSH_ERROR);
+      if (Status st = wait(POLLOUT, timeout_ms); !st) return st;
+    }
+    return Status::ok();
   }
 
  private:
+  // GnuTLS pushes each sealed record (16 KiB at most) on its own, and a
+  // socket write per record was most of what TLS cost the shipper (12k
+  // sendmsg per 190 MiB shipped, against ~900 writes over tcp).  Inside a
+  // message the records gather in out_ and leave kGather bytes at a time.
+  static constexpr size_t kGather = 256 * 1024;
+
+  static ssize_t push_cb(gnutls_transport_ptr_t self, const void* p, size_t n) {
+    return static_cast<TlsTransport*>(self)->push(static_cast<const uint8_t*>(p), n);
+  }
+  ssize_t push(const uint8_t* p, size_t n) {
+    if (!gathering_ && out_.size() == out_done_) {
+      ssize_t r = ::send(fd_, p, n, MSG_NOSIGNAL);
+      if (r < 0) gnutls_transport_set_errno(s_, errno);
+      return r;
+    }
+    if (out_.size() - out_done_ + n > kGather && !flush()) {
+      gnutls_transport_set_errno(s_, errno);
+      return -1;
+    }
+    out_.insert(out_.end(), p, p + n);
+    return static_cast<ssize_t>(n);
+  }
+  // Sends what gathered without waiting: true once all of it left,
+  // false with errno (EAGAIN: the socket is full) otherwise.
+  bool flush() {
+    while (out_done_ < out_.size()) {
+      ssize_t r = ::send(fd_, out_.data() + out_done_, out_.size() - out_done_, MSG_NOSIGNAL);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        return false;
+      }
+      out_done_ += static_cast<size_t>(r);
+    }
+    out_.clear();
+    out_done_ = 0;
+    return true;
+  }
+  Status wait(short events, int timeout_ms) {
+    pollfd p{fd_, events, 0};
+    int pr = poll(&p, 1, timeout_ms);
+    if (pr == 0) return {ErrorKind::kFailure, "remote: the peer stopped reading", Cause::kTimeout};
+    if (pr < 0 && errno != EINTR)
+      return {ErrorKind::kFailure, fsutil::errno_message("poll", "")};
+    return Status::ok();
+  }
+
   int fd_;
   gnutls_session_t s_;
   gnutls_certificate_credentials_t own_;
   int read_dir_ = 0, write_dir_ = 1;
+  bool corked_ = false, gathering_ = false;
+  std::vector<uint8_t> out_;
+  size_t out_done_ = 0;
 };
 
 using Clock = std::chrono::steady_clock;

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <future>
 #include <string>
 #include <vector>
@@ -80,7 +81,7 @@ TEST_CASE("tls: --init-tls makes a key only its owner reads, and never replaces 
   CHECK(access((dir + "/server.key").c_str(), F_OK) != 0);
 }
 
-TEST_CASE("tls: messages cross a pinned session; a wrong pin or a cleartext client is refused") {
+TEST_CASE("tls: messages cross a pinned session, a wrong pin or a cleartext client is refused") {
   TempDir t;
   auto fp = make_self_signed(t.path, "localhost");
   REQUIRE(fp);
@@ -112,6 +113,44 @@ TEST_CASE("tls: messages cross a pinned session; a wrong pin or a cleartext clie
     auto ack = client.expect(MsgType::kAck, 10000);
     REQUIRE(ack);
     CHECK(ack->h.a == 9);
+  }
+  SUBCASE("records gathered for one socket write: small and large messages keep their order") {
+    auto c = tls_connect(p.client, *fp, "test", 10000);
+    REQUIRE_MESSAGE(c, c.status().message());
+    auto s = server.get();
+    REQUIRE_MESSAGE(s, s.status().message());
+    Conn client(std::move(*c)), srv(std::move(*s));
+    // Sizes around a record (16 KiB) and around the gathering buffer.
+    const std::vector<size_t> sizes = {0, 1, 16384 - 24, 16384, 16385, 256 << 10, (256 << 10) + 1,
+                                       700000, 5};
+    auto sent = std::async(std::launch::async, [&] {
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        std::vector<uint8_t> b(sizes[i], static_cast<uint8_t>(i + 1));
+        if (Status st = client.send(MsgType::kSegmentData, i, sizes[i], b.data(), b.size()); !st)
+          return st;
+      }
+      return Status::ok();
+    });
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      auto m = srv.expect(MsgType::kSegmentData, 10000);
+      REQUIRE_MESSAGE(m, m.status().message());
+      CHECK(m->h.a == i);
+      REQUIRE(m->h.payload_len == sizes[i]);
+      CHECK(std::all_of(m->payload, m->payload + sizes[i],
+                        [&](uint8_t x) { return x == static_cast<uint8_t>(i + 1); }));
+    }
+    CHECK(sent.get());
+  }
+  SUBCASE("a peer that stops reading: the send gives up after its timeout") {
+    auto c = tls_connect(p.client, *fp, "test", 10000);
+    REQUIRE_MESSAGE(c, c.status().message());
+    auto s = server.get();
+    REQUIRE_MESSAGE(s, s.status().message());
+    Conn client(std::move(*c));
+    std::vector<uint8_t> big(32u << 20, 0x5a);  // far more than the socket buffers hold
+    Status st = client.send(MsgType::kSegmentData, 1, 2, big.data(), big.size(), 300);
+    REQUIRE_FALSE(st);
+    CHECK(st.cause() == Cause::kTimeout);
   }
   SUBCASE("another fingerprint: refused before anything is sent, naming both") {
     std::string other = "SHA256:" + std::string(95, '0');
