@@ -25,8 +25,17 @@
 // version 2, RECEIVED acks).
 // There is no checksum: the socket is local, and the journal checksums
 // what it stores.
+//
+// Version 3 moves the records (not HELLO) off the socket into a ring in
+// shared memory that kvmcdp creates and passes with HELLO_REPLY
+// (SCM_RIGHTS): the same bytes, header and payload, that version 2 sends,
+// with no system call per batch on either side.  The socket stays for
+// HELLO, HELLO_REPLY, ACK and RECEIVED, and carries wake-ups: one byte
+// from the filter when kvmcdp said it sleeps, a RECEIVED from kvmcdp when
+// the filter said it waits for ring space.  Layout below (RingHeader).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string_view>
 
@@ -36,9 +45,11 @@ inline constexpr uint32_t kMagic = 0x5044434b;
 // Version 1: ACK only.  Version 2 adds RECEIVED: the filter frees a
 // record's payload once kvmcdp has it, and only flushes (and sync-mode
 // writes) wait for ACK.
-inline constexpr uint32_t kVersion = 2;
+// Version 3 adds the shared-memory ring.
+inline constexpr uint32_t kVersion = 3;
 inline constexpr uint32_t kMinVersion = 1;
 inline constexpr uint32_t kVersionReceived = 2;
+inline constexpr uint32_t kVersionRing = 3;
 inline constexpr uint32_t kHeaderSize = 48;
 // A WRITE never carries more than this; the filter splits larger requests.
 inline constexpr uint32_t kMaxPayload = 4u << 20;
@@ -97,5 +108,35 @@ struct MsgHeader {
 static_assert(sizeof(MsgHeader) == kHeaderSize);
 
 std::string_view type_name(MsgType t);
+
+// The ring of version 3: a sealed memfd (F_SEAL_SHRINK | F_SEAL_GROW |
+// F_SEAL_SEAL, so neither side can make the other's mapping fault) of
+// kRingHeaderSize + data_size bytes.  The header page holds, each on a
+// cache line of its own, little-endian:
+//
+//   offset size field
+//        0    4 magic            kRingMagic
+//        4    4 version          kRingVersion
+//        8    8 data_size        a power of two, >= kRingMinData
+//       64    8 head             bytes the filter has published (ever)
+//      128    8 tail             bytes kvmcdp has taken (ever)
+//      192    4 consumer_sleeps  kvmcdp: 1 before it waits on the socket
+//      256    4 producer_waits   the filter: 1 when a record does not fit
+//
+// The data area follows at kRingHeaderSize; stream byte N is at
+// N mod data_size, and a message may wrap around its end.  The filter
+// copies whole messages in at head, then publishes head (release); kvmcdp
+// reads up to head (acquire) and publishes tail once it has copied a
+// message out.  head - tail never exceeds data_size.  A side that finds
+// the other's flag set swaps it to 0 and wakes it through the socket.
+inline constexpr uint32_t kRingMagic = 0x52444b43;  // "CKDR" as bytes
+inline constexpr uint32_t kRingVersion = 1;
+inline constexpr uint64_t kRingHeaderSize = 4096;
+inline constexpr uint64_t kRingMinData = 8u << 20;   // two largest messages
+inline constexpr uint64_t kRingMaxData = 1u << 30;
+inline constexpr size_t kRingHeadOffset = 64;
+inline constexpr size_t kRingTailOffset = 128;
+inline constexpr size_t kRingConsumerSleepsOffset = 192;
+inline constexpr size_t kRingProducerWaitsOffset = 256;
 
 }  // namespace kvmcdp::wire

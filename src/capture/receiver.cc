@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "base/crash_point.h"
+#include "base/fault_point.h"
 
 namespace kvmcdp {
 
@@ -46,14 +47,27 @@ Result<Hello> StreamReceiver::handshake(uint64_t durable_seq, int timeout_ms) {
                   fmt::format("stream: the filter speaks protocol version {}, kvmcdp {} to {}",
                               h.aux, wire::kMinVersion, wire::kVersion));
   version_ = std::min(h.aux, wire::kVersion);
+  if (version_ >= wire::kVersionRing) {
+    // Without a ring (no memfd here, or a test asks) the stream stays on
+    // the socket: version 2.
+    auto ring = injected_failure("ring", "create", "memfd").is_ok()
+                    ? wire::StreamRing::create(kRingBytes)
+                    : Result<std::unique_ptr<wire::StreamRing>>(
+                          Status(ErrorKind::kFailure, "no ring"));
+    if (ring) ring_ = std::move(*ring);
+    else version_ = wire::kVersionRing - 1;
+  }
   Hello hello;
   hello.stream_id = h.offset;
   hello.last_seq = h.seq;
   hello.disk_size = h.length;
   hello.gap_pending = h.flags & wire::kFlagGap;
   hello.node_name.assign(reinterpret_cast<const char*>(payload), h.payload_len);
-  if (Status s = wire::send_control(fd_, MsgType::kHelloReply, durable_seq, version_); !s)
+  if (Status s = wire::send_control(fd_, MsgType::kHelloReply, durable_seq, version_,
+                                    ring_ ? ring_->fd() : -1);
+      !s)
     return s;
+  if (ring_) reader_.use_ring(ring_.get());
   counters_.last_seq = counters_.durable_seq = counters_.acked_seq = durable_seq;
   received_acked_ = durable_seq;
   return hello;
@@ -137,8 +151,7 @@ Status StreamReceiver::send_received() {
 // stores poorly compressing frames instead of taking the CPU the guest's
 // own threads need (frame_effort.h).
 void StreamReceiver::note_source_ahead() {
-  int pending = 0;
-  bool ahead = ::ioctl(fd_, FIONREAD, &pending) == 0 && pending >= kAheadBytes;
+  bool ahead = reader_.pending() >= size_t{kAheadBytes};
   if (ahead) counters_.ahead_reads++;
   if (ahead == source_ahead_) return;
   source_ahead_ = ahead;
@@ -191,6 +204,10 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
       if (h.type == static_cast<uint16_t>(MsgType::kFlush) || (h.flags & wire::kFlagFua))
         waited_for_ = true;
     }
+    // The filter waits for ring space that the messages just taken freed.
+    if (ring_ && ring_->take_producer_waits()) {
+      if (Status s = wire::send_control(fd_, MsgType::kReceived, received_acked_); !s) return s;
+    }
     // Let the next messages gather on the socket (see note_read()), unless
     // what was just read holds a flush or FUA write.
     if (std::exchange(coalesce_, false) && !waited_for_) {
@@ -210,7 +227,12 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
                    {writer_->written_event_fd(), POLLIN, 0}};
     bool may_start = uncommitted_ && !syncing_;
     bool prompt = every_write_waits_ || waited_for_;
-    int ready = poll(p, 4, !may_start ? 100 : prompt ? 0 : ms_until_batch_due());
+    // With a ring, the filter wakes us through the socket only once we
+    // say we sleep; if it published meanwhile, do not wait at all.
+    bool ring_moved = ring_ && !reader_.may_sleep();
+    int ready = poll(p, 4, ring_moved || (may_start && prompt) ? 0
+                           : !may_start                        ? 100
+                                                               : ms_until_batch_due());
     if (ready < 0 && errno != EINTR)
       return Status(ErrorKind::kFailure, fmt::format("poll: {}", std::strerror(errno)));
     if (ready > 0 && (p[3].revents & POLLIN)) {
@@ -224,7 +246,7 @@ Result<StreamReceiver::End> StreamReceiver::run(const std::atomic<bool>& stop) {
       AckGate::drain(p[1].fd);
       if (Status s = send_ack(); !s) return s;
     }
-    bool readable = ready > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0;
+    bool readable = ring_moved || (ready > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)));
     bool batch_due = uncommitted_ && (uncommitted_bytes_ >= kBatchBytes ||
                                       std::chrono::steady_clock::now() - first_uncommitted_ >=
                                           kBatchAge);

@@ -1,4 +1,5 @@
-// The kvmcdp end of the filter's stream: reads records from the socket,
+// The kvmcdp end of the filter's stream: reads records from the socket
+// (or, protocol version 3, from the shared-memory ring it gives the filter),
 // appends them to the journal, tells the filter once they are written to
 // a segment file (RECEIVED, protocol version 2: a crash of kvmcdp keeps
 // them) and acknowledges them (ACK) only once a group commit has made
@@ -18,6 +19,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 
@@ -100,6 +102,7 @@ class StreamReceiver {
   void note_read();
 
   int fd_;
+  std::unique_ptr<wire::StreamRing> ring_;  // version 3
   wire::MessageReader reader_;
   journal::JournalWriter* writer_;
   AckGate* gate_ = nullptr;
@@ -126,6 +129,9 @@ class StreamReceiver {
   // ahead of us (a socket buffer holds ~200 KiB by default).
   static constexpr int kAheadBytes = 64 << 10;
   static constexpr std::chrono::milliseconds kBatchAge{5};
+  // Version 3's ring: two largest messages, and 4 KiB writes by the
+  // thousand between two reads.
+  static constexpr uint64_t kRingBytes = 16u << 20;
 };
 
 }  // namespace kvmcdp

@@ -1,5 +1,7 @@
 #include "capture/wire_io.h"
 
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -82,7 +84,7 @@ Status decode_header(const uint8_t in[kHeaderSize], MsgHeader* h) {
   return Status::ok();
 }
 
-Status send_control(int fd, MsgType type, uint64_t seq, uint32_t aux) {
+Status send_control(int fd, MsgType type, uint64_t seq, uint32_t aux, int pass_fd) {
   MsgHeader h{};
   h.magic = kMagic;
   h.type = static_cast<uint16_t>(type);
@@ -92,8 +94,27 @@ Status send_control(int fd, MsgType type, uint64_t seq, uint32_t aux) {
   encode_header(h, buf);
   size_t done = 0;
   while (done < kHeaderSize) {
-    ssize_t n = send(fd, buf + done, kHeaderSize - done, MSG_NOSIGNAL);
+    iovec iov{buf + done, kHeaderSize - done};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    if (pass_fd >= 0 && done == 0) {  // the fd rides on the first byte
+      m.msg_control = control;
+      m.msg_controllen = sizeof control;
+      cmsghdr* c = CMSG_FIRSTHDR(&m);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+    }
+    ssize_t n = sendmsg(fd, &m, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // A control message is small and the peer reads the socket; wait.
+      pollfd p{fd, POLLOUT, 0};
+      if (poll(&p, 1, 10000) == 1) continue;
+    }
     if (n <= 0)
       return {ErrorKind::kFailure, fmt::format("stream: send: {}", std::strerror(errno)),
               Cause::kConnectionLost};
@@ -102,7 +123,58 @@ Status send_control(int fd, MsgType type, uint64_t seq, uint32_t aux) {
   return Status::ok();
 }
 
+void MessageReader::use_ring(StreamRing* ring) {
+  ring_ = ring;
+  ring_start_ = ring_end_ = ring->head();
+}
+
+size_t MessageReader::pending() const {
+  if (ring_) return static_cast<size_t>(ring_->head() - ring_start_);
+  int n = 0;
+  return ::ioctl(fd_, FIONREAD, &n) == 0 && n > 0 ? static_cast<size_t>(n) : 0;
+}
+
+bool MessageReader::may_sleep() { return !ring_->sleep_unless_moved(ring_end_); }
+
+Result<MessageReader::Next> MessageReader::fill_from_ring() {
+  ring_->awake();
+  // The socket carries wake-up bytes (any number, no meaning) and EOF.
+  uint8_t sink[512];
+  while (!closed_) {
+    ssize_t n = read(fd_, sink, sizeof sink);
+    if (n > 0) continue;
+    if (n == 0) closed_ = true;
+    else if (errno == EINTR) continue;
+    else if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+    else
+      return Status(ErrorKind::kFailure, fmt::format("stream: read: {}", std::strerror(errno)),
+                    Cause::kConnectionLost);
+  }
+  uint64_t head = ring_->head();
+  if (head < ring_end_ || head - ring_start_ > ring_->data_size())
+    return Status(ErrorKind::kFailure,
+                  fmt::format("stream: the filter's ring head {} is out of bounds ({} to {})",
+                              head, ring_end_, ring_start_ + ring_->data_size()));
+  ring_end_ = head;
+  if (buffered_message()) return Next::kMessage;
+  return closed_ ? Next::kClosed : Next::kNeedMore;
+}
+
+Result<bool> MessageReader::next_in_ring(MsgHeader* h, const uint8_t** payload) {
+  // The caller is done with the message handed out before: its space goes
+  // back to the filter.
+  ring_->publish_tail(ring_start_);
+  if (ring_end_ - ring_start_ < kHeaderSize) return false;
+  const uint8_t* p = ring_->at(ring_start_);
+  if (Status s = decode_header(p, h); !s) return s;
+  if (ring_end_ - ring_start_ < kHeaderSize + uint64_t{h->payload_len}) return false;
+  *payload = p + kHeaderSize;
+  ring_start_ += kHeaderSize + h->payload_len;
+  return true;
+}
+
 Result<MessageReader::Next> MessageReader::fill() {
+  if (ring_) return fill_from_ring();
   if (start_ > 0 && (end_ == start_ || buf_.size() - end_ < kHeaderSize + kMaxPayload)) {
     std::memmove(buf_.data(), buf_.data() + start_, end_ - start_);
     end_ -= start_;
@@ -122,12 +194,18 @@ Result<MessageReader::Next> MessageReader::fill() {
 }
 
 bool MessageReader::buffered_message() const {
+  if (ring_) {
+    if (ring_end_ - ring_start_ < kHeaderSize) return false;
+    uint32_t payload = get<uint32_t>(ring_->at(ring_start_) + 40);
+    return payload <= kMaxPayload && ring_end_ - ring_start_ >= kHeaderSize + uint64_t{payload};
+  }
   if (end_ - start_ < kHeaderSize) return false;
   uint32_t payload = get<uint32_t>(buf_.data() + start_ + 40);
   return payload <= kMaxPayload && end_ - start_ >= kHeaderSize + size_t{payload};
 }
 
 Result<bool> MessageReader::next(MsgHeader* h, const uint8_t** payload) {
+  if (ring_) return next_in_ring(h, payload);
   if (end_ - start_ < kHeaderSize) return false;
   const uint8_t* p = buf_.data() + start_;
   // Judge the header as soon as it is here, so a lying length is refused
