@@ -3,11 +3,13 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstring>
 
+#include "capture/wire_io.h"
 #include "kvmcdp/wire_format.h"
 
 namespace kvmcdp::wire {
@@ -70,6 +72,44 @@ TEST_CASE("stream ring: a ring that could shrink, or whose header lies, is refus
     CHECK_FALSE(StreamRing::create(kRingMinData / 2));
     CHECK_FALSE(StreamRing::create(kRingMinData + 4096));
   }
+}
+
+TEST_CASE("stream ring: records the filter published before the reader took the ring are read") {
+  // The filter may publish as soon as it has HELLO_REPLY, before kvmcdp's
+  // reader switches to the ring.
+  auto ring = StreamRing::create(kRingMinData);
+  REQUIRE(ring);
+  uint64_t head = 0;
+  for (uint64_t seq = 1; seq <= 3; ++seq) {
+    MsgHeader h{};
+    h.magic = kMagic;
+    h.type = static_cast<uint16_t>(MsgType::kFlush);
+    h.seq = seq;
+    encode_header(h, (*ring)->at(head));
+    head += kHeaderSize;
+  }
+  (*ring)->publish_head(head);
+  int sv[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
+  MessageReader reader(sv[0]);
+  reader.use_ring(ring->get());
+  auto filled = reader.fill();
+  REQUIRE(filled);
+  CHECK(*filled == MessageReader::Next::kMessage);
+  MsgHeader h{};
+  const uint8_t* payload = nullptr;
+  for (uint64_t seq = 1; seq <= 3; ++seq) {
+    auto got = reader.next(&h, &payload);
+    REQUIRE(got);
+    REQUIRE(*got);
+    CHECK(h.seq == seq);
+  }
+  auto none = reader.next(&h, &payload);
+  REQUIRE(none);
+  CHECK_FALSE(*none);
+  CHECK((*ring)->tail() == head);  // all taken, and said so
+  close(sv[0]);
+  close(sv[1]);
 }
 
 }  // namespace kvmcdp::wire

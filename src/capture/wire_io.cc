@@ -125,7 +125,9 @@ Status send_control(int fd, MsgType type, uint64_t seq, uint32_t aux, int pass_f
 
 void MessageReader::use_ring(StreamRing* ring) {
   ring_ = ring;
-  ring_start_ = ring_end_ = ring->head();
+  // From what nobody has taken yet: the filter may have published records
+  // between our HELLO_REPLY and this call.
+  ring_start_ = ring_end_ = ring->tail();
 }
 
 size_t MessageReader::pending() const {
