@@ -17,8 +17,12 @@ writes) in the way:
     the last record, i.e. until everything is durable in the journal;
   * like the filter, it keeps at most --window bytes (default 64 MiB, the
     filter's default queue-size) sent but not acknowledged; with protocol
-    version 2 (the default, as the filter), RECEIVED frees the window and
-    only the end waits for the ACK;
+    version 2 or 3, RECEIVED frees the window and only the end waits for
+    the ACK; with version 3 (the default, as the filter) the records go
+    through the shared-memory ring that protect passes with HELLO_REPLY,
+    with one wake-up byte on the socket per 1 MiB batch (the filter sends
+    one only when protect said it sleeps, which needs a memory barrier
+    that Python has not);
   * meanwhile it samples protect's /proc/PID/status (VmRSS, VmHWM) and
     /proc/PID/stat (utime + stime); the PID comes from SO_PEERCRED.
 
@@ -36,6 +40,7 @@ Python 3 standard library only.
 import argparse
 import collections
 import json
+import mmap
 import os
 import random
 import socket
@@ -48,6 +53,7 @@ import time
 MAGIC = 0x5044434B
 HDR = struct.Struct("<IHHQQQQII")
 T_HELLO, T_WRITE, T_HELLO_REPLY, T_ACK, T_RECEIVED = 1, 2, 64, 65, 66
+RING_HDR, RING_HEAD, RING_TAIL = 4096, 64, 128  # kvmcdp-wire(5), The ring
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -148,11 +154,36 @@ class Stream:
         else:
             raise SystemExit(f"unknown plan {a.plan}")
 
+    def ring_send(self, b):
+        """Copies b into the ring (waiting for room), publishes it, wakes protect."""
+        m, size = self.ring, self.ring_size
+        while size - (self.head - struct.unpack_from("<Q", m, RING_TAIL)[0]) < len(b):
+            time.sleep(0.0002)
+        pos = self.head % size
+        first = min(len(b), size - pos)
+        m[RING_HDR + pos:RING_HDR + pos + first] = b[:first]
+        if first < len(b):
+            m[RING_HDR:RING_HDR + len(b) - first] = b[first:]
+        self.head += len(b)
+        struct.pack_into("<Q", m, RING_HEAD, self.head)
+        self.sock.send(b"w")
+
     def pump(self):
-        h = self.recv_exact(HDR.size)
+        msg, fds, _, _ = socket.recv_fds(self.sock, HDR.size, 1)
+        h = msg + (self.recv_exact(HDR.size - len(msg)) if len(msg) < HDR.size else b"")
         _, typ, _, durable, *_, version = HDR.unpack(h)
         assert typ == T_HELLO_REPLY, typ
         assert 1 <= version <= self.args.version, version
+        self.ring = None
+        if version >= 3:
+            assert fds, "version 3 without a ring"
+            st = os.fstat(fds[0])
+            self.ring = mmap.mmap(fds[0], st.st_size)
+            self.ring_size = struct.unpack_from("<Q", self.ring, 8)[0]
+            self.head = struct.unpack_from("<Q", self.ring, RING_HEAD)[0]
+        for fd in fds:
+            os.close(fd)
+        send = self.ring_send if self.ring is not None else self.sock.sendall
         threading.Thread(target=self.read_acks, daemon=True).start()
         self.go.wait()
         gen = self.records()  # reads the pool before the clock starts
@@ -200,12 +231,12 @@ class Stream:
             sent_bytes += len(data)
             if batch_len >= (1 << 20):
                 wait_window(sent_bytes)
-                self.sock.sendall(b"".join(batch))
+                send(b"".join(batch))
                 unacked.append((self.seq, sent_bytes - batch_len))
                 batch, batch_len = [], 0
                 now = time.time_ns()
         if batch:
-            self.sock.sendall(b"".join(batch))
+            send(b"".join(batch))
         t_sent = time.monotonic()
         with self.ack_cv:
             while self.acked < self.seq:
@@ -353,8 +384,9 @@ def main():
     ap.add_argument("--filter", default="kvmcdp-disk0")
     ap.add_argument("--window", type=int, default=64 << 20,
                     help="bytes in flight without an ACK (the filter's queue-size)")
-    ap.add_argument("--version", type=int, default=2, choices=(1, 2),
-                    help="the stream protocol version offered (2: RECEIVED frees the window)")
+    ap.add_argument("--version", type=int, default=3, choices=(1, 2, 3),
+                    help="the stream protocol version offered (2: RECEIVED frees the "
+                         "window; 3: the records go through the shared-memory ring)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--qemu-nbd", default="qemu-nbd")
     args = ap.parse_args()
