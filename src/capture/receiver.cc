@@ -69,6 +69,7 @@ Result<Hello> StreamReceiver::handshake(uint64_t durable_seq, int timeout_ms) {
     return s;
   if (ring_) reader_.use_ring(ring_.get());
   counters_.last_seq = counters_.durable_seq = counters_.acked_seq = durable_seq;
+  counters_.version = version_;
   received_acked_ = durable_seq;
   return hello;
 }

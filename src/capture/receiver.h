@@ -50,6 +50,7 @@ struct ReceiverCounters {
   uint64_t last_time_ns = 0;   // of the newest durable record
   uint64_t ahead_reads = 0;    // reads that found the filter ahead of us
   uint64_t coalesced = 0;      // polls delayed so that messages gather
+  uint32_t version = 0;        // the stream protocol agreed (3: the ring)
 };
 
 class StreamReceiver {

@@ -291,6 +291,7 @@ Status publish_state(CaptureShared& s, const ProtectState& base) {
     st.received_seq = s.counters.last_seq;
     st.durable_seq = s.counters.durable_seq;
     st.durable_time_ns = s.counters.last_time_ns;
+    st.stream_version = s.counters.version;
   }
   if (s.shipper) {
     RemoteStatus r = s.shipper->status();

@@ -64,6 +64,8 @@ Status run_status(const std::string& store, bool as_json, bool check) {
     j["connected"] = running && state->connected;
     j["lag"] = {{"records", lag_records}, {"seconds", lag_seconds}};
     j["durable_seq"] = state->durable_seq;
+    // The filter's stream protocol; 3 carries the records in shared memory.
+    if (state->stream_version) j["stream_version"] = state->stream_version;
     // Payload bytes the current (or last) protect run received: the raw
     // side of the compression ratio.
     j["session_raw_bytes"] = state->bytes;

@@ -27,6 +27,7 @@ Status write_protect_state(const std::string& store_dir, const ProtectState& s) 
       {"records", s.records},   {"bytes", s.bytes},
       {"received_seq", s.received_seq}, {"durable_seq", s.durable_seq},
       {"durable_time_ns", s.durable_time_ns},
+      {"stream_version", s.stream_version},
       {"store", s.store},       {"stream_id", fmt::format("{:016x}", s.stream_id)}};
   if (s.shutdown_ns) j["vm_shutdown_ns"] = s.shutdown_ns;
   if (!s.remote_url.empty())
@@ -61,6 +62,7 @@ Result<ProtectState> read_protect_state(const std::string& store_dir) {
     s.received_seq = j.value("received_seq", uint64_t{0});
     s.durable_seq = j.value("durable_seq", uint64_t{0});
     s.durable_time_ns = j.value("durable_time_ns", uint64_t{0});
+    s.stream_version = j.value("stream_version", uint32_t{0});
     s.store = j.value("store", "");
     s.stream_id = std::strtoull(j.value("stream_id", "0").c_str(), nullptr, 16);
     s.shutdown_ns = j.value("vm_shutdown_ns", uint64_t{0});

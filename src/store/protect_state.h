@@ -30,6 +30,7 @@ struct ProtectState {
   uint64_t received_seq = 0;
   uint64_t durable_seq = 0;
   uint64_t durable_time_ns = 0;
+  uint32_t stream_version = 0;  // the filter's protocol (3: the shared-memory ring)
   // With --remote: how far the backup server is.
   std::string remote_url;  // "" without --remote
   bool remote_connected = false;

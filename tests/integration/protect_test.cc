@@ -547,4 +547,40 @@ TEST_CASE("protect + snapshot create: the filter stays on top, no gap, restores 
   check_restores_by_seq(dir, store, points);
 }
 
+TEST_CASE("protect: the records cross in the shared-memory ring, or on the socket without one") {
+  // Protocol version 3 with this QEMU; a protect that cannot make a ring
+  // (a test hook fails it) answers 2, and the filter keeps the socket.
+  for (bool ring : {true, false}) {
+    CAPTURE(ring);
+    TempDir dir;
+    std::string disk = dir.file("disk.raw");
+    REQUIRE(run_command({"truncate", "-s", std::to_string(kDiskSize), disk}).status == 0);
+    auto vm = start_vm(dir, disk);
+    std::string store = dir.file("store");
+    std::vector<std::string> argv = {KVMCDP_BINARY, "protect", "--qmp", vm->tool_socket(),
+                                     "--drive", "vd0", "--store", store};
+    if (!ring) argv.insert(argv.begin(), {"env", "KVMCDP_FAIL_AT_STEP=ring:create"});
+    BackgroundProcess protect(argv, store + ".protect.log");
+    REQUIRE_MESSAGE(protect.wait_base_complete(std::chrono::seconds(60)), protect.output());
+    std::mt19937_64 rng(ring ? 3 : 4);
+    std::vector<Checkpoint> points;
+    for (int i = 0; i < 3; ++i) {
+      random_round(*vm, rng);
+      wait_acked(*vm);
+      points.push_back({filter_seq(*vm), "", md5_of_file(disk)});
+    }
+    // protect rewrites its state file once a second.
+    json version;
+    for (int i = 0; i < 100 && version.is_null(); ++i) {
+      auto status = run_command({KVMCDP_BINARY, "status", "--json", "--store", store});
+      REQUIRE_MESSAGE(status.status == 0, status.output);
+      version = json::parse(status.output)["stream_version"];
+      if (version.is_null()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK(version == (ring ? 3 : 2));
+    REQUIRE_MESSAGE(protect.stop() == 0, protect.output());
+    check_restores_by_seq(dir, store, points);
+  }
+}
+
 }  // namespace kvmcdp::test
