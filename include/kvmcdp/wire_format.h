@@ -132,7 +132,7 @@ std::string_view type_name(MsgType t);
 inline constexpr uint32_t kRingMagic = 0x52444b43;  // "CKDR" as bytes
 inline constexpr uint32_t kRingVersion = 1;
 inline constexpr uint64_t kRingHeaderSize = 4096;
-inline constexpr uint64_t kRingMinData = 8u << 20;   // two largest messages
+inline constexpr uint64_t kRingMinData = 8u << 20;   // the largest message fits
 inline constexpr uint64_t kRingMaxData = 1u << 30;
 inline constexpr size_t kRingHeadOffset = 64;
 inline constexpr size_t kRingTailOffset = 128;
