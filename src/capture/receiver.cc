@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <time.h>
-#include <sys/ioctl.h>
 
 #include <algorithm>
 #include <utility>
@@ -48,14 +47,12 @@ Result<Hello> StreamReceiver::handshake(uint64_t durable_seq, int timeout_ms) {
                               h.aux, wire::kMinVersion, wire::kVersion));
   version_ = std::min(h.aux, wire::kVersion);
   if (version_ >= wire::kVersionRing) {
-    // Without a ring (no memfd here, or a test asks) the stream stays on
-    // the socket: version 2.
-    auto ring = injected_failure("ring", "create", "memfd").is_ok()
-                    ? wire::StreamRing::create(kRingBytes)
-                    : Result<std::unique_ptr<wire::StreamRing>>(
-                          Status(ErrorKind::kFailure, "no ring"));
-    if (ring) ring_ = std::move(*ring);
-    else version_ = wire::kVersionRing - 1;
+    // Without a ring (no memfd here, or a test's injected failure) the
+    // stream stays on the socket: version 2.
+    if (injected_failure("ring", "create", "memfd")) {
+      if (auto ring = wire::StreamRing::create(kRingBytes)) ring_ = std::move(*ring);
+    }
+    if (!ring_) version_ = wire::kVersionRing - 1;
   }
   Hello hello;
   hello.stream_id = h.offset;
