@@ -10,6 +10,8 @@
 
 #include <fmt/format.h>
 
+#include "base/fd_pass.h"
+
 namespace kvmcdp::wire {
 namespace {
 
@@ -94,21 +96,7 @@ Status send_control(int fd, MsgType type, uint64_t seq, uint32_t aux, int pass_f
   encode_header(h, buf);
   size_t done = 0;
   while (done < kHeaderSize) {
-    iovec iov{buf + done, kHeaderSize - done};
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-    if (pass_fd >= 0 && done == 0) {  // the fd rides on the first byte
-      m.msg_control = control;
-      m.msg_controllen = sizeof control;
-      cmsghdr* c = CMSG_FIRSTHDR(&m);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int));
-      std::memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
-    }
-    ssize_t n = sendmsg(fd, &m, MSG_NOSIGNAL);
+    ssize_t n = send_with_fd(fd, buf + done, kHeaderSize - done, done == 0 ? pass_fd : -1);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       // A control message is small and the peer reads the socket; wait.

@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "base/fd_pass.h"
 #include "base/fsutil.h"
 
 namespace kvmcdp {
@@ -129,25 +130,11 @@ QmpReply QmpClient::send_and_wait(const json& request, int pass_fd, Millis timeo
   if (broken_) return fail(QmpFailure::kTransport, "connection already failed");
   std::string text = request.dump() + "\n";
 
-  // sendmsg for the first chunk so an fd rides along with the command.
-  iovec iov{text.data(), text.size()};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  if (pass_fd >= 0) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
-  }
+  // The fd (if any) rides along with the command's first chunk.
   size_t sent = 0;
   while (sent < text.size()) {
-    ssize_t n = sent == 0 ? sendmsg(fd_, &msg, MSG_NOSIGNAL)
-                          : send(fd_, text.data() + sent, text.size() - sent, MSG_NOSIGNAL);
+    ssize_t n = send_with_fd(fd_, text.data() + sent, text.size() - sent,
+                             sent == 0 ? pass_fd : -1);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0)
       return fail(QmpFailure::kTransport,
