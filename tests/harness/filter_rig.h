@@ -34,6 +34,7 @@ struct FilterOptions {
   bool system = false;
   // The receiver's protocol version (2: RECEIVED for every batch).
   uint32_t version = 1;
+  BadRing bad_ring = BadRing::kNone;
 };
 
 struct FilterRig {
@@ -68,7 +69,8 @@ struct FilterRig {
     }
     // The copy "taken at attach time": nothing writes before the attach.
     REQUIRE(run_command({"cp", disk, base}).status == 0);
-    rx = std::make_unique<TestReceiver>(dir.file("recv.sock"), o.auto_ack, o.version);
+    rx = std::make_unique<TestReceiver>(dir.file("recv.sock"), o.auto_ack, o.version,
+                                        o.bad_ring);
     json attach = {{"node", "disk0"},
                    {"node-name", "cdp0"},
                    {"mode", o.mode},
@@ -78,9 +80,9 @@ struct FilterRig {
     if (o.stream_id) attach["stream-id"] = o.stream_id;
     QmpReply r = qsd->qmp().execute("cdp-attach", attach);
     REQUIRE_MESSAGE(r.ok(), r.message);
-    for (int i = 0; i < 250 && !rx->connected(); ++i)
+    for (int i = 0; i < 250 && !rx->accepted(); ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    REQUIRE(rx->connected());
+    REQUIRE(rx->accepted());
   }
 
   std::vector<std::string> qemu_io_argv(const std::vector<std::string>& cmds) {

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -16,8 +17,9 @@
 
 namespace kvmcdp::test {
 
-TestReceiver::TestReceiver(const std::string& socket_path, bool auto_ack, uint32_t version)
-    : path_(socket_path), auto_ack_(auto_ack), version_(version) {
+TestReceiver::TestReceiver(const std::string& socket_path, bool auto_ack, uint32_t version,
+                           BadRing bad_ring)
+    : path_(socket_path), auto_ack_(auto_ack), version_(version), bad_ring_(bad_ring) {
   listen_fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;
@@ -45,6 +47,7 @@ void TestReceiver::run() {
   fd_ = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
   if (fd_ < 0) return;
   connected_ = true;
+  accepted_ = true;
   wire::MessageReader reader(fd_);
   uint64_t acked = 0, received = 0;
   bool greeted = false;
@@ -62,6 +65,25 @@ void TestReceiver::run() {
       if (h.type == static_cast<uint16_t>(wire::MsgType::kHello)) {
         // Versions are agreed downwards, as kvmcdp does.
         version_ = std::min(version_, h.aux);
+        if (bad_ring_ != BadRing::kNone) {
+          int ring = -1;
+          if (bad_ring_ == BadRing::kUnsealed) {
+            ring = memfd_create("unsealed", MFD_CLOEXEC);
+            uint8_t head[16] = {};
+            uint32_t magic = wire::kRingMagic, version = wire::kRingVersion;
+            uint64_t size = wire::kRingMinData;
+            std::memcpy(head, &magic, 4);
+            std::memcpy(head + 4, &version, 4);
+            std::memcpy(head + 8, &size, 8);
+            if (ftruncate(ring, wire::kRingHeaderSize + size) != 0 ||
+                pwrite(ring, head, sizeof head, 0) != sizeof head)
+              break;
+          }
+          wire::send_control(fd_, wire::MsgType::kHelloReply, 0, wire::kVersionRing, ring);
+          if (ring >= 0) close(ring);
+          greeted = true;
+          continue;
+        }
         wire::send_control(fd_, wire::MsgType::kHelloReply, 0, version_);
         greeted = true;
         continue;

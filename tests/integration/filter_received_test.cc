@@ -127,4 +127,26 @@ TEST_CASE("received acks: a receiver that dies after RECEIVED, before the ACK: t
   CHECK(rig.qsd->console().find("cdp_received_lost node cdp0 seq 1 ") != std::string::npos);
 }
 
+TEST_CASE("received acks: a receiver whose version 3 ring is missing or unsealed is refused, the guest goes on") {
+  for (BadRing bad : {BadRing::kNoFd, BadRing::kUnsealed}) {
+    CAPTURE(static_cast<int>(bad));
+    FilterOptions o = received_only();
+    o.version = 3;
+    o.bad_ring = bad;
+    FilterRig rig(o);
+    for (int i = 0; i < 250 && rig.qsd->console().find("ring is missing or unusable") ==
+                                   std::string::npos;
+         ++i)
+      std::this_thread::sleep_for(milliseconds(20));
+    CHECK(rig.qsd->console().find("ring is missing or unusable") != std::string::npos);
+    // QEMU maps nothing it was not sure of: the guest's writes and flush
+    // complete, the filter counts the receiver as gone.
+    auto out = rig.qemu_io(writes_256k(4, 1));
+    CHECK_MESSAGE(out.status == 0, out.output);
+    json st = rig.cdp();
+    CHECK(st["connected"] == false);
+    CHECK(rig.qsd->qmp().execute("query-block-exports").ok());
+  }
+}
+
 }  // namespace kvmcdp::test
