@@ -49,7 +49,9 @@
 # none.  Variants of the async step (steps guest_io_pinned and
 # guest_io_tmpfs, seq1m and rand4k only): the daemons and fio on CPU 0 and
 # protect on CPU 1; and protect's store, the blk log and the mirror's
-# target on a tmpfs under /dev/shm (removed at the end).
+# target on a tmpfs under /dev/shm (removed at the end); and both at once
+# (guest_io_pinned_tmpfs), which leaves kvmcdp neither the guest's CPU nor
+# its disk to share.
 #
 # Ingest (figures 4, 6).  scripts/bench/fakefilter.py plays QEMU to
 # `kvmcdp protect`: a QMP server and the filter's stream, fed as fast as
@@ -209,7 +211,8 @@ mirror_ready() {
 # guest_io MODE [VARIANT]: the four paths (none, blk, mirror, cdp) with
 # `protect --mode MODE`.  VARIANT pinned: the qemu-storage-daemons and fio
 # on CPU 0, protect on CPU 1; tmpfs: protect's store, blklogwrites' log and
-# the mirror's target on a tmpfs (each path's "journal device" in RAM).
+# the mirror's target on a tmpfs (each path's "journal device" in RAM);
+# pinned-tmpfs: both.
 # The variants run seq1m and rand4k only; their results are named
 # MODE-VARIANT (e.g. async-pinned).
 guest_io() {
@@ -220,9 +223,10 @@ guest_io() {
   case $variant in
     "") ;;
     pinned) qpin=(taskset -c 0); ppin=(taskset -c 1); jobs=(seq1m rand4k) ;;
-    tmpfs)
+    tmpfs|pinned-tmpfs)
       jd=$(mktemp -d /dev/shm/kvmcdp-bench.XXXXXX)
       tmpfs_dirs+=("$jd")
+      [ "$variant" = tmpfs ] || { qpin=(taskset -c 0); ppin=(taskset -c 1); }
       jobs=(seq1m rand4k) ;;
     *) die "guest_io: unknown variant $variant" ;;
   esac
@@ -324,6 +328,7 @@ guest_io() {
 }
 guest_io_pinned() { guest_io "$1" pinned; }
 guest_io_tmpfs() { guest_io "$1" tmpfs; }
+guest_io_pinned_tmpfs() { guest_io "$1" pinned-tmpfs; }
 
 # ------------------------------------------------------------------- ingest
 # fake_protect DIR BASE DISKSIZE POOL PLAN RESULT: protect fed by the fake filter
@@ -560,7 +565,8 @@ snapshot_pause() {
 }
 
 t0=$(date +%s)
-for step in "guest_io async" "guest_io sync" "guest_io_pinned async" "guest_io_tmpfs async" make_pools "ingest comp" "ingest rand" \
+for step in "guest_io async" "guest_io sync" "guest_io_pinned async" "guest_io_tmpfs async" \
+  "guest_io_pinned_tmpfs async" make_pools "ingest comp" "ingest rand" \
   remote_ingest full_restore restore_scaling snapshot_pause; do
   # BENCH_ONLY="snapshot_pause ingest" runs only the steps named (and the
   # pools the ingest and restore steps read).

@@ -57,8 +57,8 @@ def ratio(a, b):
 
 # 1-3: guest I/O.  Paths: none (the reference), cdp, and the two stock
 # anchors blk (blklogwrites) and mirror (active mirror, write-blocking);
-# modes: async, sync and the async variants pinned and tmpfs.
-MODES = ("async", "sync", "async-pinned", "async-tmpfs")
+# modes: async, sync and the async variants pinned, tmpfs and both.
+MODES = ("async", "sync", "async-pinned", "async-tmpfs", "async-pinned-tmpfs")
 ANCHORS = (("blk", "blklogwrites"), ("mirror", "active mirror"))
 JOBS = (("seq1m", "1 MiB seq write QD16"), ("rand4k", "4 KiB rand write QD16"))
 paths = []  # every path's figures, mode by mode and job by job
