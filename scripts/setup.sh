@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Sets up everything kvmcdp needs on a Debian 12 machine, idempotently:
 #   1. Debian packages (toolchain, libraries, QEMU's build dependencies);
-#   2. the patched QEMU: Debian's own source package + qemu-patch/series,
-#      built into /var/cache/kvmcdp/qemu-<key>, where <key> hashes the
-#      source version, the patches and the configure flags, so a re-run with
-#      unchanged patches reuses it;
+#   2. the patched QEMUs, one per line in qemu-patch/<line>/ (7.2, 10.0):
+#      Debian's source package + that series, built into
+#      /var/cache/kvmcdp/qemu-<key>, where <key> hashes the source version,
+#      the patches and the configure flags, so a re-run with unchanged
+#      patches reuses it;
 #   3. the test guest kit (kernel + busybox initramfs), cached the same way;
 #   4. kvmcdp itself (CMake, Release unless BUILD_TYPE says otherwise).
 # It ends by writing build/env.sh, which exports where everything is.
@@ -34,7 +35,7 @@ packages=(
   clang libclang-rt-14-dev  # fuzz targets (tests/fuzz): libFuzzer, sanitizers
   # QEMU's build dependencies (minimal configuration below)
   meson libglib2.0-dev libpixman-1-dev libfdt-dev libslirp-dev flex bison
-  libaio-dev
+  libaio-dev python3-venv bzip2
 )
 
 # Adds deb-src next to every deb entry (deb822 and one-line formats), since
@@ -83,62 +84,161 @@ qemu_configure_flags=(
   --enable-zstd --enable-fdt=system --disable-install-blobs
   --with-git-submodules=ignore
 )
+# line_flags LINE: the configure flags for LINE, in QEMU_FLAGS (10.0 has
+# no --with-git-submodules: its +ds tarball has no submodules to ignore).
+line_flags() {
+  QEMU_FLAGS=()
+  local f
+  for f in "${qemu_configure_flags[@]}"; do
+    [ "$1" != 7.2 ] && [ "$f" = --with-git-submodules=ignore ] && continue
+    QEMU_FLAGS+=("$f")
+  done
+}
 qemu_targets=(qemu-system-x86_64 storage-daemon/qemu-storage-daemon qemu-img
   qemu-io qemu-nbd)
 
+# The QEMU lines the cdp filter is ported to, each a patch series for
+# Debian's source package of that line in qemu-patch/<line>/:
+#   7.2   Debian 12's own qemu (the deb-src entries of the machine's apt);
+#   10.0  Debian 13's qemu, from a private apt configuration (the machine's
+#         own is never changed), configured with meson 1.7 from
+#         bookworm-backports (Debian's +ds tarball has no meson of its own).
+# The first is the default (KVMCDP_QEMU_PREFIX); tests run against both.
+qemu_lines=(7.2 10.0)
+apt_private=$cache/apt-private
+
 patch_files() {
-  grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$here/qemu-patch/series" || true
+  grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$here/qemu-patch/$1/series" || true
 }
 
 qemu_key() {
-  local version=$1
+  local line=$1 version=$2
   {
     echo "$version"
-    echo "${qemu_configure_flags[*]}"
-    cat "$here/qemu-patch/series"
+    line_flags "$line"
+    echo "${QEMU_FLAGS[*]}"
+    cat "$here/qemu-patch/$line/series"
     local p
-    for p in $(patch_files); do cat "$here/qemu-patch/$p"; done
+    for p in $(patch_files "$line"); do cat "$here/qemu-patch/$line/$p"; done
   } | sha256sum | cut -c1-16
 }
 
-# Builds the patched QEMU unless a complete build for this key exists.
+# private_apt CMD ARGS...: apt-get/apt-cache with trixie's sources and
+# bookworm-backports in a sources list of our own.
+private_apt() {
+  local cmd=$1
+  shift
+  "$cmd" -o Dir::Etc::SourceList="$apt_private/sources.list" \
+    -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists="$apt_private/lists" \
+    -o Dir::Cache="$apt_private/cache" "$@"
+}
+
+private_apt_update() {
+  mkdir -p "$apt_private/lists/partial" "$apt_private/cache/archives/partial"
+  cat >"$apt_private/sources.list" <<'LIST'
+deb-src http://deb.debian.org/debian trixie main
+deb http://deb.debian.org/debian trixie main
+deb http://deb.debian.org/debian bookworm-backports main
+LIST
+  log "apt-get update (private list: trixie, bookworm-backports)" >&2
+  private_apt apt-get update -q >"$apt_private/update.log" 2>&1 ||
+    die "apt-get update of the private list failed: $apt_private/update.log"
+}
+
+# source_version LINE: the Debian source version of qemu for LINE.
+source_version() {
+  local v=""
+  case $1 in
+    7.2) v=$(apt-cache showsrc qemu 2>/dev/null | awk '/^Version:/ && !v {v=$2} END {print v}') ;;
+    *)
+      [ -s "$apt_private/sources.list" ] && ls "$apt_private"/lists/*Sources* >/dev/null 2>&1 ||
+        private_apt_update
+      v=$(private_apt apt-cache showsrc qemu 2>/dev/null |
+        awk -v l="$1" '/^Version:/ { x=$2; sub(/^[0-9]+:/, "", x); if (index(x, l) == 1 && substr(x, length(l) + 1, 1) ~ /[.+~-]/ && !v) v=$2 } END {print v}')
+      ;;
+  esac
+  [ -n "$v" ] || die "no source package for qemu $1 (deb-src missing?)"
+  case ${v#*:} in "$1"[.+~-]*) ;; *) die "qemu source $v is not of the $1 line" ;; esac
+  echo "$v"
+}
+
+# fetch_source LINE VERSION DIR: the source package's files into DIR.
+fetch_source() {
+  local line=$1 version=$2 dir=$3
+  ls "$dir"/*.dsc >/dev/null 2>&1 && return
+  mkdir -p "$dir"
+  if [ "$line" = 7.2 ]; then
+    (cd "$dir" && apt-get source -q --download-only "qemu=$version" >"$dir/fetch.log" 2>&1)
+  else
+    (cd "$dir" && private_apt apt-get source -q --download-only "qemu=$version" >"$dir/fetch.log" 2>&1)
+  fi || die "apt-get source qemu=$version failed: $dir/fetch.log"
+}
+
+# meson_for LINE: sets MESON_PYTHONPATH to a meson new enough for LINE
+# (empty: Debian 12's own).  QEMU 10.0 needs meson >= 1.5.
+meson_for() {
+  MESON_PYTHONPATH=""
+  [ "$1" = 7.2 ] && return
+  local dir=$cache/meson-bpo
+  if [ ! -e "$dir/.complete" ]; then
+    rm -rf "$dir"
+    mkdir -p "$dir/debs"
+    [ -s "$apt_private/sources.list" ] || private_apt_update
+    (cd "$dir/debs" && private_apt apt-get download -q meson/bookworm-backports \
+      python3-pycotap >"$dir/fetch.log" 2>&1) ||
+      die "meson from bookworm-backports could not be fetched: $dir/fetch.log"
+    local d
+    for d in "$dir"/debs/*.deb; do dpkg-deb -x "$d" "$dir/root"; done
+    touch "$dir/.complete"
+  fi
+  MESON_PYTHONPATH=$dir/root/usr/lib/python3/dist-packages
+}
+
+# build_qemu LINE: builds the patched QEMU of LINE unless a complete build
+# for its key exists, and sets QEMU_PREFIX.
 build_qemu() {
-  local version src_dir prefix work
-  version=$(apt-cache showsrc qemu | awk '/^Version:/ && !v {v=$2} END {print v}')
-  [ -n "$version" ] || die "no source package for qemu (deb-src missing?)"
-  prefix="$cache/qemu-$(qemu_key "$version")"
+  local line=$1 version src_dir prefix work
+  version=$(source_version "$line")
+  prefix="$cache/qemu-$(qemu_key "$line" "$version")"
   if [ -e "$prefix/.complete" ]; then
     log "QEMU $version (patched) cached in $prefix"
     QEMU_PREFIX=$prefix
     return
   fi
-  log "building QEMU $version with $(patch_files | wc -l) patch(es) into $prefix"
+  log "building QEMU $version with $(patch_files "$line" | wc -l) patch(es) into $prefix"
   src_dir="$cache/src/${version#*:}"
-  mkdir -p "$src_dir"
-  if ! ls "$src_dir"/*.dsc >/dev/null 2>&1; then
-    (cd "$src_dir" && apt-get source -q --download-only "qemu=$version" >/dev/null 2>&1) ||
-      die "apt-get source qemu=$version failed"
-  fi
+  fetch_source "$line" "$version" "$src_dir"
+  meson_for "$line"
   work="$prefix.build"
   rm -rf "$work" "$prefix"
   mkdir -p "$work"
   dpkg-source -q -x "$src_dir"/qemu_*.dsc "$work/src" >"$work/extract.log" 2>&1 ||
     die "dpkg-source -x failed: $work/extract.log"
+  # Debian's +ds tarball drops the prebuilt EDK2 firmware, which QEMU's
+  # build unpacks whenever bzip2 is present: empty archives stand in (the
+  # tests boot with SeaBIOS).
+  local f
+  [ "$line" = 7.2 ] ||
+  for f in $(sed -n "s/^ *'\(edk2-[a-z0-9_-]*\.fd\)',$/\1/p" "$work/src/pc-bios/meson.build"); do
+    [ -e "$work/src/pc-bios/$f.bz2" ] || bzip2 -c </dev/null >"$work/src/pc-bios/$f.bz2"
+  done
   local p
-  for p in $(patch_files); do
-    log "applying $p"
+  for p in $(patch_files "$line"); do
+    log "applying $line/$p"
     # QEMU's own style checker, as upstream runs it on every submission.
-    (cd "$work/src" && perl scripts/checkpatch.pl -q "$here/qemu-patch/$p") ||
-      die "checkpatch.pl finds problems in $p"
-    patch -d "$work/src" -p1 --quiet --forward <"$here/qemu-patch/$p" ||
-      die "patch $p does not apply"
+    (cd "$work/src" && perl scripts/checkpatch.pl -q "$here/qemu-patch/$line/$p") ||
+      die "checkpatch.pl finds problems in $line/$p"
+    patch -d "$work/src" -p1 --quiet --forward <"$here/qemu-patch/$line/$p" ||
+      die "patch $line/$p does not apply"
   done
   mkdir -p "$work/build"
-  (cd "$work/build" &&
-    ../src/configure --prefix="$prefix" "${qemu_configure_flags[@]}" >configure.log 2>&1) ||
+  line_flags "$line"
+  (cd "$work/build" && export PYTHONPATH=$MESON_PYTHONPATH &&
+    ../src/configure --prefix="$prefix" --python=/usr/bin/python3 \
+      "${QEMU_FLAGS[@]}" >configure.log 2>&1) ||
     die "QEMU configure failed: $work/build/configure.log"
-  ninja -C "$work/build" -j"$jobs" "${qemu_targets[@]}" >"$work/build.log" 2>&1 ||
-    die "QEMU build failed: $work/build.log"
+  PYTHONPATH=$MESON_PYTHONPATH ninja -C "$work/build" -j"$jobs" "${qemu_targets[@]}" \
+    >"$work/build.log" 2>&1 || die "QEMU build failed: $work/build.log"
   # The patch must build without warnings (Debian's own sources may have
   # some; those are shown, not fatal).
   if grep -E 'warning:' "$work/build.log" >"$work/warnings.log"; then
@@ -186,17 +286,25 @@ build_kvmcdp() {
 }
 
 install_packages
-build_qemu
+declare -A qemu_prefixes
+for line in "${qemu_lines[@]}"; do
+  build_qemu "$line"
+  qemu_prefixes[$line]=$QEMU_PREFIX
+done
+QEMU_PREFIX=${qemu_prefixes[${qemu_lines[0]}]}
 build_kit
 build_kvmcdp
 
 cat >"$build_dir/env.sh" <<EOF
 export KVMCDP_QEMU_PREFIX=$QEMU_PREFIX
+$(for line in "${qemu_lines[@]}"; do
+  echo "export KVMCDP_QEMU_PREFIX_${line//./_}=${qemu_prefixes[$line]}"
+done)
 export KVMCDP_KIT=$KIT_DIR
 export KVMCDP=$build_dir/kvmcdp
 export KVMCDP_QEMU_IMG=$QEMU_PREFIX/bin/qemu-img
 EOF
-log "patched QEMU: $QEMU_PREFIX/bin"
+for line in "${qemu_lines[@]}"; do log "patched QEMU $line: ${qemu_prefixes[$line]}/bin"; done
 log "guest kit:    $KIT_DIR"
 log "kvmcdp:       $build_dir/kvmcdp"
 log "environment:  source $build_dir/env.sh"

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -29,7 +30,16 @@ std::string required_env(const char* name) {
 
 }  // namespace
 
-std::string qemu_prefix() { return required_env("KVMCDP_QEMU_PREFIX"); }
+// The QEMU under test: KVMCDP_QEMU_LINE (set per ctest entry, e.g. "10.0")
+// picks that line's build, KVMCDP_QEMU_PREFIX_10_0 (scripts/setup.sh
+// exports one per line); without it, KVMCDP_QEMU_PREFIX, the default line.
+std::string qemu_prefix() {
+  const char* line = std::getenv("KVMCDP_QEMU_LINE");
+  if (!line || !*line) return required_env("KVMCDP_QEMU_PREFIX");
+  std::string var = fmt::format("KVMCDP_QEMU_PREFIX_{}", line);
+  std::replace(var.begin(), var.end(), '.', '_');
+  return required_env(var.c_str());
+}
 std::string kit_dir() { return required_env("KVMCDP_KIT"); }
 std::string qemu_bin(const std::string& name) { return qemu_prefix() + "/bin/" + name; }
 

@@ -311,7 +311,7 @@ TEST_CASE("filter lifecycle: a resync waiting for queue space survives a move to
 
 TEST_CASE("filter lifecycle: quit while an export's writes wait for queue space") {
   // QEMU closes its exports before it drains, and an export waits for its
-  // requests: without the drain that qemu-patch/0005 adds to that close,
+  // requests: without the drain that qemu-patch/7.2/0005 (10.0: 0002) adds to that close,
   // quit took the filter's whole timeout (29.7 s here).
   FilterRig rig(stalled());
   BackgroundWrites writes(rig, 16);

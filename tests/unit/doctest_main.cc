@@ -3,10 +3,15 @@
 // ctest runs each test case by name (--test-case=NAME).  A name that the
 // filter cannot match (a ';' splits it in CMake's lists; doctest reads ','
 // as "or") ran nothing and passed; such a run fails here instead.
+//
+// --qemu-line=LINE (ctest passes it to the integration tests, once per
+// QEMU line) sets KVMCDP_QEMU_LINE: the harness then starts that line's
+// patched QEMU (tests/harness/qemu_process.cc).
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace {
@@ -43,6 +48,8 @@ bool names_test_cases(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (!std::strncmp(argv[i], "--qemu-line=", 12)) setenv("KVMCDP_QEMU_LINE", argv[i] + 12, 1);
   doctest::Context ctx(argc, argv);
   int r = ctx.run();
   if (ctx.shouldExit()) return r;
