@@ -27,8 +27,9 @@ packages=(
   # kvmcdp
   build-essential cmake ninja-build pkg-config nlohmann-json3-dev
   libcli11-dev libfmt-dev libzstd-dev zstd doctest-dev libnbd-dev libssl-dev
-  libgnutls28-dev
+  libgnutls28-dev libvirt-dev
   # tests and tools
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients  # --domain tests
   qemu-utils busybox-static fio cpio kmod mandoc xz-utils openssh-server
   openssh-client seabios qemu-system-data dpkg-dev python3 man-db strace
   systemd  # systemd-analyze verify (no running systemd needed)

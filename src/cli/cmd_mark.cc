@@ -107,7 +107,9 @@ CommandRunner setup_mark_command(CLI::App* app) {
           return {ErrorKind::kExists,
                   fmt::format("a mark named '{}' exists already (seq {}, {}): choose another name",
                               *name, m.seq, format_time_human(m.time_ns))};
-    auto qmp = QmpClient::connect(state->qmp_socket);
+    // The QEMU that protect serves, as protect reaches it.
+    auto qmp = QmpClient::connect(
+        QemuTarget{state->qmp_socket, state->domain, state->libvirt_uri});
     if (!qmp) return qmp.status();
     QmpReply r = (*qmp)->execute("cdp-mark", {{"node-name", state->filter_node}, {"name", *name}});
     if (!r.ok()) return {ErrorKind::kQemu, "cdp-mark failed: " + r.status().message()};

@@ -66,6 +66,8 @@ namespace {
 
 struct ProtectOptions {
   std::string qmp_socket;
+  std::string domain;       // --domain: through libvirt instead of --qmp
+  std::string libvirt_uri;  // --connect
   std::string drive;
   std::string store;
   std::string mode = "async";
@@ -100,8 +102,19 @@ void say(const ProtectOptions& o, const std::string& line) {
 
 void warn(const std::string& line) { std::fprintf(stderr, "kvmcdp: warning: %s\n", line.c_str()); }
 
+QemuTarget qemu_target(const ProtectOptions& o) {
+  return QemuTarget{o.qmp_socket, o.domain, o.libvirt_uri};
+}
+
+// How `kvmcdp qmp` reaches the same QEMU, for hints in messages.
+std::string qmp_args(const ProtectOptions& o) {
+  if (o.domain.empty()) return fmt::format("--qmp {}", o.qmp_socket);
+  return o.libvirt_uri.empty() ? fmt::format("--domain {}", o.domain)
+                               : fmt::format("--domain {} --connect {}", o.domain, o.libvirt_uri);
+}
+
 Result<std::unique_ptr<QmpClient>> qmp_connect(const ProtectOptions& o) {
-  return QmpClient::connect(o.qmp_socket);
+  return QmpClient::connect(qemu_target(o));
 }
 
 // Points the filter at a fresh connection to us: a new filter above
@@ -204,7 +217,7 @@ Result<int> reconnect_filter(CaptureShared* s) {
   for (int attempt = 0; attempt < 6 && !s->stop && !s->detaching; ++attempt) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     bool gone = false;
-    auto qmp = QmpClient::connect(s->opts.qmp_socket, QmpClient::kDefaultTimeout, &gone);
+    auto qmp = QmpClient::connect(qemu_target(s->opts), QmpClient::kDefaultTimeout, &gone);
     if (gone) {
       s->vm_gone = true;
       return Status(ErrorKind::kQemu, "QEMU is gone");
@@ -319,16 +332,16 @@ Status drive_taken(const ProtectOptions& o, const CdpInfo& f) {
     return {ErrorKind::kBusy,
             fmt::format("drive {} has the cdp filter {} of store {}, whose protect is not "
                         "running: run protect with --store {}, or detach the filter to start a new "
-                        "store (kvmcdp qmp --qmp {} '{{\"execute\":\"cdp-detach\","
+                        "store (kvmcdp qmp {} '{{\"execute\":\"cdp-detach\","
                         "\"arguments\":{{\"node-name\":\"{}\"}}}}')",
-                        o.drive, f.node_name, owner->store, owner->store, o.qmp_socket,
+                        o.drive, f.node_name, owner->store, owner->store, qmp_args(o),
                         f.node_name)};
   return {ErrorKind::kBusy,
           fmt::format("drive {} has the cdp filter {} of another store (stream {:016x}): "
                       "stop the protect that owns it, or detach the filter to start a new store "
-                      "(kvmcdp qmp --qmp {} '{{\"execute\":\"cdp-detach\","
+                      "(kvmcdp qmp {} '{{\"execute\":\"cdp-detach\","
                       "\"arguments\":{{\"node-name\":\"{}\"}}}}')",
-                      o.drive, f.node_name, f.stream_id, o.qmp_socket, f.node_name)};
+                      o.drive, f.node_name, f.stream_id, qmp_args(o), f.node_name)};
 }
 
 // A protect that fails after attaching must not leave the filter behind:
@@ -653,6 +666,8 @@ void ProtectSession::start_capture() {
   s_.durable_seq = writer_->last_durable_seq();
   s_.stream_id = m_.stream_id;
   state_ = ProtectState{getpid(), o_.qmp_socket, o_.drive, filter_, o_.mode, now_ns()};
+  state_.domain = o_.domain;
+  state_.libvirt_uri = o_.libvirt_uri;
   state_.store = o_.store;
   state_.stream_id = m_.stream_id;
   if (!o_.remote.empty()) {
@@ -685,7 +700,7 @@ Status ProtectSession::take_base() {
       registered_ = false;
       bool gone = false;
       qmp_.reset();
-      auto alive = QmpClient::connect(o_.qmp_socket, QmpClient::kDefaultTimeout, &gone);
+      auto alive = QmpClient::connect(qemu_target(o_), QmpClient::kDefaultTimeout, &gone);
       if (gone) {
         detach_on_exit_ = false;
         return {ErrorKind::kQemu, "the VM shut down before the base copy was complete"};
@@ -726,7 +741,7 @@ Status ProtectSession::detach() {
   if (stopped) {
     say(o_, "stopping: detaching the filter");
     bool gone = false;
-    auto q = QmpClient::connect(o_.qmp_socket, QmpClient::kDefaultTimeout, &gone);
+    auto q = QmpClient::connect(qemu_target(o_), QmpClient::kDefaultTimeout, &gone);
     if (gone) s_.vm_gone = true;  // the VM shut down as we were told to stop
     // A last record at the moment capture ends: times up to it stay
     // recoverable after a later restart continues the stream.
@@ -783,7 +798,14 @@ Status run_protect(const ProtectOptions& o) {
 
 CommandRunner setup_protect_command(CLI::App* app) {
   auto o = std::make_shared<ProtectOptions>();
-  app->add_option("--qmp", o->qmp_socket, "QEMU's QMP unix socket")->required();
+  auto* qmp = app->add_option("--qmp", o->qmp_socket, "QEMU's QMP unix socket");
+  auto* domain = app->add_option("--domain", o->domain,
+                                 "instead of --qmp: a libvirt domain, whose QEMU is driven "
+                                 "through libvirt");
+  app->add_option("--connect", o->libvirt_uri,
+                  "with --domain: the libvirt URI (default: libvirt's default)")
+      ->needs(domain);
+  qmp->excludes(domain);
   app->add_option("--drive", o->drive, "drive id, device id or node-name to protect")
       ->required();
   auto* store = app->add_option("--store", o->store, "directory holding the journal");
@@ -847,6 +869,8 @@ CommandRunner setup_protect_command(CLI::App* app) {
     take_stop_signals_synchronously();
     if (o->store.empty() && o->spool.empty())
       return Status(ErrorKind::kUsage, "protect needs --store DIR (or --remote URL --spool DIR)");
+    if (o->qmp_socket.empty() && o->domain.empty())
+      return Status(ErrorKind::kUsage, "protect needs --qmp SOCKET or --domain NAME");
     ProtectOptions run = *o;
     if (!run.spool.empty()) run.store = run.spool;
     // protect.json and the stream registry hand these to commands run

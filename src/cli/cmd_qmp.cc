@@ -14,11 +14,20 @@ namespace kvmcdp {
 CommandRunner setup_qmp_command(CLI::App* app) {
   struct Options {
     std::string socket;
+    std::string domain;
+    std::string libvirt_uri;
     std::string request;
     int timeout_ms = 10000;
   };
   auto o = std::make_shared<Options>();
-  app->add_option("--qmp", o->socket, "QEMU's QMP unix socket")->required();
+  auto* qmp = app->add_option("--qmp", o->socket, "QEMU's QMP unix socket");
+  auto* domain = app->add_option("--domain", o->domain,
+                                 "instead of --qmp: a libvirt domain, whose QEMU is reached "
+                                 "through libvirt");
+  app->add_option("--connect", o->libvirt_uri,
+                  "with --domain: the libvirt URI (default: libvirt's default)")
+      ->needs(domain);
+  qmp->excludes(domain);
   app->add_option("request", o->request,
                   R"(the command, e.g. '{"execute":"query-status"}')")
       ->required();
@@ -31,7 +40,10 @@ CommandRunner setup_qmp_command(CLI::App* app) {
         !request["execute"].is_string())
       return {ErrorKind::kUsage,
               "the request must be a JSON object with an \"execute\" string"};
-    auto client = QmpClient::connect(o->socket, Millis(o->timeout_ms));
+    if (o->socket.empty() && o->domain.empty())
+      return {ErrorKind::kUsage, "qmp needs --qmp SOCKET or --domain NAME"};
+    auto client =
+        QmpClient::connect(QemuTarget{o->socket, o->domain, o->libvirt_uri}, Millis(o->timeout_ms));
     if (!client) return client.status();
     QmpReply reply = (*client)->execute(request["execute"].get<std::string>(),
                                         request.value("arguments", json()),

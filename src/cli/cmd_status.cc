@@ -61,6 +61,10 @@ Status run_status(const std::string& store, bool as_json, bool check) {
     j["drive"] = state->drive;
     j["filter_node"] = state->filter_node;
     j["qmp_socket"] = state->qmp_socket;
+    if (!state->domain.empty()) {
+      j["domain"] = state->domain;
+      if (!state->libvirt_uri.empty()) j["connect"] = state->libvirt_uri;
+    }
     j["connected"] = running && state->connected;
     j["lag"] = {{"records", lag_records}, {"seconds", lag_seconds}};
     j["durable_seq"] = state->durable_seq;

@@ -7,7 +7,10 @@
 
 namespace kvmcdp {
 
-Result<std::string> resolve_drive(QmpClient& qmp, const std::string& name) {
+Result<std::string> resolve_drive(QmpClient& qmp, const std::string& given) {
+  // A libvirt user names a disk by its <target dev> (vda): QEMU knows it
+  // by its alias, the device id.
+  std::string name = qmp.libvirt_disk_alias(given).value_or(given);
   QmpReply block = qmp.execute("query-block");
   if (!block.ok()) return block.status();
   for (const auto& b : block.value) {
@@ -22,7 +25,7 @@ Result<std::string> resolve_drive(QmpClient& qmp, const std::string& name) {
   for (const auto& n : nodes.value)
     if (n.value("node-name", "") == name) return name;
   return Result<std::string>(ErrorKind::kNotFound,
-                             fmt::format("QEMU has no drive or block node named '{}'", name));
+                             fmt::format("QEMU has no drive or block node named '{}'", given));
 }
 
 Result<std::string> resolve_image_node(QmpClient& qmp, const std::string& name) {

@@ -16,6 +16,7 @@
 
 #include "base/fd_pass.h"
 #include "base/fsutil.h"
+#include "qemu/libvirt_monitor.h"
 
 namespace kvmcdp {
 namespace {
@@ -101,8 +102,25 @@ Result<std::unique_ptr<QmpClient>> QmpClient::connect(
   return client;
 }
 
+Result<std::unique_ptr<QmpClient>> QmpClient::connect(const QemuTarget& target,
+                                                     Millis timeout, bool* gone) {
+  if (!target.is_libvirt()) return connect(target.socket, timeout, gone);
+  auto monitor = LibvirtMonitor::open(target.uri, target.domain, gone);
+  if (!monitor.is_ok()) return Result<std::unique_ptr<QmpClient>>(monitor.status());
+  std::unique_ptr<QmpClient> client(new QmpClient(-1));
+  client->libvirt_ = std::move(monitor.value());
+  return client;
+}
+
+QmpClient::QmpClient(int fd) : fd_(fd) {}
+
 QmpClient::~QmpClient() {
   if (fd_ >= 0) close(fd_);
+}
+
+std::optional<std::string> QmpClient::libvirt_disk_alias(const std::string& target) {
+  if (!libvirt_) return std::nullopt;
+  return libvirt_->disk_alias(target);
 }
 
 QmpReply QmpClient::fail(QmpFailure failure, std::string message) {
@@ -128,6 +146,15 @@ QmpReply QmpClient::execute_with_fd(const std::string& command, const json& argu
 
 QmpReply QmpClient::send_and_wait(const json& request, int pass_fd, Millis timeout) {
   if (broken_) return fail(QmpFailure::kTransport, "connection already failed");
+  if (libvirt_) {
+    // libvirt waits for the reply itself (its own monitor timeout).
+    bool transport = false;
+    auto reply = libvirt_->command(request, pass_fd, &transport);
+    if (!reply.is_ok())
+      return fail(transport ? QmpFailure::kTransport : QmpFailure::kCommand,
+                  reply.status().message());
+    return reply_from(std::move(reply.value()));
+  }
   std::string text = request.dump() + "\n";
 
   // The fd (if any) rides along with the command's first chunk.
@@ -154,29 +181,40 @@ QmpReply QmpClient::send_and_wait(const json& request, int pass_fd, Millis timeo
     }
     // A late reply to an earlier command that timed out: not ours.
     if (!message.contains("id") || message["id"] != id) continue;
-    if (message.contains("return")) {
-      QmpReply ok;
-      ok.value = std::move(message["return"]);
-      return ok;
-    }
-    if (message.contains("error") && message["error"].is_object()) {
-      const json& e = message["error"];
-      // The peer chose these: value() would throw on a non-string.
-      auto text = [&](const char* key, const char* otherwise) {
-        auto it = e.find(key);
-        return it != e.end() && it->is_string() ? it->get<std::string>() : std::string(otherwise);
-      };
-      QmpReply err;
-      err.failure = QmpFailure::kCommand;
-      err.error_class = text("class", "GenericError");
-      err.message = text("desc", "(no description)");
-      return err;
-    }
-    return fail(QmpFailure::kProtocol, "reply has neither 'return' nor 'error'");
+    return reply_from(std::move(message));
   }
 }
 
+QmpReply QmpClient::reply_from(json message) {
+  if (message.contains("return")) {
+    QmpReply ok;
+    ok.value = std::move(message["return"]);
+    return ok;
+  }
+  if (message.contains("error") && message["error"].is_object()) {
+    const json& e = message["error"];
+    // The peer chose these: value() would throw on a non-string.
+    auto text = [&](const char* key, const char* otherwise) {
+      auto it = e.find(key);
+      return it != e.end() && it->is_string() ? it->get<std::string>() : std::string(otherwise);
+    };
+    QmpReply err;
+    err.failure = QmpFailure::kCommand;
+    err.error_class = text("class", "GenericError");
+    err.message = text("desc", "(no description)");
+    return err;
+  }
+  return fail(QmpFailure::kProtocol, "reply has neither 'return' nor 'error'");
+}
+
 QmpReply QmpClient::read_message(json* out, Clock::time_point deadline) {
+  if (libvirt_) {
+    // Through libvirt only events arrive this way.
+    auto e = libvirt_->next_event(Millis(remaining_ms(deadline)));
+    if (!e) return fail(QmpFailure::kTimeout, "no event from QEMU in time");
+    *out = std::move(*e);
+    return {};
+  }
   for (;;) {
     size_t nl = buffer_.find('\n');
     if (nl != std::string::npos) {

@@ -1,4 +1,6 @@
-// A client for QEMU's machine protocol (QMP) over a unix socket.
+// A client for QEMU's machine protocol (QMP) over a unix socket, or
+// through libvirt for a domain whose monitor libvirt owns (QemuTarget;
+// the same calls, see libvirt_monitor.h).
 //
 // One request at a time: execute() sends a command with a fresh id and
 // reads until the reply with that id arrives.  Events that arrive in the
@@ -18,9 +20,11 @@
 #include <nlohmann/json.hpp>
 
 #include "base/status.h"
+#include "qemu/qemu_target.h"
 
 namespace kvmcdp {
 
+class LibvirtMonitor;
 using json = nlohmann::json;
 using Millis = std::chrono::milliseconds;
 
@@ -54,6 +58,10 @@ class QmpClient {
   // gone: that is a timeout.
   static Result<std::unique_ptr<QmpClient>> connect(
       const std::string& socket_path, Millis timeout = kDefaultTimeout, bool* gone = nullptr);
+  // The same for either kind of target.  Through libvirt `gone` means
+  // that the domain does not exist or is not running.
+  static Result<std::unique_ptr<QmpClient>> connect(
+      const QemuTarget& target, Millis timeout = kDefaultTimeout, bool* gone = nullptr);
   ~QmpClient();
   QmpClient(const QmpClient&) = delete;
   QmpClient& operator=(const QmpClient&) = delete;
@@ -71,13 +79,18 @@ class QmpClient {
   std::optional<json> wait_event(const std::string& name, Millis timeout);
 
   const json& greeting() const { return greeting_; }
+  // Through libvirt: the QEMU device id (alias) of the disk the domain
+  // names `target` (e.g. vda); otherwise nothing.
+  std::optional<std::string> libvirt_disk_alias(const std::string& target);
 
  private:
-  explicit QmpClient(int fd) : fd_(fd) {}
+  explicit QmpClient(int fd);
   QmpReply send_and_wait(const json& request, int pass_fd, Millis timeout);
   // Reads one message into `out`; kNone on success.
   QmpReply read_message(json* out, std::chrono::steady_clock::time_point deadline);
   QmpReply fail(QmpFailure failure, std::string message);
+  // A reply message as a QmpReply: its "return" or its "error".
+  QmpReply reply_from(json message);
 
   int fd_ = -1;
   bool broken_ = false;  // after a transport/protocol failure, stay failed
@@ -85,6 +98,7 @@ class QmpClient {
   std::string buffer_;
   std::deque<json> events_;
   json greeting_;
+  std::unique_ptr<LibvirtMonitor> libvirt_;
 };
 
 const char* qmp_failure_name(QmpFailure failure);

@@ -30,6 +30,8 @@ Status write_protect_state(const std::string& store_dir, const ProtectState& s) 
       {"stream_version", s.stream_version},
       {"store", s.store},       {"stream_id", fmt::format("{:016x}", s.stream_id)}};
   if (s.shutdown_ns) j["vm_shutdown_ns"] = s.shutdown_ns;
+  if (!s.domain.empty()) j["domain"] = s.domain;
+  if (!s.libvirt_uri.empty()) j["connect"] = s.libvirt_uri;
   if (!s.remote_url.empty())
     j["remote"] = {{"url", s.remote_url},
                    {"connected", s.remote_connected},
@@ -51,6 +53,8 @@ Result<ProtectState> read_protect_state(const std::string& store_dir) {
   try {
     s.pid = j.at("pid");
     s.qmp_socket = j.at("qmp_socket");
+    s.domain = j.value("domain", "");
+    s.libvirt_uri = j.value("connect", "");
     s.drive = j.at("drive");
     s.filter_node = j.at("filter_node");
     s.mode = j.value("mode", "async");

@@ -18,7 +18,7 @@ namespace kvmcdp {
 
 struct ProtectState {
   int pid = 0;
-  std::string qmp_socket;
+  std::string qmp_socket;  // "" with a libvirt domain (below)
   std::string drive;
   std::string filter_node;
   std::string mode;
@@ -43,6 +43,9 @@ struct ProtectState {
   std::string store;              // absolute
   uint64_t stream_id = 0;
   uint64_t shutdown_ns = 0;       // set when protect ended because QEMU went away
+  // --domain/--connect: the QEMU is reached through libvirt.
+  std::string domain;
+  std::string libvirt_uri;
 };
 
 std::string protect_state_path(const std::string& store_dir);

@@ -32,6 +32,23 @@ set -e
 [ "$rc" -eq 3 ] || fail "QEMU unreachable exit code $rc, want 3"
 [ "$(wc -l <<<"$err")" -eq 1 ] || fail "want one error line, got: $err"
 
+# --qmp or --domain, never both; --connect only with --domain; an
+# unreachable libvirt is one error line and exit code 3.
+for args in "--connect qemu:///system" "--qmp /x.sock --domain vm1" ""; do
+  set +e
+  # shellcheck disable=SC2086  # the words of $args are separate options
+  err=$("$KVMCDP" qmp $args '{"execute":"query-status"}' 2>&1 >/dev/null); rc=$?
+  set -e
+  [ "$rc" -eq 2 ] || fail "qmp $args: exit code $rc, want 2 ($err)"
+  [[ $err == "kvmcdp: error: "* ]] || fail "qmp $args: usage error not prefixed: $err"
+done
+set +e
+err=$("$KVMCDP" qmp --domain vm1 --connect 'qemu+unix:///session?socket=/nonexistent/sock' \
+  '{"execute":"query-status"}' 2>&1 >/dev/null); rc=$?
+set -e
+[ "$rc" -eq 3 ] || fail "libvirt unreachable: exit code $rc, want 3 ($err)"
+[ "$(wc -l <<<"$err")" -eq 1 ] || fail "libvirt unreachable: want one error line, got: $err"
+
 for page in "$KVMCDP_SOURCE_DIR"/man/*.[0-9]; do
   out=$(mandoc -Tlint -W warning "$page" 2>&1) || fail "mandoc lint $page: $out"
   man -l "$page" >/dev/null 2>&1 || fail "man -l $page"

@@ -1,0 +1,175 @@
+// QMP through libvirt: see libvirt_monitor.h.
+#include "qemu/libvirt_monitor.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <mutex>
+
+#include <fmt/format.h>
+#include <libvirt/libvirt-qemu.h>
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+
+#include "qemu/qemu_target.h"
+
+namespace kvmcdp {
+namespace {
+
+// libvirt delivers events only while its event loop runs: one loop per
+// process, on a thread of its own, registered before the first
+// connection.  A timer wakes it now and then so that it never sleeps
+// forever in poll() (nothing needs it to stop: it ends with the process).
+void start_event_loop() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    virEventRegisterDefaultImpl();
+    virEventAddTimeout(250, [](int, void*) {}, nullptr, nullptr);
+    std::thread([] {
+      for (;;) virEventRunDefaultImpl();
+    }).detach();
+  });
+}
+
+// libvirt prints its errors to stderr by default; they belong in ours.
+void quiet_errors() {
+  static std::once_flag once;
+  std::call_once(once, [] { virSetErrorFunc(nullptr, [](void*, virErrorPtr) {}); });
+}
+
+std::string last_error() {
+  const char* m = virGetLastErrorMessage();
+  return m ? m : "unknown libvirt error";
+}
+
+}  // namespace
+
+// libvirt's callback, on the event loop's thread: the event as QMP gives it.
+struct LibvirtEvents {
+  static void on_event(virConnectPtr, virDomainPtr, const char* event, long long seconds,
+                       unsigned int micros, const char* details, void* opaque) {
+    json e = {{"event", event ? event : ""},
+              {"timestamp", {{"seconds", seconds}, {"microseconds", micros}}}};
+    if (details) {
+      json data = json::parse(details, nullptr, /*allow_exceptions=*/false);
+      if (!data.is_discarded()) e["data"] = std::move(data);
+    }
+    static_cast<LibvirtMonitor*>(opaque)->deliver(std::move(e));
+  }
+};
+
+std::string QemuTarget::describe() const {
+  if (!is_libvirt()) return fmt::format("QMP socket {}", socket);
+  return fmt::format("libvirt domain {} ({})", domain, uri.empty() ? "default URI" : uri);
+}
+
+Result<std::unique_ptr<LibvirtMonitor>> LibvirtMonitor::open(const std::string& uri,
+                                                             const std::string& name,
+                                                             bool* gone) {
+  using R = Result<std::unique_ptr<LibvirtMonitor>>;
+  if (gone) *gone = false;
+  quiet_errors();
+  start_event_loop();
+  std::unique_ptr<LibvirtMonitor> m(new LibvirtMonitor());
+  virConnectPtr conn = virConnectOpen(uri.empty() ? nullptr : uri.c_str());
+  if (!conn)
+    return R(ErrorKind::kQemu, fmt::format("cannot connect to libvirt{}: {}",
+                                           uri.empty() ? "" : " at " + uri, last_error()));
+  m->conn_ = conn;
+  virDomainPtr dom = virDomainLookupByName(conn, name.c_str());
+  if (!dom) {
+    if (gone) *gone = virGetLastErrorCode() == VIR_ERR_NO_DOMAIN;
+    return R(ErrorKind::kQemu, fmt::format("libvirt domain {}: {}", name, last_error()));
+  }
+  m->dom_ = dom;
+  if (virDomainIsActive(dom) != 1) {
+    if (gone) *gone = true;
+    return R(ErrorKind::kQemu, fmt::format("libvirt domain {} is not running", name));
+  }
+  m->callback_ = virConnectDomainQemuMonitorEventRegister(conn, dom, nullptr,
+                                                         &LibvirtEvents::on_event, m.get(),
+                                                         nullptr, 0);
+  if (m->callback_ < 0)
+    return R(ErrorKind::kQemu,
+             fmt::format("libvirt domain {}: cannot receive QEMU's events: {}", name,
+                         last_error()));
+  return m;
+}
+
+LibvirtMonitor::~LibvirtMonitor() {
+  auto* conn = static_cast<virConnectPtr>(conn_);
+  if (callback_ >= 0) virConnectDomainQemuMonitorEventDeregister(conn, callback_);
+  if (dom_) virDomainFree(static_cast<virDomainPtr>(dom_));
+  if (conn) virConnectClose(conn);
+}
+
+void LibvirtMonitor::deliver(json event) {
+  std::lock_guard<std::mutex> lock(mu_);
+  events_.push_back(std::move(event));
+  cv_.notify_all();
+}
+
+Result<json> LibvirtMonitor::command(const json& request, int fd, bool* transport) {
+  *transport = false;
+  char* result = nullptr;
+  unsigned int nout = 0;
+  int* outfiles = nullptr;
+  int in = fd;
+  // libvirt numbers the commands itself and refuses one with an id.
+  json cmd = request;
+  cmd.erase("id");
+  std::string text = cmd.dump();
+  int rc = virDomainQemuMonitorCommandWithFiles(static_cast<virDomainPtr>(dom_), text.c_str(),
+                                                fd >= 0 ? 1 : 0, fd >= 0 ? &in : nullptr,
+                                                &nout, &outfiles, &result, 0);
+  for (unsigned int i = 0; i < nout; ++i) close(outfiles[i]);
+  std::free(outfiles);
+  if (rc < 0) {
+    // QEMU's own errors come back in the reply: a failed call is libvirt
+    // (the domain went away, the connection broke).
+    *transport = true;
+    std::free(result);
+    return Result<json>(ErrorKind::kQemu, last_error());
+  }
+  json reply = json::parse(result ? result : "", nullptr, /*allow_exceptions=*/false);
+  std::free(result);
+  if (reply.is_discarded() || !reply.is_object())
+    return Result<json>(ErrorKind::kQemu, "libvirt relayed a reply that is not a JSON object");
+  return reply;
+}
+
+std::optional<json> LibvirtMonitor::next_event(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!cv_.wait_for(lock, timeout, [&] { return !events_.empty(); })) return std::nullopt;
+  json e = std::move(events_.front());
+  events_.pop_front();
+  return e;
+}
+
+std::optional<std::string> LibvirtMonitor::disk_alias(const std::string& target) {
+  char* xml = virDomainGetXMLDesc(static_cast<virDomainPtr>(dom_), 0);
+  if (!xml) return std::nullopt;
+  std::string doc(xml);
+  std::free(xml);
+  return disk_alias_in_xml(doc, target);
+}
+
+std::optional<std::string> disk_alias_in_xml(const std::string& doc, const std::string& target) {
+  // libvirt writes its XML one way: <disk ...> ... <target dev='vda' .../>
+  // ... <alias name='virtio-disk0'/> ... </disk>.
+  for (size_t at = doc.find("<disk "); at != std::string::npos; at = doc.find("<disk ", at + 1)) {
+    size_t end = doc.find("</disk>", at);
+    if (end == std::string::npos) break;
+    std::string disk = doc.substr(at, end - at);
+    if (disk.find(fmt::format("<target dev='{}'", target)) == std::string::npos) continue;
+    size_t a = disk.find("<alias name='");
+    if (a == std::string::npos) return std::nullopt;
+    a += 13;
+    size_t q = disk.find('\'', a);
+    if (q == std::string::npos) return std::nullopt;
+    return disk.substr(a, q - a);
+  }
+  return std::nullopt;
+}
+
+}  // namespace kvmcdp

@@ -1,0 +1,64 @@
+// QMP through libvirt: the monitor of a libvirt domain's QEMU belongs to
+// libvirt, so commands go through virDomainQemuMonitorCommandWithFiles
+// (which also passes the file descriptor that getfd and add-fd expect) and
+// events come from virConnectDomainQemuMonitorEventRegister, delivered by
+// libvirt's event loop on a thread of this object.  libvirt marks the
+// domain tainted ("custom-monitor") the first time; see kvmcdp(1).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "base/status.h"
+
+namespace kvmcdp {
+
+using json = nlohmann::json;
+
+// The alias of the <disk> whose <target dev='...'/> is `target`, in a
+// domain XML as libvirt writes it.
+std::optional<std::string> disk_alias_in_xml(const std::string& xml, const std::string& target);
+
+class LibvirtMonitor {
+ public:
+  // Opens `uri` (empty: libvirt's default) and looks up the running
+  // domain `name`.  `gone`: the domain does not exist or is not running.
+  static Result<std::unique_ptr<LibvirtMonitor>> open(const std::string& uri,
+                                                      const std::string& name, bool* gone);
+  ~LibvirtMonitor();
+  LibvirtMonitor(const LibvirtMonitor&) = delete;
+  LibvirtMonitor& operator=(const LibvirtMonitor&) = delete;
+
+  // Sends one QMP command (a JSON object with "execute"), with `fd` if
+  // not -1.  Returns QEMU's reply ("return" or "error" member), or an
+  // error when libvirt could not deliver it (`transport` is then set).
+  Result<json> command(const json& request, int fd, bool* transport);
+  // The oldest QMP event not yet handed out ({"event", "data",
+  // "timestamp"} like QMP's own); waits up to `timeout`.
+  std::optional<json> next_event(std::chrono::milliseconds timeout);
+  // The alias (QEMU device id) of the disk the domain XML names `target`
+  // (<target dev='vda'/>), if there is one.
+  std::optional<std::string> disk_alias(const std::string& target);
+
+ private:
+  LibvirtMonitor() = default;
+  friend struct LibvirtEvents;
+  void deliver(json event);
+
+  void* conn_ = nullptr;  // virConnectPtr
+  void* dom_ = nullptr;   // virDomainPtr
+  int callback_ = -1;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<json> events_;
+};
+
+}  // namespace kvmcdp
