@@ -230,9 +230,16 @@ Result<int> reconnect_filter(CaptureShared* s) {
     // back would only make the two take it from each other again and
     // again, each time resending the disk.  Just after our own
     // disconnection the filter may still say connected for a moment.
+    bool retry = false;
     for (int check = 0;; ++check) {
       auto f = query_cdp(**qmp, s->filter);
-      if (!f) return f.status();
+      if (!f) {
+        // QEMU may be on its way out (a libvirt domain still counts as
+        // running for a moment): the next attempt's connect tells.
+        last = f.status();
+        retry = true;
+        break;
+      }
       if (!f->has_value() || (*f)->stream_id != s->stream_id) {
         s->filter_lost = true;
         return Status(ErrorKind::kQemu,
@@ -248,7 +255,19 @@ Result<int> reconnect_filter(CaptureShared* s) {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
-    return connect_filter(**qmp, s->opts, s->node, s->filter, true);
+    if (retry) continue;
+    auto fd = connect_filter(**qmp, s->opts, s->node, s->filter, true);
+    if (!fd) {
+      // Failed because QEMU went meanwhile: that is the VM's end.
+      qmp->reset();
+      bool now_gone = false;
+      QmpClient::connect(qemu_target(s->opts), QmpClient::kDefaultTimeout, &now_gone);
+      if (now_gone) {
+        s->vm_gone = true;
+        return Status(ErrorKind::kQemu, "QEMU is gone");
+      }
+    }
+    return fd;
   }
   return last;
 }

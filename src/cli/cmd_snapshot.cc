@@ -13,6 +13,8 @@
 #include <fmt/format.h>
 
 #include "cli/cli.h"
+#include "qemu/libvirt_monitor.h"
+#include "qemu/qemu_drive.h"
 #include "store/time_parse.h"
 #include "build/journal_fold.h"
 #include "tree/snapshot_ops.h"
@@ -27,6 +29,8 @@ using json = nlohmann::json;
 struct Options {
   std::string tree;
   std::string qmp;
+  std::string domain;       // --domain: the VM is a libvirt domain
+  std::string libvirt_uri;  // --connect
   std::string drive;
   std::string base;
   std::string name;
@@ -52,8 +56,8 @@ Result<TreeWork> open_tree_work(const Options& o, bool create_dir) {
   auto lock = TreeLock::acquire(o.tree, o.wait);
   if (!lock) return lock.status();
   std::unique_ptr<QmpClient> qmp;
-  if (!o.qmp.empty()) {
-    auto c = QmpClient::connect(o.qmp);
+  if (!o.qmp.empty() || !o.domain.empty()) {
+    auto c = QmpClient::connect(QemuTarget{o.qmp, o.domain, o.libvirt_uri});
     if (!c) return c.status();
     qmp = std::move(*c);
   }
@@ -163,14 +167,53 @@ Status run_check(const Options& o) {
   return Status::ok();
 }
 
+std::string absolute_file(const std::string& p) {
+  return std::filesystem::absolute(p).lexically_normal().string();
+}
+
+// A libvirt domain's definition must name the file its disk now writes
+// into, or its next start would boot the disk as it was before.
+Status repoint_domain(const Options& o, const std::string& old_file, const std::string& new_file,
+                      OpLog* log) {
+  if (o.domain.empty() || old_file == new_file) return Status::ok();
+  Status st = libvirt_repoint_disk(o.libvirt_uri, o.domain, old_file, new_file, "qcow2");
+  if (!st)
+    return {st.kind(), fmt::format("the snapshot is made, but {}: point the domain's disk at {} "
+                                   "before it starts again (virsh edit {})",
+                                   st.message(), new_file, o.domain)};
+  log->push_back(fmt::format("libvirt domain {}: its disk is now {} (also at its next start)",
+                             o.domain, new_file));
+  return Status::ok();
+}
+
 Status run_create(const Options& o) {
-  if (!o.qmp.empty() && !o.base.empty())
-    return {ErrorKind::kUsage, "--base is for a VM that is not running (without --qmp)"};
+  if ((!o.qmp.empty() || !o.domain.empty()) && !o.base.empty())
+    return {ErrorKind::kUsage, "--base is for a VM that is not running (without --qmp/--domain)"};
   auto s = open_tree_work(o, true);
   if (!s) return s.status();
   CreateRequest req{o.name, s->qmp.get(), o.drive, o.base};
+  if (!o.domain.empty() && !o.drive.empty()) {
+    // A libvirt user names the disk (vda); the tree starts from its image.
+    auto node = resolve_image_node(*s->qmp, o.drive);
+    if (!node) return node.status();
+    req.drive = *node;
+  }
   OpLog log;
   auto r = snapshot_create(o.tree, req, &log);
+  if (r && !o.domain.empty()) {
+    // The file the domain's definition names: the new active node's parent.
+    auto t = load_tree(o.tree);
+    const TreeNode* top = t ? t->find(t->active) : nullptr;
+    const TreeNode* parent = top ? t->find(top->parent) : nullptr;
+    if (parent) {
+      Status st = repoint_domain(o, absolute_file(t->path_of(*parent)),
+                                 absolute_file(r->active_file), &log);
+      if (!st) {
+        print_log(log);
+        return st;
+      }
+    }
+  }
   print_log(log);
   if (!r) return r.status();
   if (r->pause_ms >= 0) std::printf("I/O paused for %.3f ms\n", r->pause_ms);
@@ -190,8 +233,20 @@ Status run_changing(const Options& o, const TreeOp& op) {
 void add_tree_option(CLI::App* sub, Options* o) {
   sub->add_option("--tree", o->tree, "the directory holding the snapshots")->required();
 }
+// --domain/--connect: a libvirt domain instead of a QMP socket.
+void add_domain_options(CLI::App* sub, Options* o, CLI::Option* qmp, const char* what) {
+  auto* domain = sub->add_option("--domain", o->domain, what);
+  sub->add_option("--connect", o->libvirt_uri,
+                  "with --domain: the libvirt URI (default: libvirt's default)")
+      ->needs(domain);
+  if (qmp) qmp->excludes(domain);
+}
 void add_vm_options(CLI::App* sub, Options* o, bool with_drive) {
-  sub->add_option("--qmp", o->qmp, "QMP socket of the running VM (omit when it is not running)");
+  auto* qmp = sub->add_option("--qmp", o->qmp,
+                              "QMP socket of the running VM (omit when it is not running)");
+  add_domain_options(sub, o, qmp,
+                     "instead of --qmp: the running VM is this libvirt domain (its "
+                     "definition follows the snapshot)");
   if (with_drive)
     sub->add_option("--drive", o->drive,
                     "the VM's disk: its drive id, device id or node name (as for protect; needed for the first snapshot)");
@@ -238,6 +293,9 @@ CommandRunner setup_snapshot_command(CLI::App* app) {
   add_vm_options(del, o.get(), false);
   add_vm_options(repair, o.get(), false);
   revert->add_flag("--wait", o->wait, "wait for the tree lock instead of failing with exit 5");
+  add_domain_options(revert, o.get(), nullptr,
+                     "the stopped VM is this libvirt domain: its definition is pointed at "
+                     "the new disk");
   del->add_option("name", o->name, "the snapshot to delete")->required();
   revert->add_option("name", o->name, "the snapshot to go back to")->required();
 
@@ -250,10 +308,20 @@ CommandRunner setup_snapshot_command(CLI::App* app) {
       return run_changing(*o, [&](TreeWork& s, OpLog* log) {
         return snapshot_delete(s.tree, o->name, s.qmp.get(), log);
       });
-    if (revert->parsed())
-      return run_changing(*o, [&](TreeWork& s, OpLog* log) {
-        return snapshot_revert(s.tree, o->name, log);
+    if (revert->parsed()) {
+      // The domain is stopped: only its definition changes, through
+      // libvirt (no QEMU to talk to).
+      Options offline = *o;
+      offline.domain.clear();
+      return run_changing(offline, [&](TreeWork& s, OpLog* log) {
+        const TreeNode* before = s.tree.find(s.tree.active);
+        std::string old_file = before ? absolute_file(s.tree.path_of(*before)) : "";
+        if (Status st = snapshot_revert(s.tree, o->name, log); !st) return st;
+        const TreeNode* now = s.tree.find(s.tree.active);
+        return now ? repoint_domain(*o, old_file, absolute_file(s.tree.path_of(*now)), log)
+                   : Status::ok();
       });
+    }
     if (repair->parsed())
       return run_changing(*o, [&](TreeWork&, OpLog* log) {
         // A tree kept in a store (STORE/tree, kvmcdp build) also guards

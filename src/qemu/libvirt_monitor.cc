@@ -56,6 +56,10 @@ struct LibvirtEvents {
     }
     static_cast<LibvirtMonitor*>(opaque)->deliver(std::move(e));
   }
+  static int on_lifecycle(virConnectPtr, virDomainPtr, int event, int, void* opaque) {
+    if (event == VIR_DOMAIN_EVENT_STOPPED) static_cast<LibvirtMonitor*>(opaque)->mark_stopped();
+    return 0;
+  }
 };
 
 std::string QemuTarget::describe() const {
@@ -93,14 +97,37 @@ Result<std::unique_ptr<LibvirtMonitor>> LibvirtMonitor::open(const std::string& 
     return R(ErrorKind::kQemu,
              fmt::format("libvirt domain {}: cannot receive QEMU's events: {}", name,
                          last_error()));
+  // A QEMU that ends sends no more events: waits for one end with it.
+  m->lifecycle_ = virConnectDomainEventRegisterAny(
+      conn, dom, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+      VIR_DOMAIN_EVENT_CALLBACK(&LibvirtEvents::on_lifecycle), m.get(), nullptr);
+  if (m->lifecycle_ < 0)
+    return R(ErrorKind::kQemu,
+             fmt::format("libvirt domain {}: cannot follow its state: {}", name, last_error()));
+  if (virDomainIsActive(dom) != 1) {
+    if (gone) *gone = true;
+    return R(ErrorKind::kQemu, fmt::format("libvirt domain {} is not running", name));
+  }
   return m;
 }
 
 LibvirtMonitor::~LibvirtMonitor() {
   auto* conn = static_cast<virConnectPtr>(conn_);
   if (callback_ >= 0) virConnectDomainQemuMonitorEventDeregister(conn, callback_);
+  if (lifecycle_ >= 0) virConnectDomainEventDeregisterAny(conn, lifecycle_);
   if (dom_) virDomainFree(static_cast<virDomainPtr>(dom_));
   if (conn) virConnectClose(conn);
+}
+
+void LibvirtMonitor::mark_stopped() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stopped_ = true;
+  cv_.notify_all();
+}
+
+bool LibvirtMonitor::stopped() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stopped_;
 }
 
 void LibvirtMonitor::deliver(json event) {
@@ -140,7 +167,9 @@ Result<json> LibvirtMonitor::command(const json& request, int fd, bool* transpor
 
 std::optional<json> LibvirtMonitor::next_event(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (!cv_.wait_for(lock, timeout, [&] { return !events_.empty(); })) return std::nullopt;
+  if (!cv_.wait_for(lock, timeout, [&] { return !events_.empty() || stopped_; }) ||
+      events_.empty())
+    return std::nullopt;
   json e = std::move(events_.front());
   events_.pop_front();
   return e;
@@ -170,6 +199,90 @@ std::optional<std::string> disk_alias_in_xml(const std::string& doc, const std::
     return disk.substr(a, q - a);
   }
   return std::nullopt;
+}
+
+namespace {
+
+// As libvirt writes attribute values (single quotes).
+std::string xml_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '\'': out += "&apos;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<std::string> repoint_disk_in_xml(const std::string& xml,
+                                               const std::string& old_file,
+                                               const std::string& new_file,
+                                               const std::string& format) {
+  const std::string source = fmt::format("<source file='{}'", xml_escape(old_file));
+  for (size_t at = xml.find("<disk "); at != std::string::npos; at = xml.find("<disk ", at + 1)) {
+    size_t end = xml.find("</disk>", at);
+    if (end == std::string::npos) break;
+    std::string disk = xml.substr(at, end - at);
+    size_t src = disk.find(source);
+    if (src == std::string::npos) continue;  // the quote ends the match: no prefixes
+    disk.replace(src, source.size(), fmt::format("<source file='{}'", xml_escape(new_file)));
+    size_t drv = disk.find("<driver ");
+    if (drv != std::string::npos) {
+      size_t type = disk.find(" type='", drv);
+      size_t close = disk.find('>', drv);
+      if (type != std::string::npos && type < close) {
+        size_t q = disk.find('\'', type + 7);
+        disk.replace(type + 7, q - (type + 7), format);
+      }
+    }
+    // A chain is one nested run of <backingStore> elements (or an empty
+    // <backingStore/>): from the first opening to the last closing.
+    size_t b = disk.find("<backingStore");
+    if (b != std::string::npos) {
+      size_t last = disk.rfind("</backingStore>");
+      size_t stop = last != std::string::npos && last > b ? last + 15 : disk.find("/>", b) + 2;
+      if (stop < b + 2) return std::nullopt;
+      disk.erase(b, stop - b);
+    }
+    return xml.substr(0, at) + disk + xml.substr(end);
+  }
+  return std::nullopt;
+}
+
+Status libvirt_repoint_disk(const std::string& uri, const std::string& domain,
+                            const std::string& old_file, const std::string& new_file,
+                            const std::string& format) {
+  quiet_errors();
+  virConnectPtr conn = virConnectOpen(uri.empty() ? nullptr : uri.c_str());
+  if (!conn) return {ErrorKind::kQemu, fmt::format("cannot connect to libvirt: {}", last_error())};
+  std::unique_ptr<virConnect, int (*)(virConnectPtr)> conn_guard(conn, virConnectClose);
+  virDomainPtr dom = virDomainLookupByName(conn, domain.c_str());
+  if (!dom)
+    return {ErrorKind::kQemu, fmt::format("libvirt domain {}: {}", domain, last_error())};
+  std::unique_ptr<virDomain, int (*)(virDomainPtr)> dom_guard(dom, virDomainFree);
+  char* xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+  if (!xml)
+    return {ErrorKind::kQemu, fmt::format("libvirt domain {}: {}", domain, last_error())};
+  std::string doc(xml);
+  std::free(xml);
+  auto changed = repoint_disk_in_xml(doc, old_file, new_file, format);
+  if (!changed)
+    return {ErrorKind::kNotFound,
+            fmt::format("libvirt domain {} has no disk on {} in its definition", domain, old_file)};
+  virDomainPtr again = virDomainDefineXML(conn, changed->c_str());
+  if (!again)
+    return {ErrorKind::kQemu,
+            fmt::format("libvirt domain {}: cannot update its definition: {}", domain,
+                        last_error())};
+  virDomainFree(again);
+  return Status::ok();
 }
 
 }  // namespace kvmcdp

@@ -27,6 +27,22 @@ using json = nlohmann::json;
 // domain XML as libvirt writes it.
 std::optional<std::string> disk_alias_in_xml(const std::string& xml, const std::string& target);
 
+// The disk of `xml` (a domain definition) whose source is `old_file`,
+// pointed at `new_file` of `format`: its <source file>, its driver type,
+// and no <backingStore> (libvirt reads the new image's chain at start).
+// Nothing if no disk has that source.
+std::optional<std::string> repoint_disk_in_xml(const std::string& xml,
+                                               const std::string& old_file,
+                                               const std::string& new_file,
+                                               const std::string& format);
+
+// After a snapshot changed the file a domain's disk writes into: the
+// domain's persistent definition names the new file, so that its next
+// start boots the disk as it is now, not as it was before the snapshot.
+Status libvirt_repoint_disk(const std::string& uri, const std::string& domain,
+                            const std::string& old_file, const std::string& new_file,
+                            const std::string& format);
+
 class LibvirtMonitor {
  public:
   // Opens `uri` (empty: libvirt's default) and looks up the running
@@ -44,6 +60,9 @@ class LibvirtMonitor {
   // The oldest QMP event not yet handed out ({"event", "data",
   // "timestamp"} like QMP's own); waits up to `timeout`.
   std::optional<json> next_event(std::chrono::milliseconds timeout);
+  // The domain stopped (shut down, crashed, destroyed): no more events
+  // will come, and a wait for one ends at once.
+  bool stopped();
   // The alias (QEMU device id) of the disk the domain XML names `target`
   // (<target dev='vda'/>), if there is one.
   std::optional<std::string> disk_alias(const std::string& target);
@@ -52,10 +71,13 @@ class LibvirtMonitor {
   LibvirtMonitor() = default;
   friend struct LibvirtEvents;
   void deliver(json event);
+  void mark_stopped();
 
   void* conn_ = nullptr;  // virConnectPtr
   void* dom_ = nullptr;   // virDomainPtr
   int callback_ = -1;
+  int lifecycle_ = -1;
+  bool stopped_ = false;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<json> events_;

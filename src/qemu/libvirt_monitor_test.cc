@@ -37,5 +37,42 @@ TEST_CASE("libvirt: a disk's target names its alias, exactly") {
   CHECK_FALSE(disk_alias_in_xml("<domain><disk ", "vda").has_value());
 }
 
+TEST_CASE("libvirt: a snapshot repoints exactly the disk on the old file") {
+  const std::string xml = R"(<domain type='qemu'>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source file='/vm/base.raw'/>
+      <backingStore type='file'>
+        <format type='raw'/>
+        <source file='/vm/older.raw'/>
+        <backingStore/>
+      </backingStore>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='/vm/base.raw.other'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>)";
+  auto out = repoint_disk_in_xml(xml, "/vm/base.raw", "/vm/tree/s1.qcow2", "qcow2");
+  REQUIRE(out.has_value());
+  CHECK(out->find("<source file='/vm/tree/s1.qcow2'/>") != std::string::npos);
+  CHECK(out->find("<driver name='qemu' type='qcow2' cache='none'/>") != std::string::npos);
+  CHECK(out->find("backingStore") == std::string::npos);
+  CHECK(out->find("/vm/older.raw") == std::string::npos);
+  // The other disk, whose file merely starts with the same path, is untouched.
+  CHECK(out->find("<driver name='qemu' type='raw'/>\n      <source file='/vm/base.raw.other'/>") !=
+        std::string::npos);
+  CHECK_FALSE(repoint_disk_in_xml(xml, "/vm/none.raw", "/x", "qcow2").has_value());
+  // Paths are matched as libvirt escapes them.
+  auto q = repoint_disk_in_xml("<disk type='file'><source file='/a&apos;b'/></disk>", "/a'b",
+                               "/c&d", "qcow2");
+  REQUIRE(q.has_value());
+  CHECK(*q == "<disk type='file'><source file='/c&amp;d'/></disk>");
+}
+
 }  // namespace
 }  // namespace kvmcdp

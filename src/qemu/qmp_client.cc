@@ -211,6 +211,8 @@ QmpReply QmpClient::read_message(json* out, Clock::time_point deadline) {
   if (libvirt_) {
     // Through libvirt only events arrive this way.
     auto e = libvirt_->next_event(Millis(remaining_ms(deadline)));
+    if (!e && libvirt_->stopped())
+      return fail(QmpFailure::kTransport, "the libvirt domain stopped (QEMU is gone)");
     if (!e) return fail(QmpFailure::kTimeout, "no event from QEMU in time");
     *out = std::move(*e);
     return {};

@@ -3,6 +3,7 @@
 // Create pre-creates the overlay with qemu-img outside the pause, then, with
 // the VM running, switches the disk to it with blockdev-snapshot inside a
 // QMP transaction, which drains the disk's I/O for just the graph change.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -23,6 +24,16 @@ using json = nlohmann::json;
 using namespace snapshot_steps;
 
 namespace {
+
+// A new overlay belongs to whoever owns the image under it, with its
+// mode: the QEMU that opens it may run as another user (libvirt runs it
+// as libvirt-qemu, a session daemon as its user) and must write it.
+void inherit_owner(const std::string& path, const std::string& from) {
+  struct stat st;
+  if (::stat(from.c_str(), &st) != 0) return;
+  if (::chown(path.c_str(), st.st_uid, st.st_gid) != 0) return;  // not root: ours is right
+  ::chmod(path.c_str(), st.st_mode & 0777);
+}
 
 Result<Tree> init_tree(const std::string& dir, const CreateRequest& req) {
   Tree t;
@@ -132,6 +143,7 @@ Result<CreateReport> snapshot_create(const std::string& dir, const CreateRequest
                                kSnapshotOverlay);
       !st)
     return st;
+  inherit_owner(path, old_path);
   crash_point("create", 2);
 
   CreateReport report;
@@ -198,6 +210,7 @@ Status snapshot_revert(Tree& t, const std::string& name, OpLog* log) {
                                kSnapshotOverlay);
       !st)
     return st;
+  inherit_owner(path, tpath);
   crash_point("revert", 2);
   std::string old_active = t.active;
   add_active_overlay(t, file, name, "");
