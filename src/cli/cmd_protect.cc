@@ -47,6 +47,7 @@
 #include "journal/journal_writer.h"
 #include "store/manifest.h"
 #include "store/protect_state.h"
+#include "cli/qemu_options.h"
 #include "qemu/qemu_drive.h"
 #include "capture/receiver.h"
 #include "capture/resync_compare.h"
@@ -817,14 +818,10 @@ Status run_protect(const ProtectOptions& o) {
 
 CommandRunner setup_protect_command(CLI::App* app) {
   auto o = std::make_shared<ProtectOptions>();
-  auto* qmp = app->add_option("--qmp", o->qmp_socket, "QEMU's QMP unix socket");
-  auto* domain = app->add_option("--domain", o->domain,
-                                 "instead of --qmp: a libvirt domain, whose QEMU is driven "
-                                 "through libvirt");
-  app->add_option("--connect", o->libvirt_uri,
-                  "with --domain: the libvirt URI (default: libvirt's default)")
-      ->needs(domain);
-  qmp->excludes(domain);
+  add_qemu_target_options(app, &o->qmp_socket, &o->domain, &o->libvirt_uri,
+                          "QEMU's QMP unix socket",
+                          "instead of --qmp: a libvirt domain, whose QEMU is driven through "
+                          "libvirt");
   app->add_option("--drive", o->drive, "drive id, device id or node-name to protect")
       ->required();
   auto* store = app->add_option("--store", o->store, "directory holding the journal");

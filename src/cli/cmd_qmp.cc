@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "cli/cli.h"
+#include "cli/qemu_options.h"
 #include "qemu/qmp_client.h"
 
 namespace kvmcdp {
@@ -20,14 +21,10 @@ CommandRunner setup_qmp_command(CLI::App* app) {
     int timeout_ms = 10000;
   };
   auto o = std::make_shared<Options>();
-  auto* qmp = app->add_option("--qmp", o->socket, "QEMU's QMP unix socket");
-  auto* domain = app->add_option("--domain", o->domain,
-                                 "instead of --qmp: a libvirt domain, whose QEMU is reached "
-                                 "through libvirt");
-  app->add_option("--connect", o->libvirt_uri,
-                  "with --domain: the libvirt URI (default: libvirt's default)")
-      ->needs(domain);
-  qmp->excludes(domain);
+  add_qemu_target_options(app, &o->socket, &o->domain, &o->libvirt_uri,
+                          "QEMU's QMP unix socket",
+                          "instead of --qmp: a libvirt domain, whose QEMU is reached through "
+                          "libvirt");
   app->add_option("request", o->request,
                   R"(the command, e.g. '{"execute":"query-status"}')")
       ->required();

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "cli/cli.h"
+#include "cli/qemu_options.h"
 #include "qemu/libvirt_monitor.h"
 #include "qemu/qemu_drive.h"
 #include "store/time_parse.h"
@@ -233,20 +234,11 @@ Status run_changing(const Options& o, const TreeOp& op) {
 void add_tree_option(CLI::App* sub, Options* o) {
   sub->add_option("--tree", o->tree, "the directory holding the snapshots")->required();
 }
-// --domain/--connect: a libvirt domain instead of a QMP socket.
-void add_domain_options(CLI::App* sub, Options* o, CLI::Option* qmp, const char* what) {
-  auto* domain = sub->add_option("--domain", o->domain, what);
-  sub->add_option("--connect", o->libvirt_uri,
-                  "with --domain: the libvirt URI (default: libvirt's default)")
-      ->needs(domain);
-  if (qmp) qmp->excludes(domain);
-}
 void add_vm_options(CLI::App* sub, Options* o, bool with_drive) {
-  auto* qmp = sub->add_option("--qmp", o->qmp,
-                              "QMP socket of the running VM (omit when it is not running)");
-  add_domain_options(sub, o, qmp,
-                     "instead of --qmp: the running VM is this libvirt domain (its "
-                     "definition follows the snapshot)");
+  add_qemu_target_options(sub, &o->qmp, &o->domain, &o->libvirt_uri,
+                          "QMP socket of the running VM (omit when it is not running)",
+                          "instead of --qmp: the running VM is this libvirt domain (its "
+                          "definition follows the snapshot)");
   if (with_drive)
     sub->add_option("--drive", o->drive,
                     "the VM's disk: its drive id, device id or node name (as for protect; needed for the first snapshot)");
@@ -293,9 +285,9 @@ CommandRunner setup_snapshot_command(CLI::App* app) {
   add_vm_options(del, o.get(), false);
   add_vm_options(repair, o.get(), false);
   revert->add_flag("--wait", o->wait, "wait for the tree lock instead of failing with exit 5");
-  add_domain_options(revert, o.get(), nullptr,
-                     "the stopped VM is this libvirt domain: its definition is pointed at "
-                     "the new disk");
+  add_qemu_target_options(revert, nullptr, &o->domain, &o->libvirt_uri, "",
+                          "the stopped VM is this libvirt domain: its definition is pointed "
+                          "at the new disk");
   del->add_option("name", o->name, "the snapshot to delete")->required();
   revert->add_option("name", o->name, "the snapshot to go back to")->required();
 

@@ -21,22 +21,8 @@ export KVMCDP_QEMU_IMG=$KVMCDP_QEMU_PREFIX/bin/qemu-img
 command -v libvirtd >/dev/null && command -v virsh >/dev/null ||
     kit_fail "libvirtd and virsh are needed (scripts/setup.sh installs them)"
 
-protect_pid=
-stop_all() {
-    if [[ -n $protect_pid ]]; then
-        kill -KILL "$protect_pid" 2>/dev/null || true
-        wait "$protect_pid" 2>/dev/null || true
-    fi
-    protect_pid=
-    lv_stop
-    kit_cleanup
-}
-
-kit_init
-trap stop_all EXIT
-chmod 755 "$KIT_TMPDIR"
-lv=$KIT_TMPDIR/lv
-lv_start "$lv"
+lv_test_init
+lv=$LV_DIR
 disk=$lv/disk.qcow2
 tree=$lv/tree
 store=$KIT_TMPDIR/store
@@ -63,57 +49,14 @@ echo GUEST-DONE
 GUEST
 kit_make_stoppable_script_disk "$KIT_TMPDIR/guest.sh" "$lv/script.img"
 chown nobody:nogroup "$disk" "$lv/script.img" "$tree"
-cat >"$lv/ks.xml" <<EOF
-<domain type='qemu'>
-  <name>ks</name>
-  <memory unit='MiB'>256</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>$KVMCDP_KIT/vmlinuz</kernel>
-    <initrd>$KVMCDP_KIT/initramfs.img</initrd>
-    <cmdline>$KIT_CMDLINE</cmdline>
-  </os>
-  <features><acpi/></features>
-  <on_reboot>destroy</on_reboot>
-  <devices>
-    <emulator>$KVMCDP_QEMU_PREFIX/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' cache='none'/>
-      <source file='$disk'/>
-      <target dev='vda' bus='virtio'/>
-      <serial>$KIT_DATA_SERIAL</serial>
-    </disk>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source file='$lv/script.img'/>
-      <target dev='vdb' bus='virtio'/>
-      <serial>$KIT_SCRIPT_SERIAL</serial>
-      <readonly/>
-    </disk>
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
-    <serial type='file'>
-      <source path='$lv/console.log'/>
-      <target port='0'/>
-    </serial>
-  </devices>
-</domain>
-EOF
-lv_virsh define "$lv/ks.xml" >/dev/null
+lv_kit_domain ks "$disk" qcow2 "$lv/script.img"
+console=$lv/ks.console
 lv_virsh start --paused ks >/dev/null
-"$KVMCDP" protect --domain ks --connect "$LV_URI" --drive vda --store "$store" \
-    >"$KIT_TMPDIR/protect.log" 2>&1 &
-protect_pid=$!
-for _ in $(seq 600); do
-    grep -q "base copy complete" "$KIT_TMPDIR/protect.log" && break
-    kill -0 "$protect_pid" 2>/dev/null || { cat "$KIT_TMPDIR/protect.log"; kit_fail "protect exited"; }
-    sleep 0.1
-done
-grep -q "base copy complete" "$KIT_TMPDIR/protect.log" || kit_fail "no base copy"
+kit_protect_start --domain ks --connect "$LV_URI" --drive vda --store "$store"
+kit_protect_wait "base copy complete"
 lv_virsh resume ks >/dev/null
-for _ in $(seq 300); do grep -q GUEST-WRITING "$lv/console.log" && break; sleep 0.1; done
-grep -q GUEST-WRITING "$lv/console.log" || kit_fail "the guest did not start writing"
+for _ in $(seq 300); do grep -q GUEST-WRITING "$console" && break; sleep 0.1; done
+grep -q GUEST-WRITING "$console" || kit_fail "the guest did not start writing"
 
 snap() { "$KVMCDP" snapshot "$@" --tree "$tree" --domain ks --connect "$LV_URI"; }
 sleep 1
@@ -124,12 +67,11 @@ sleep 1
 snap delete s1 >>"$KIT_TMPDIR/snap.log" || { cat "$KIT_TMPDIR/snap.log"; kit_fail "snapshot delete s1"; }
 sleep 1
 kit_tell_guest_stop "$lv/script.img"
-for _ in $(seq 600); do grep -q GUEST-DONE "$lv/console.log" && break; sleep 0.1; done
-grep -q GUEST-DONE "$lv/console.log" || { cat "$lv/console.log" >&2; kit_fail "guest did not finish"; }
+for _ in $(seq 600); do grep -q GUEST-DONE "$console" && break; sleep 0.1; done
+grep -q GUEST-DONE "$console" || { cat "$console" >&2; kit_fail "guest did not finish"; }
 for _ in $(seq 300); do [[ $(lv_virsh domstate ks) == "shut off" ]] && break; sleep 0.1; done
 [[ $(lv_virsh domstate ks) == "shut off" ]] || kit_fail "the guest did not power off"
-wait "$protect_pid" || { cat "$KIT_TMPDIR/protect.log"; kit_fail "protect did not end with 0"; }
-protect_pid=
+kit_protect_end   # with 0 at the guest's power-off
 
 # The definition names the tree's current disk.
 active=$("$KVMCDP" snapshot list --tree "$tree" --json |
@@ -145,13 +87,12 @@ cmp -s "$KIT_TMPDIR/flat.raw" "$KIT_TMPDIR/latest.raw" ||
     kit_fail "the journal's latest point differs from the disk after the snapshots"
 
 # A new start boots the current disk: the guest finds its last write.
-: >"$lv/console.log"
+: >"$console"
 lv_virsh start ks >/dev/null
 for _ in $(seq 300); do
     [[ $(lv_virsh domstate ks) == "shut off" ]] && break
     sleep 0.1
 done
-grep -q GUEST-SEES-LAST-WRITE "$lv/console.log" ||
-    { cat "$lv/console.log" >&2; kit_fail "after the restart the guest does not see its last write"; }
+grep -q GUEST-SEES-LAST-WRITE "$console" ||
+    { cat "$console" >&2; kit_fail "after the restart the guest does not see its last write"; }
 echo "libvirt snapshots: create, create, delete while protected; the restart boots $active"
-stop_all

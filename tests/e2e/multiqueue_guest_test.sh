@@ -21,15 +21,7 @@ export KVMCDP_QEMU_IMG=$KVMCDP_QEMU_PREFIX/bin/qemu-img
 json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 qmp() { "$KVMCDP" qmp --qmp "$tool_sock" "$1"; }
 
-protect_pid=
-stop_all() {
-    [[ -n $protect_pid ]] && kill -KILL "$protect_pid" 2>/dev/null && wait "$protect_pid" 2>/dev/null
-    protect_pid=
-    kit_cleanup
-}
-
 kit_init
-trap stop_all EXIT
 disk=$KIT_TMPDIR/disk.raw
 tool_sock=$KIT_TMPDIR/tool.qmp
 store=$KIT_TMPDIR/store
@@ -70,14 +62,8 @@ kit_run_guest --script "$KIT_TMPDIR/script.img" -- -S -smp 2 \
     -device '{"driver":"virtio-blk-pci","drive":"d0","id":"vd0","serial":"kvmcdp-data","num-queues":2,"iothread-vq-mapping":[{"iothread":"io0"},{"iothread":"io1"}]}'
 for _ in $(seq 100); do [[ -S $tool_sock ]] && break; sleep 0.1; done
 
-"$KVMCDP" protect --qmp "$tool_sock" --drive vd0 --store "$store" >"$KIT_TMPDIR/protect.log" 2>&1 &
-protect_pid=$!
-for _ in $(seq 600); do
-    grep -q "base copy complete" "$KIT_TMPDIR/protect.log" && break
-    kill -0 "$protect_pid" 2>/dev/null || { cat "$KIT_TMPDIR/protect.log"; kit_fail "protect exited"; }
-    sleep 0.1
-done
-grep -q "base copy complete" "$KIT_TMPDIR/protect.log" || kit_fail "no base copy"
+kit_protect_start --qmp "$tool_sock" --drive vd0 --store "$store"
+kit_protect_wait "base copy complete"
 qmp '{"execute":"cont"}' >/dev/null
 
 seqs=() md5s=()
@@ -96,9 +82,8 @@ for _ in $(seq 1200); do grep -q GUEST-DONE "$KIT_CONSOLE_LOG" && break; sleep 0
 grep -q GUEST-DONE "$KIT_CONSOLE_LOG" || { kit_dump_console; kit_fail "guest did not finish"; }
 moment   # after the guest's last sync
 
-kill -TERM "$protect_pid"
-wait "$protect_pid" || { cat "$KIT_TMPDIR/protect.log"; kit_fail "protect exited non-zero"; }
-protect_pid=
+kill -TERM "$KIT_PROTECT_PID"
+kit_protect_end
 [[ ${#seqs[@]} -ge 10 ]] || kit_fail "only ${#seqs[@]} moments recorded (guest too fast?)"
 grep -qi "error" "$KIT_CONSOLE_LOG" && { kit_dump_console; kit_fail "guest saw an error"; }
 
@@ -108,13 +93,5 @@ queues=$(kit_console | sed -n 's/^GUEST-QUEUE \(hctx[0-9]*\) \([0-9]*\)$/\1=\2/p
 busy=$(kit_console | awk '/^GUEST-QUEUE hctx[0-9]+ [0-9]+$/ && $3 > 0 { n++ } END { print n + 0 }')
 [[ $busy -ge 2 ]] || { kit_dump_console; kit_fail "the writes did not use two queues: $queues"; }
 
-"$KVMCDP" journal verify --store "$store" >/dev/null || kit_fail "journal verify failed"
-out=$KIT_TMPDIR/restored.raw
-for i in "${!seqs[@]}"; do
-    "$KVMCDP" restore --quiet --force --store "$store" --seq "${seqs[$i]}" -o "$out" >/dev/null ||
-        kit_fail "restore --seq ${seqs[$i]} failed"
-    [[ $(md5sum "$out" | cut -d' ' -f1) == "${md5s[$i]}" ]] ||
-        kit_fail "seq ${seqs[$i]}: restored MD5 differs from the disk's"
-done
+kit_check_restores "$store"
 echo "multiqueue: ${#seqs[@]} moments, last seq ${seqs[-1]}, queues $queues: every restore matches"
-stop_all

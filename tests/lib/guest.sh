@@ -152,6 +152,20 @@ kit_protect_kill() {
     KIT_PROTECT_PID=
 }
 
+# kit_check_restores STORE: every moment the test recorded, in the arrays
+# seqs (the filter's seq) and md5s (the disk's MD5 then), restores from
+# STORE by --seq to exactly that MD5; the journal verifies.
+kit_check_restores() {
+    local store=$1 out=$KIT_TMPDIR/restored.raw i
+    "$KVMCDP" journal verify --store "$store" >/dev/null || kit_fail "journal verify failed"
+    for i in "${!seqs[@]}"; do
+        "$KVMCDP" restore --quiet --force --store "$store" --seq "${seqs[$i]}" -o "$out" >/dev/null ||
+            kit_fail "restore --seq ${seqs[$i]} failed"
+        [[ $(md5sum "$out" | cut -d' ' -f1) == "${md5s[$i]}" ]] ||
+            kit_fail "seq ${seqs[$i]}: restored MD5 differs from the disk's"
+    done
+}
+
 # kit_make_script_disk SCRIPT_FILE OUT_IMG
 # A raw image of the script padded with NUL bytes to a 4 KiB multiple (at
 # least one padding byte), which the guest's init strips before running it.

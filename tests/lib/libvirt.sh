@@ -5,8 +5,16 @@
 # machine's libvirt configuration is read or written.  Its domains are TCG
 # (type='qemu') and run as nobody too.
 #
+#   lv_test_init        kit_init, then lv_start in $KIT_TMPDIR/lv, and an
+#                       exit trap that stops protect, the domains and the
+#                       daemon (libvirt's QEMU is no child of the test: no
+#                       parent-death signal takes it along)
 #   lv_start DIR        starts it; sets LV_URI (qemu+unix:///session?socket=...)
 #   lv_virsh ARGS...    virsh against it
+#   lv_kit_domain NAME DISK FORMAT SCRIPT_IMG
+#                       defines a TCG domain that boots the kit guest on
+#                       the QEMU under test: DISK (vda, the data disk),
+#                       SCRIPT_IMG (vdb), its console in $LV_DIR/NAME.console
 #   lv_stop             destroys and undefines its domains, stops it
 # Source from bash after tests/lib/guest.sh; files a domain uses must be
 # readable (its disks writable) by nobody.
@@ -14,6 +22,13 @@
 LV_PID=
 LV_DIR=
 LV_URI=
+
+lv_test_init() {
+    kit_init
+    trap 'kit_protect_kill; lv_stop; kit_cleanup' EXIT
+    chmod 755 "$KIT_TMPDIR"
+    lv_start "$KIT_TMPDIR/lv"
+}
 
 lv_start() {
     LV_DIR=$1
@@ -59,4 +74,46 @@ lv_stop() {
     kill -KILL "$LV_PID" 2>/dev/null || true
     wait "$LV_PID" 2>/dev/null || true
     LV_PID=
+}
+
+lv_kit_domain() {
+    local name=$1 disk=$2 format=$3 script=$4
+    cat >"$LV_DIR/$name.xml" <<EOF
+<domain type='qemu'>
+  <name>$name</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>$KVMCDP_KIT/vmlinuz</kernel>
+    <initrd>$KVMCDP_KIT/initramfs.img</initrd>
+    <cmdline>$KIT_CMDLINE</cmdline>
+  </os>
+  <features><acpi/></features>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+    <emulator>$KVMCDP_QEMU_PREFIX/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='$format' cache='none'/>
+      <source file='$disk'/>
+      <target dev='vda' bus='virtio'/>
+      <serial>$KIT_DATA_SERIAL</serial>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='$script'/>
+      <target dev='vdb' bus='virtio'/>
+      <serial>$KIT_SCRIPT_SERIAL</serial>
+      <readonly/>
+    </disk>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+    <serial type='file'>
+      <source path='$LV_DIR/$name.console'/>
+      <target port='0'/>
+    </serial>
+  </devices>
+</domain>
+EOF
+    lv_virsh define "$LV_DIR/$name.xml" >/dev/null
 }
