@@ -37,6 +37,14 @@ packages=(
   # QEMU's build dependencies (minimal configuration below)
   meson libglib2.0-dev libpixman-1-dev libfdt-dev libslirp-dev flex bison
   libaio-dev python3-venv bzip2
+  # ... and of the production QEMU (10.0, packaged as kvmcdp-qemu): the
+  # libraries behind the features of Debian's qemu-system-x86, and the
+  # firmware packages its --firmwarepath names
+  libseccomp-dev liburing-dev libcap-ng-dev libattr1-dev libcurl4-gnutls-dev
+  libiscsi-dev libnfs-dev libssh-dev libsasl2-dev libnuma-dev libudev-dev
+  libusb-1.0-0-dev libusbredirparser-dev libspice-server-dev libfuse3-dev
+  libbpf-dev libcapstone-dev libpmem-dev librbd-dev libglusterfs-dev
+  libjpeg-dev libpng-dev nettle-dev ipxe-qemu
 )
 
 # Adds deb-src next to every deb entry (deb822 and one-line formats), since
@@ -79,15 +87,49 @@ install_packages() {
   fi
 }
 
+# The test QEMU (7.2): only what the tests use, for a short build.
 qemu_configure_flags=(
   --target-list=x86_64-softmmu --enable-tools --disable-docs --disable-user
   --disable-werror --without-default-features --enable-kvm --enable-linux-aio
   --enable-zstd --enable-fdt=system --disable-install-blobs
   --with-git-submodules=ignore
 )
+# The production QEMU (10.0, the kvmcdp-qemu package; the tests run it
+# too): QEMU's default features plus, explicitly (configure fails if one is
+# missing), those Debian's qemu-system-x86 and qemu-block-extra enable for
+# amd64 (debian/control's configure options), so libvirt's defaults, such
+# as its seccomp sandbox, work unchanged.  Left out: the display and audio
+# back-ends of qemu-system-gui (a server has VNC and SPICE), smartcard
+# (libcacard) and blkio (no libblkio in Debian 12).  It is relocatable and
+# installed under /opt/kvmcdp/qemu-<version>; the firmware comes from
+# Debian's seabios, ipxe-qemu and qemu-system-data, as for Debian's QEMU.
+production_line=10.0
+production_flags=(
+  --target-list=x86_64-softmmu --enable-tools --disable-docs --disable-user
+  --disable-werror --disable-install-blobs --disable-download
+  --disable-containers --disable-xkbcommon --disable-debug-info
+  --firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
+  --enable-kvm --enable-tcg --enable-seccomp --enable-linux-aio
+  --enable-linux-io-uring --enable-zstd --enable-fdt=system --enable-slirp
+  --enable-pixman --enable-vnc --enable-vnc-jpeg --enable-png
+  --enable-vnc-sasl --enable-spice --enable-cap-ng --enable-attr
+  --enable-virtfs --enable-numa --enable-libudev --enable-gnutls
+  --enable-nettle --enable-vhost-net --enable-vhost-user --enable-vhost-kernel
+  --enable-vhost-vdpa --enable-libusb --enable-usb-redir --enable-curl
+  --enable-libiscsi --enable-libnfs --enable-libssh --enable-rbd
+  --enable-glusterfs --enable-fuse --enable-bpf --enable-capstone
+  --enable-libpmem
+  --disable-gtk --disable-sdl --disable-opengl --disable-vte --disable-curses
+  --disable-brlapi --disable-smartcard --disable-virglrenderer
+  --audio-drv-list=
+)
 # line_flags LINE: the configure flags for LINE, in QEMU_FLAGS (10.0 has
 # no --with-git-submodules: its +ds tarball has no submodules to ignore).
 line_flags() {
+  if [ "$1" = "$production_line" ]; then
+    QEMU_FLAGS=("${production_flags[@]}")
+    return
+  fi
   QEMU_FLAGS=()
   local f
   for f in "${qemu_configure_flags[@]}"; do
@@ -234,11 +276,22 @@ build_qemu() {
   done
   mkdir -p "$work/build"
   line_flags "$line"
+  local upstream=${version#*:}
+  upstream=${upstream%%[+~-]*}
+  local install_dir=$prefix
+  [ "$line" = "$production_line" ] && install_dir=/opt/kvmcdp/qemu-$upstream
+  # 10.0 runs the meson that meson_for unpacked, through the system's
+  # python; 7.2's configure refuses --python without its bundled meson.
+  local python=()
+  [ -n "$MESON_PYTHONPATH" ] && python=(--python=/usr/bin/python3)
   (cd "$work/build" && export PYTHONPATH=$MESON_PYTHONPATH &&
-    ../src/configure --prefix="$prefix" --python=/usr/bin/python3 \
-      "${QEMU_FLAGS[@]}" >configure.log 2>&1) ||
+    ../src/configure --prefix="$install_dir" "${python[@]}" \
+      --with-pkgversion="kvmcdp $version" "${QEMU_FLAGS[@]}" >configure.log 2>&1) ||
     die "QEMU configure failed: $work/build/configure.log"
-  PYTHONPATH=$MESON_PYTHONPATH ninja -C "$work/build" -j"$jobs" "${qemu_targets[@]}" \
+  local targets=("${qemu_targets[@]}")
+  # The production build installs everything QEMU installs (helpers too).
+  [ "$line" = "$production_line" ] && targets=()
+  PYTHONPATH=$MESON_PYTHONPATH ninja -C "$work/build" -j"$jobs" "${targets[@]}" \
     >"$work/build.log" 2>&1 || die "QEMU build failed: $work/build.log"
   # The patch must build without warnings (Debian's own sources may have
   # some; those are shown, not fatal).
@@ -247,14 +300,28 @@ build_qemu() {
     head -20 "$work/warnings.log"
     ! grep -q 'cdp' "$work/warnings.log" || die "the cdp patch builds with warnings"
   fi
-  mkdir -p "$prefix/bin" "$prefix/share/qemu"
-  local t
-  for t in "${qemu_targets[@]}"; do cp "$work/build/$t" "$prefix/bin/"; done
-  # Firmware: Debian's source carries no prebuilt blobs; the BIOS and the
-  # option ROMs (-kernel needs linuxboot_dma.bin) come from Debian's
-  # seabios and qemu-system-data packages, as for Debian's own QEMU.
-  cp -L /usr/share/qemu/*.bin /usr/share/seabios/*.bin "$prefix/share/qemu/" 2>/dev/null || true
-  cp -rL /usr/share/qemu/keymaps "$prefix/share/qemu/" 2>/dev/null || true
+  if [ "$line" = "$production_line" ]; then
+    # Staged as it will be installed; relocatable, so it runs from the
+    # cache as well (the tests) as from /opt (the package).
+    PYTHONPATH=$MESON_PYTHONPATH meson install -C "$work/build" --no-rebuild \
+      --destdir "$work/stage" >"$work/install.log" 2>&1 ||
+      die "QEMU install failed: $work/install.log"
+    mv "$work/stage$install_dir" "$prefix"
+    rm -rf "$prefix/include"
+    mkdir -p "$prefix/share/doc/kvmcdp-qemu"
+    cp "$work/src/debian/copyright" "$prefix/share/doc/kvmcdp-qemu/copyright"
+    printf 'QEMU_SOURCE_VERSION=%q\nQEMU_INSTALL_DIR=%q\nQEMU_KEY=%q\n' \
+      "$version" "$install_dir" "${prefix##*/qemu-}" >"$prefix/.package"
+  else
+    mkdir -p "$prefix/bin" "$prefix/share/qemu"
+    local t
+    for t in "${qemu_targets[@]}"; do cp "$work/build/$t" "$prefix/bin/"; done
+    # Firmware: Debian's source carries no prebuilt blobs; the BIOS and the
+    # option ROMs (-kernel needs linuxboot_dma.bin) come from Debian's
+    # seabios and qemu-system-data packages, as for Debian's own QEMU.
+    cp -L /usr/share/qemu/*.bin /usr/share/seabios/*.bin "$prefix/share/qemu/" 2>/dev/null || true
+    cp -rL /usr/share/qemu/keymaps "$prefix/share/qemu/" 2>/dev/null || true
+  fi
   echo "$version" >"$prefix/.complete"
   rm -rf "$work"
   QEMU_PREFIX=$prefix
