@@ -20,9 +20,11 @@ out=${1:-$build_dir/packages}
 log() { printf 'package: %s\n' "$*"; }
 die() { printf 'package: error: %s\n' "$*" >&2; exit 1; }
 
-[ -f "$build_dir/env.sh" ] || die "no $build_dir/env.sh: run scripts/setup.sh first"
-# shellcheck source=/dev/null
-source "$build_dir/env.sh"
+if [ -z "${KVMCDP_QEMU_PREFIX_10_0:-}" ]; then
+  [ -f "$build_dir/env.sh" ] || die "no $build_dir/env.sh: run scripts/setup.sh first"
+  # shellcheck source=/dev/null
+  source "$build_dir/env.sh"
+fi
 qemu_tree=${KVMCDP_QEMU_PREFIX_10_0:-}
 [ -n "$qemu_tree" ] && [ -f "$qemu_tree/.package" ] ||
   die "the production QEMU (10.0) is missing in ${qemu_tree:-build/env.sh}: run scripts/setup.sh"
@@ -51,9 +53,13 @@ mkdir -p "$stage/root$(dirname "$QEMU_INSTALL_DIR")" "$stage/root/DEBIAN" \
   "$stage/root/usr/share/doc/kvmcdp-qemu"
 cp -a "$qemu_tree" "$stage/root$QEMU_INSTALL_DIR"
 rm -f "$stage/root$QEMU_INSTALL_DIR/.package" "$stage/root$QEMU_INSTALL_DIR/.complete"
+# The guest agent runs inside guests (Debian's qemu-guest-agent), and the
+# desktop entry and icons serve a GUI this build has not: none of them here.
+rm -rf "$stage/root$QEMU_INSTALL_DIR/bin/qemu-ga" "$stage/root$QEMU_INSTALL_DIR/var" \
+  "$stage/root$QEMU_INSTALL_DIR/share/applications" "$stage/root$QEMU_INSTALL_DIR/share/icons"
 mv "$stage/root$QEMU_INSTALL_DIR/share/doc/kvmcdp-qemu/copyright" \
   "$stage/root/usr/share/doc/kvmcdp-qemu/copyright"
-rmdir "$stage/root$QEMU_INSTALL_DIR/share/doc/kvmcdp-qemu" 2>/dev/null || true
+rmdir "$stage/root$QEMU_INSTALL_DIR/share/doc/kvmcdp-qemu" "$stage/root$QEMU_INSTALL_DIR/share/doc" 2>/dev/null || true
 
 # Library dependencies as Debian computes them for its own packages.
 mapfile -t elves < <(find "$stage/root$QEMU_INSTALL_DIR" -type f -perm -u+x \
@@ -89,7 +95,7 @@ Description: QEMU ${QEMU_SOURCE_VERSION#*:} with kvmcdp's cdp filter
 EOF
 (cd "$stage/root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' |
   xargs -0 md5sum >DEBIAN/md5sums)
-dpkg-deb --root-owner-group -Zxz --build "$stage/root" \
+dpkg-deb --root-owner-group -Zgzip --build "$stage/root" \
   "$out/kvmcdp-qemu_${version}_$(dpkg --print-architecture).deb" >/dev/null
 log "built in $out:"
 ls -1 "$out"/*.deb | sed 's/^/  /'
