@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # libvirt's own disk operations on a protected drive: a real libvirtd
 # (tests/lib/libvirt.sh) runs the kit guest on a qcow2 disk while `kvmcdp
-# protect --domain` captures and the guest writes.  Then, one after the
-# other, libvirt's operations on that disk, each with the outcome that
-# man kvmcdp(1) (section "libvirt") documents:
-#   1. snapshot-create-as --disk-only: done; the filter goes on above the
-#      new overlay and capture goes on;
-#   2. blockcommit --active --pivot and 3. blockcopy --pivot: refused by
-#      QEMU (the disk's node is no longer a root: the filter is above it);
-#   4. snapshot-create-as with memory (internal): done, nothing changes;
-#   5. loadvm of that snapshot (the HMP command through libvirt): refused
-#      by the filter, so the disk does not change below it;
-#   6. snapshot-revert: libvirt restarts QEMU with -loadvm, which refuses
-#      while kvmcdp's persistent bitmap is on the disk: the domain ends,
-#      and protect with it, with 0, the journal closed.
+# protect --domain` captures and the guest writes.  The disk has an
+# internal snapshot with memory, full1, made before protect started.  Then,
+# one after the other, libvirt's operations on that disk, each with the
+# outcome that man kvmcdp(1) (section "libvirt") documents:
+#   - loadvm full1 (the HMP command through libvirt): refused by the
+#     filter, so the disk does not change below it (QEMU leaves the VM
+#     paused after a failed load; the test resumes it);
+#   - snapshot-create-as with memory, save and migrate: refused by QEMU,
+#     since the filter blocks migration (each would carry the VM to a
+#     QEMU without the filter);
+#   - snapshot-create-as --disk-only: done; the filter goes on above the
+#     new overlay and capture goes on;
+#   - blockcommit --active --pivot and blockcopy --pivot: refused by QEMU
+#     (the disk's node is no longer a root: the filter is above it);
+#   - snapshot-revert full1: libvirt starts a new QEMU with -loadvm, which
+#     refuses while kvmcdp's persistent bitmap is on the disk: the domain
+#     ends, and protect with it, with 0, the journal closed.
 # After each step the test suspends the domain and records the filter's
 # seq and the MD5 of the disk as the guest sees it (its chain, flattened);
 # every such moment must restore exactly: no capture is silently lost.
@@ -106,16 +110,27 @@ op() {
 }
 
 moment
-op done "" snapshot-create-as ko ext1 --disk-only --atomic \
-    --no-metadata --diskspec "vda,file=$lv/ext1.qcow2" --diskspec vdb,snapshot=no
+op refused "captures this disk's writes" snapshot-create-as ko full1 --atomic
+op refused "captures this disk's writes" save ko "$lv/saved.state"
+op refused "captures this disk's writes" migrate --live --p2p ko "$LV_URI"
+op done "" snapshot-create-as ko ext1 --disk-only --atomic --no-metadata \
+    --diskspec "vda,file=$lv/ext1.qcow2" --diskspec vdb,snapshot=no
 [[ $(current_source) == "$lv/ext1.qcow2" ]] || kit_fail "the disk is $(current_source), not ext1.qcow2"
 op refused "Need a root block node" blockcommit ko vda --active --pivot --wait
 op refused "Need a root block node" blockcopy ko vda "$lv/copy.qcow2" --wait --pivot \
     --transient-job --format qcow2
-op done "" snapshot-create-as ko full1 --atomic
-lv_virsh snapshot-list ko --name | grep -qx full1 || kit_fail "no snapshot full1"
+
+# Without the filter (protect stopped) the internal snapshot can be made;
+# the next protect continues the stream, and the filter refuses to load it.
+kill -TERM "$KIT_PROTECT_PID"
+kit_protect_end
+lv_virsh snapshot-create-as ko full1 --atomic >/dev/null || kit_fail "snapshot-create-as full1 without protect"
+kit_protect_start --domain ko --connect "$LV_URI" --drive vda --store "$store"
+kit_protect_wait "the filter resends"
+moment
 # HMP errors come back as the command's output, not as its exit status.
-op done "Could not load snapshot" qemu-monitor-command ko --hmp "loadvm full1"
+op done "cannot load snapshot 'full1' below the cdp filter" \
+    qemu-monitor-command ko --hmp "loadvm full1"
 
 # libvirt reverts a running snapshot by starting a new QEMU with -loadvm,
 # which refuses: the domain ends, and protect with it (0, as at a
