@@ -44,8 +44,13 @@ std::string last_error() {
 
 }  // namespace
 
-// libvirt's callback, on the event loop's thread: the event as QMP gives it.
+// libvirt's callbacks, on the event loop's thread: the event as QMP gives
+// it, and the domain's end.  Their opaque is a reference to the sink.
 struct LibvirtEvents {
+  using SinkRef = std::shared_ptr<LibvirtMonitor::Sink>;
+  static LibvirtMonitor::Sink& sink(void* opaque) { return **static_cast<SinkRef*>(opaque); }
+  static void* ref(const SinkRef& s) { return new SinkRef(s); }
+  static void unref(void* opaque) { delete static_cast<SinkRef*>(opaque); }
   static void on_event(virConnectPtr, virDomainPtr, const char* event, long long seconds,
                        unsigned int micros, const char* details, void* opaque) {
     json e = {{"event", event ? event : ""},
@@ -54,18 +59,13 @@ struct LibvirtEvents {
       json data = json::parse(details, nullptr, /*allow_exceptions=*/false);
       if (!data.is_discarded()) e["data"] = std::move(data);
     }
-    static_cast<LibvirtMonitor*>(opaque)->deliver(std::move(e));
+    sink(opaque).deliver(std::move(e));
   }
   static int on_lifecycle(virConnectPtr, virDomainPtr, int event, int, void* opaque) {
-    if (event == VIR_DOMAIN_EVENT_STOPPED) static_cast<LibvirtMonitor*>(opaque)->mark_stopped();
+    if (event == VIR_DOMAIN_EVENT_STOPPED) sink(opaque).mark_stopped();
     return 0;
   }
 };
-
-std::string QemuTarget::describe() const {
-  if (!is_libvirt()) return fmt::format("QMP socket {}", socket);
-  return fmt::format("libvirt domain {} ({})", domain, uri.empty() ? "default URI" : uri);
-}
 
 Result<std::unique_ptr<LibvirtMonitor>> LibvirtMonitor::open(const std::string& uri,
                                                              const std::string& name,
@@ -91,8 +91,9 @@ Result<std::unique_ptr<LibvirtMonitor>> LibvirtMonitor::open(const std::string& 
     return R(ErrorKind::kQemu, fmt::format("libvirt domain {} is not running", name));
   }
   m->callback_ = virConnectDomainQemuMonitorEventRegister(conn, dom, nullptr,
-                                                         &LibvirtEvents::on_event, m.get(),
-                                                         nullptr, 0);
+                                                         &LibvirtEvents::on_event,
+                                                         LibvirtEvents::ref(m->sink_),
+                                                         &LibvirtEvents::unref, 0);
   if (m->callback_ < 0)
     return R(ErrorKind::kQemu,
              fmt::format("libvirt domain {}: cannot receive QEMU's events: {}", name,
@@ -100,10 +101,13 @@ Result<std::unique_ptr<LibvirtMonitor>> LibvirtMonitor::open(const std::string& 
   // A QEMU that ends sends no more events: waits for one end with it.
   m->lifecycle_ = virConnectDomainEventRegisterAny(
       conn, dom, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-      VIR_DOMAIN_EVENT_CALLBACK(&LibvirtEvents::on_lifecycle), m.get(), nullptr);
+      VIR_DOMAIN_EVENT_CALLBACK(&LibvirtEvents::on_lifecycle), LibvirtEvents::ref(m->sink_),
+      &LibvirtEvents::unref);
   if (m->lifecycle_ < 0)
     return R(ErrorKind::kQemu,
              fmt::format("libvirt domain {}: cannot follow its state: {}", name, last_error()));
+  // Asked again now that the callback is there: a domain that stopped in
+  // between would otherwise leave every wait for its events to time out.
   if (virDomainIsActive(dom) != 1) {
     if (gone) *gone = true;
     return R(ErrorKind::kQemu, fmt::format("libvirt domain {} is not running", name));
@@ -119,21 +123,21 @@ LibvirtMonitor::~LibvirtMonitor() {
   if (conn) virConnectClose(conn);
 }
 
-void LibvirtMonitor::mark_stopped() {
-  std::lock_guard<std::mutex> lock(mu_);
-  stopped_ = true;
-  cv_.notify_all();
+void LibvirtMonitor::Sink::mark_stopped() {
+  std::lock_guard<std::mutex> lock(mu);
+  stopped = true;
+  cv.notify_all();
+}
+
+void LibvirtMonitor::Sink::deliver(json event) {
+  std::lock_guard<std::mutex> lock(mu);
+  events.push_back(std::move(event));
+  cv.notify_all();
 }
 
 bool LibvirtMonitor::stopped() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return stopped_;
-}
-
-void LibvirtMonitor::deliver(json event) {
-  std::lock_guard<std::mutex> lock(mu_);
-  events_.push_back(std::move(event));
-  cv_.notify_all();
+  std::lock_guard<std::mutex> lock(sink_->mu);
+  return sink_->stopped;
 }
 
 Result<json> LibvirtMonitor::command(const json& request, int fd, bool* transport) {
@@ -166,12 +170,13 @@ Result<json> LibvirtMonitor::command(const json& request, int fd, bool* transpor
 }
 
 std::optional<json> LibvirtMonitor::next_event(std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  if (!cv_.wait_for(lock, timeout, [&] { return !events_.empty() || stopped_; }) ||
-      events_.empty())
+  Sink& k = *sink_;
+  std::unique_lock<std::mutex> lock(k.mu);
+  if (!k.cv.wait_for(lock, timeout, [&] { return !k.events.empty() || k.stopped; }) ||
+      k.events.empty())
     return std::nullopt;
-  json e = std::move(events_.front());
-  events_.pop_front();
+  json e = std::move(k.events.front());
+  k.events.pop_front();
   return e;
 }
 

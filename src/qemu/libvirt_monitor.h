@@ -70,17 +70,24 @@ class LibvirtMonitor {
  private:
   LibvirtMonitor() = default;
   friend struct LibvirtEvents;
-  void deliver(json event);
-  void mark_stopped();
+  // What the callbacks fill in, on libvirt's event loop thread.  Each
+  // registration holds a reference that libvirt drops (its free callback)
+  // only once no callback can run any more, which deregistering alone
+  // does not promise: a callback may still be running when it returns.
+  struct Sink {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<json> events;
+    bool stopped = false;
+    void deliver(json event);
+    void mark_stopped();
+  };
 
   void* conn_ = nullptr;  // virConnectPtr
   void* dom_ = nullptr;   // virDomainPtr
   int callback_ = -1;
   int lifecycle_ = -1;
-  bool stopped_ = false;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<json> events_;
+  std::shared_ptr<Sink> sink_ = std::make_shared<Sink>();
 };
 
 }  // namespace kvmcdp

@@ -13,8 +13,6 @@ struct QemuTarget {
   std::string uri;     // --connect; empty: libvirt's default URI
 
   bool is_libvirt() const { return !domain.empty(); }
-  // For messages: "QMP socket PATH" or "libvirt domain NAME (URI)".
-  std::string describe() const;
 };
 
 }  // namespace kvmcdp

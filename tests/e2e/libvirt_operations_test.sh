@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # libvirt's own disk operations on a protected drive: a real libvirtd
 # (tests/lib/libvirt.sh) runs the kit guest on a qcow2 disk while `kvmcdp
-# protect --domain` captures and the guest writes.  The disk has an
-# internal snapshot with memory, full1, made before protect started.  Then,
-# one after the other, libvirt's operations on that disk, each with the
-# outcome that man kvmcdp(1) (section "libvirt") documents:
-#   - loadvm full1 (the HMP command through libvirt): refused by the
-#     filter, so the disk does not change below it (QEMU leaves the VM
-#     paused after a failed load; the test resumes it);
-#   - snapshot-create-as with memory, save and migrate: refused by QEMU,
-#     since the filter blocks migration (each would carry the VM to a
-#     QEMU without the filter);
+# protect --domain` captures and the guest writes.  Then, one after the
+# other, libvirt's operations on that disk, each with the outcome that
+# man kvmcdp(1) (section "libvirt") documents:
+#   - snapshot-create-as with memory, save and migrate: refused, since the
+#     filter blocks migration (each would carry the VM to a QEMU without
+#     the filter);
 #   - snapshot-create-as --disk-only: done; the filter goes on above the
 #     new overlay and capture goes on;
 #   - blockcommit --active --pivot and blockcopy --pivot: refused by QEMU
 #     (the disk's node is no longer a root: the filter is above it);
-#   - snapshot-revert full1: libvirt starts a new QEMU with -loadvm, which
+#   - protect stopped, an internal snapshot with memory made (the block
+#     went with the filter), protect started again (the stream continues);
+#   - loadvm of that snapshot (the HMP command through libvirt): refused
+#     by the filter, so the disk does not change below it (QEMU leaves the
+#     VM paused after a failed load; the test resumes it);
+#   - snapshot-revert: libvirt starts a new QEMU with -loadvm, which
 #     refuses while kvmcdp's persistent bitmap is on the disk: the domain
 #     ends, and protect with it, with 0, the journal closed.
 # After each step the test suspends the domain and records the filter's
