@@ -33,6 +33,7 @@ packages=(
   qemu-utils busybox-static fio cpio kmod mandoc xz-utils openssh-server
   openssh-client seabios qemu-system-data dpkg-dev python3 man-db strace
   systemd  # systemd-analyze verify (no running systemd needed)
+  qemu-system-x86  # Debian's own QEMU: tests of a QEMU without the filter
   clang libclang-rt-14-dev  # fuzz targets (tests/fuzz): libFuzzer, sanitizers
   # QEMU's build dependencies (minimal configuration below)
   meson libglib2.0-dev libpixman-1-dev libfdt-dev libslirp-dev flex bison

@@ -69,7 +69,9 @@ Result<std::vector<CdpInfo>> list_cdp(QmpClient& qmp) {
   if (!r.ok()) {
     if (r.error_class == "CommandNotFound")
       return Status(ErrorKind::kQemu,
-                    "this QEMU has no cdp filter (query-cdp unknown): use the patched QEMU");
+                    "this QEMU has no cdp filter (query-cdp unknown): run the VM on a QEMU "
+                    "with kvmcdp's filter, such as the kvmcdp-qemu package's "
+                    "/opt/kvmcdp/qemu-VERSION/bin/qemu-system-x86_64");
     return r.status();
   }
   std::vector<CdpInfo> out;

@@ -16,12 +16,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/guest.sh"
 # shellcheck source=SCRIPTDIR/../lib/libvirt.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/libvirt.sh"
-: "${KVMCDP:?set KVMCDP to the kvmcdp binary}"
-export KVMCDP_QEMU_IMG=$KVMCDP_QEMU_PREFIX/bin/qemu-img
-command -v libvirtd >/dev/null && command -v virsh >/dev/null ||
-    kit_fail "libvirtd and virsh are needed (scripts/setup.sh installs them)"
 
-json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 qmp() { "$KVMCDP" qmp --domain kt --connect "$LV_URI" "$1"; }
 
 lv_test_init

@@ -16,10 +16,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/guest.sh"
 # shellcheck source=SCRIPTDIR/../lib/libvirt.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/libvirt.sh"
-: "${KVMCDP:?set KVMCDP to the kvmcdp binary}"
-export KVMCDP_QEMU_IMG=$KVMCDP_QEMU_PREFIX/bin/qemu-img
-command -v libvirtd >/dev/null && command -v virsh >/dev/null ||
-    kit_fail "libvirtd and virsh are needed (scripts/setup.sh installs them)"
 
 lv_test_init
 lv=$LV_DIR

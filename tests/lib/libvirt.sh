@@ -5,7 +5,9 @@
 # machine's libvirt configuration is read or written.  Its domains are TCG
 # (type='qemu') and run as nobody too.
 #
-#   lv_test_init        kit_init, then lv_start in $KIT_TMPDIR/lv, and an
+#   lv_test_init        checks KVMCDP, libvirtd and virsh, sets
+#                       KVMCDP_QEMU_IMG to the QEMU under test's, then
+#                       kit_init, then lv_start in $KIT_TMPDIR/lv, and an
 #                       exit trap that stops protect, the domains and the
 #                       daemon (libvirt's QEMU is no child of the test: no
 #                       parent-death signal takes it along)
@@ -24,6 +26,10 @@ LV_DIR=
 LV_URI=
 
 lv_test_init() {
+    : "${KVMCDP:?set KVMCDP to the kvmcdp binary}"
+    export KVMCDP_QEMU_IMG=$KVMCDP_QEMU_PREFIX/bin/qemu-img
+    command -v libvirtd >/dev/null && command -v virsh >/dev/null ||
+        kit_fail "libvirtd and virsh are needed (scripts/setup.sh installs them)"
     kit_init
     trap 'kit_protect_kill; lv_stop; kit_cleanup' EXIT
     chmod 755 "$KIT_TMPDIR"
@@ -56,6 +62,9 @@ lv_start() {
     cat "$LV_DIR/libvirtd.log" >&2
     kit_fail "libvirtd did not start"
 }
+
+# json_field EXPR: EXPR (e.g. '["seq"]') of the JSON on stdin.
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 
 lv_virsh() {
     virsh -q -c "$LV_URI" "$@"
