@@ -266,4 +266,11 @@ Result<BaseCopyResult> take_base_copy(QmpClient& qmp, const std::string& filter_
   return r;
 }
 
+Status copy_base_through_server(QmpClient& qmp, const std::string& node,
+                                const std::string& socket, const std::string& out_path,
+                                bool show_progress) {
+  return copy_through_own_nbd_server(qmp, node, socket, out_path + ".tmp", out_path,
+                                     show_progress);
+}
+
 }  // namespace kvmcdp

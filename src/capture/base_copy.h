@@ -24,4 +24,11 @@ struct BaseCopyResult {
 Result<BaseCopyResult> take_base_copy(QmpClient& qmp, const std::string& filter_node,
                                       const std::string& out_path, bool show_progress);
 
+// Mirror capture: the same copy of `node` through QEMU's NBD server that
+// kvmcdp started already on `socket` (mirror_capture.h); the caller knows
+// from which seq base plus journal is exact.
+Status copy_base_through_server(QmpClient& qmp, const std::string& node,
+                                const std::string& socket, const std::string& out_path,
+                                bool show_progress);
+
 }  // namespace kvmcdp

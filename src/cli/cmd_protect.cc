@@ -34,6 +34,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 
@@ -41,6 +42,7 @@
 
 #include "store/base_checksums.h"
 #include "capture/base_copy.h"
+#include "capture/mirror_capture.h"
 #include "cli/cli.h"
 #include "cli/config_file.h"
 #include "base/fsutil.h"
@@ -72,6 +74,7 @@ struct ProtectOptions {
   std::string drive;
   std::string store;
   std::string mode = "async";
+  std::string capture = "auto";  // auto, filter or mirror
   int level = 1;
   uint64_t segment_mib = 256;
   uint64_t queue_mib = 64;
@@ -409,14 +412,19 @@ class ProtectSession {
   Status open_journal();
   Status prepare_compare();
   Status connect_stream();
+  Status connect_mirror();
   void say_resend(const Hello& hello);
   void start_capture();
   Status take_base();
   void serve_until_signal();
   Status detach();
+  Status detach_mirror();
 
  private:
   void stop_receiver();
+  bool mirror() const { return mirror_ != nullptr || use_mirror_; }
+  Status choose_capture();
+  void mirror_tick(int second);
 
   const ProtectOptions& o_;
   // Members are destroyed in reverse order: the threads (last) first,
@@ -443,9 +451,16 @@ class ProtectSession {
   std::unique_ptr<AckGate> gate_;
   std::unique_ptr<Shipper> shipper_;
   std::thread receiver_;
+  // Mirror capture (capture/mirror_capture.h) instead of the filter.
+  bool use_mirror_ = false;
+  static constexpr int kCheckpointSeconds = 5;
+  bool capture_said_ = false;
+  bool resync_said_ = false;
+  std::unique_ptr<MirrorCapture> mirror_;
 };
 
 ProtectSession::~ProtectSession() {
+  mirror_.reset();  // ends its job and threads first: they use the writer
   stop_receiver();
   if (fd_ >= 0) close(fd_);
   if (registered_) unregister_stream(m_.stream_id);
@@ -532,6 +547,8 @@ Status ProtectSession::find_drive() {
   auto node = resolve_drive(*qmp_, o_.drive);
   if (!node) return node.status();
   node_ = *node;
+  if (Status s = choose_capture(); !s) return s;
+  if (use_mirror_) return Status::ok();
   filter_ = m_.extra.value("filter_node", fmt::format("kvmcdp-{}", o_.drive));
   auto filters = list_cdp(*qmp_);
   if (!filters) return filters.status();
@@ -545,6 +562,29 @@ Status ProtectSession::find_drive() {
     filter_ = existing->node_name;
     node_ = existing->child;
   }
+  return Status::ok();
+}
+
+// --capture: the filter where QEMU has it (its schema knows cdp-attach),
+// else an active mirror into kvmcdp's NBD server.  Said once.
+Status ProtectSession::choose_capture() {
+  if (o_.capture == "filter") {
+    if (!capture_said_) say(o_, "capture: the cdp filter");
+    capture_said_ = true;
+    return Status::ok();
+  }
+  auto has = qemu_has_cdp_filter(*qmp_);
+  if (!has) return has.status();
+  use_mirror_ = o_.capture == "mirror" || !*has;
+  if (use_mirror_ && (!o_.spool.empty() || o_.ack_from == "remote"))
+    return {ErrorKind::kUsage,
+            "mirror capture ships with --store and --ack-from local only (--spool and "
+            "--ack-from remote need the cdp filter)"};
+  if (!capture_said_)
+    say(o_, !use_mirror_ ? "capture: the cdp filter"
+            : *has       ? "capture: active mirror (--capture mirror)"
+                         : "capture: active mirror (this QEMU has no cdp filter)");
+  capture_said_ = true;
   return Status::ok();
 }
 
@@ -562,7 +602,7 @@ Status ProtectSession::open_journal() {
   writer_ = std::move(*w);
   if (writer_->recovered())
     say(o_, fmt::format("recovering: {}", writer_->recovered()->to_string()));
-  if (!reattach_) {
+  if (!reattach_ && !use_mirror_) {
     continuation_ = {{"stream-id", m_.stream_id}, {"first-seq", writer_->last_durable_seq() + 1}};
   }
   return Status::ok();
@@ -639,6 +679,7 @@ Status ProtectSession::prepare_compare() {
 // Connects the filter and shakes hands.  A new store adopts the stream id
 // of the filter's hello and is a store from then on.
 Status ProtectSession::connect_stream() {
+  if (use_mirror_) return connect_mirror();
   auto fd = connect_filter(*qmp_, o_, node_, filter_, reattach_, continuation_);
   if (!fd) return fd.status();
   fd_ = *fd;
@@ -675,6 +716,61 @@ Status ProtectSession::connect_stream() {
   return Status::ok();
 }
 
+// Mirror capture: kvmcdp picks the stream id of a new store.  A continued
+// stream opens with a gap and resends what QEMU's bitmap marks.
+Status ProtectSession::connect_mirror() {
+  const bool continuing = !new_store_;
+  if (new_store_) {
+    std::random_device rd;
+    m_.stream_id = (uint64_t(rd()) << 32) | rd();
+  }
+  mirror_ = std::make_unique<MirrorCapture>(qemu_target(o_), node_, m_.stream_id,
+                                            std::chrono::milliseconds(o_.filter_timeout_ms));
+  if (Status s = mirror_->prepare(*qmp_); !s) return s;
+  if (new_store_) {
+    m_.disk_size = mirror_->disk_size();
+    m_.node_name = node_;
+    m_.created_time_ns = now_ns();
+    m_.extra["drive"] = o_.drive;
+    m_.extra["capture"] = "mirror";
+    if (Status st = write_manifest(o_.store, m_); !st) return st;
+    new_store_ = false;
+    wo_.stream_id = m_.stream_id;
+    auto w = journal::JournalWriter::open(o_.store, wo_);
+    if (!w) return w.status();
+    writer_ = std::move(*w);
+  } else if (m_.disk_size != mirror_->disk_size()) {
+    return {ErrorKind::kFailure,
+            fmt::format("drive {} holds {} bytes, the store's disk {}: another disk's store",
+                        o_.drive, mirror_->disk_size(), m_.disk_size)};
+  }
+  mirror_->set_live(&s_.durable_seq, &s_.counters, &s_.mu);
+  uint64_t last = writer_->last_durable_seq();
+  if (Status s = mirror_->start(*qmp_, writer_.get(), continuing); !s) return s;
+  if (continuing) {
+    const double mib = 1048576.0;
+    if (mirror_->bitmap_kept() && mirror_->scanned_dirty() > 0)
+      say(o_, fmt::format("continuing the stream after seq {}: resending {:.1f} MiB that QEMU's "
+                          "dirty bitmap marks as written since; points before the resync ends "
+                          "are not recoverable",
+                          last, mirror_->scanned_dirty() / mib));
+    else if (!mirror_->bitmap_kept())
+      say(o_, fmt::format("continuing the stream after seq {}: QEMU has no bitmap of this "
+                          "disk's changes (it was restarted?): the disk is resent in full "
+                          "({:.1f} MiB); points before the resync ends are not recoverable",
+                          last, m_.disk_size / mib));
+    else
+      say(o_, fmt::format("continuing the stream after seq {}: QEMU's dirty bitmap marks "
+                          "nothing written since",
+                          last));
+  }
+  if (Status st = register_stream(m_.stream_id, o_.store); !st)
+    warn(fmt::format("a second protect of this drive cannot learn who protects it: {}",
+                     st.message()));
+  registered_ = true;
+  return Status::ok();
+}
+
 // The receiver thread, and with --remote the shipper, which mirrors the
 // local journal to the server; the gate decides whether a flush waits for
 // the server (--ack-from, --spool).
@@ -701,6 +797,14 @@ void ProtectSession::start_capture() {
     state_.remote_url = ro_.url.to_string();
     shipper_->start();
   }
+  if (mirror_) {
+    state_.mode = "mirror";
+    say(o_, fmt::format("protecting {} (node {}) into {}, capture mirror (every write waits "
+                        "for the journal)",
+                        o_.drive, node_, o_.store));
+    publish_state(s_, state_);
+    return;
+  }
   receiver_ = std::thread(receive_loop, &s_, std::move(rx_), fd_);
   fd_ = -1;
   say(o_, fmt::format("protecting {} (node {}) into {}, mode {}", o_.drive, node_, o_.store,
@@ -712,8 +816,11 @@ void ProtectSession::start_capture() {
 Status ProtectSession::take_base() {
   if (!m_.base_complete) {
     say(o_, "taking the base copy");
-    auto base = take_base_copy(*qmp_, filter_, o_.store + "/" + m_.base_image,
-                               !o_.quiet && isatty(2));
+    auto base = mirror_ ? mirror_->take_base(*qmp_, o_.store + "/" + m_.base_image,
+                                             !o_.quiet && isatty(2))
+                        : take_base_copy(*qmp_, filter_, o_.store + "/" + m_.base_image,
+                                         !o_.quiet && isatty(2));
+    if (!base && mirror_) return base.status();  // the destructor ends the job
     if (!base) {
       stop_receiver();
       unregister_stream(m_.stream_id);
@@ -746,15 +853,37 @@ Status ProtectSession::take_base() {
 void ProtectSession::serve_until_signal() {
   sigset_t sigs = stop_signals();
   timespec second{1, 0};
-  while (!s_.stop) {
+  for (int tick = 1; !s_.stop; ++tick) {
     publish_state(s_, state_);
     if (sigtimedwait(&sigs, nullptr, &second) > 0) break;
+    if (mirror_) mirror_tick(tick);
   }
+}
+
+// Once a second: the end of the mirror (QEMU gone, the job failed), the
+// end of a resync, and every few seconds the bitmap's checkpoint.  QMP is
+// held only for that moment.
+void ProtectSession::mirror_tick(int second) {
+  if (mirror_->ended()) {
+    s_.stop = true;
+    return;
+  }
+  if (!resync_said_ && !mirror_->resyncing() && mirror_->error().is_ok()) {
+    if (mirror_->resent_bytes() > 0 || mirror_->scanned_dirty() > 0)
+      say(o_, fmt::format("resync done: {:.1f} MiB resent", mirror_->resent_bytes() / 1048576.0));
+    resync_said_ = true;
+  }
+  if (second % kCheckpointSeconds != 0) return;
+  auto q = qmp_connect(o_);
+  if (!q) return;  // another client holds QMP: the next tick
+  if (Status s = mirror_->checkpoint(**q); !s)
+    warn(fmt::format("the dirty bitmap's checkpoint failed: {}", s.message()));
 }
 
 // The filter drains its queue into our receiver first.  After a fatal
 // error the filter goes too; after QEMU's end there is none.
 Status ProtectSession::detach() {
+  if (mirror_) return detach_mirror();
   bool stopped = !s_.stop;
   s_.detaching = true;
   Status result = Status::ok();
@@ -794,6 +923,52 @@ Status ProtectSession::detach() {
     std::lock_guard l(s_.mu);
     if (!s_.error.is_ok() && result) result = s_.error;
   }
+  if (result && s_.vm_gone)
+    std::fprintf(stderr, "kvmcdp: the VM shut down (QEMU is gone): the journal is closed at seq %llu\n",
+                 static_cast<unsigned long long>(s_.counters.durable_seq));
+  else if (result)
+    say(o_, fmt::format("stopped at seq {}", s_.counters.durable_seq));
+  return result;
+}
+
+// Mirror capture's end: the bitmap checkpointed, the job cancelled (the
+// guest stays on its disk), then the journal closed.  If the mirror ended
+// by itself, QEMU is gone (the VM shut down) or the job failed.
+Status ProtectSession::detach_mirror() {
+  bool stopped = !s_.stop;
+  Status result = Status::ok();
+  bool gone = false;
+  auto q = QmpClient::connect(qemu_target(o_), QmpClient::kDefaultTimeout, &gone);
+  if (gone) s_.vm_gone = true;
+  if (stopped) say(o_, "stopping: ending the mirror job");
+  if (q) {
+    result = mirror_->stop(**q);
+  } else if (!gone) {
+    result = q.status();
+  }
+  Status failed = mirror_->error();
+  ReceiverCounters c = mirror_->counters();
+  mirror_.reset();
+  if (!failed && !s_.vm_gone && result)
+    result = Status(failed.kind(),
+                    fmt::format("{}: capture stopped; QEMU's dirty bitmap keeps what the guest "
+                                "writes from now on, and the next protect resends it",
+                                failed.message()));
+  if (Status cl = s_.writer->close(); !cl && result) result = cl;
+  if (shipper_) {
+    if (!shipper_->finish(static_cast<int>(o_.remote_wait_s) * 1000))
+      say(o_, fmt::format("the server is {} bytes behind; they stay in {} and go out with the "
+                          "next protect run",
+                          shipper_->status().lag_bytes, o_.store));
+  }
+  {
+    std::lock_guard l(s_.mu);
+    s_.counters.durable_seq = std::max(s_.counters.durable_seq, c.durable_seq);
+  }
+  if (s_.vm_gone) state_.shutdown_ns = now_ns();
+  publish_state(s_, state_);
+  unregister_stream(m_.stream_id);
+  registered_ = false;
   if (result && s_.vm_gone)
     std::fprintf(stderr, "kvmcdp: the VM shut down (QEMU is gone): the journal is closed at seq %llu\n",
                  static_cast<unsigned long long>(s_.counters.durable_seq));
@@ -860,6 +1035,12 @@ CommandRunner setup_protect_command(CLI::App* app) {
                   "seconds a stop waits for the server to take the rest")
       ->check(CLI::Range(0, 86400))
       ->needs(remote)
+      ->capture_default_str();
+  app->add_option("--capture", o->capture,
+                  "how QEMU hands the writes over: filter (kvmcdp's cdp filter), mirror (an "
+                  "active mirror job, any QEMU 6.0 or later) or auto (the filter where QEMU "
+                  "has it)")
+      ->check(CLI::IsMember({"auto", "filter", "mirror"}))
       ->capture_default_str();
   app->add_option("--mode", o->mode, "async: a guest flush waits for the journal; "
                                      "sync: every write does")

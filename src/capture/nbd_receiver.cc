@@ -1,0 +1,487 @@
+#include "capture/nbd_receiver.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "base/fsutil.h"
+#include "base/wall_clock.h"
+#include "journal/journal_codec.h"
+#include "kvmcdp/nbd_format.h"
+#include "kvmcdp/wire_format.h"
+
+namespace kvmcdp {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+uint16_t get16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }
+uint32_t get32(const uint8_t* p) { return uint32_t(get16(p)) << 16 | get16(p + 2); }
+uint64_t get64(const uint8_t* p) { return uint64_t(get32(p)) << 32 | get32(p + 4); }
+void put16(std::vector<uint8_t>* b, uint16_t v) {
+  b->push_back(uint8_t(v >> 8));
+  b->push_back(uint8_t(v));
+}
+void put32(std::vector<uint8_t>* b, uint32_t v) {
+  put16(b, uint16_t(v >> 16));
+  put16(b, uint16_t(v));
+}
+void put64(std::vector<uint8_t>* b, uint64_t v) {
+  put32(b, uint32_t(v >> 32));
+  put32(b, uint32_t(v));
+}
+
+Status protocol_error(const std::string& what) {
+  return Status(ErrorKind::kQemu, "NBD client: " + what);
+}
+
+Status send_all(int fd, const uint8_t* p, size_t n) {
+  while (n > 0) {
+    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      pollfd pf{fd, POLLOUT, 0};
+      ::poll(&pf, 1, 1000);
+      continue;
+    }
+    if (w <= 0)
+      return Status(ErrorKind::kQemu, fsutil::errno_message("send", "NBD"), Cause::kConnectionLost);
+    p += w;
+    n -= size_t(w);
+  }
+  return Status::ok();
+}
+
+Status recv_exact(int fd, uint8_t* p, size_t n, Clock::time_point deadline) {
+  while (n > 0) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    pollfd pf{fd, POLLIN, 0};
+    if (left.count() <= 0 || ::poll(&pf, 1, int(left.count())) == 0)
+      return Status(ErrorKind::kQemu, "NBD client: the handshake did not finish in time",
+                    Cause::kTimeout);
+    ssize_t r = ::recv(fd, p, n, MSG_DONTWAIT);
+    if (r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (r == 0) return Status(ErrorKind::kQemu, "NBD client closed the connection", Cause::kPeerClosed);
+    if (r < 0)
+      return Status(ErrorKind::kQemu, fsutil::errno_message("recv", "NBD"), Cause::kConnectionLost);
+    p += r;
+    n -= size_t(r);
+  }
+  return Status::ok();
+}
+
+Status option_reply(int fd, uint32_t option, uint32_t type, const std::vector<uint8_t>& data) {
+  std::vector<uint8_t> b;
+  put64(&b, nbd::kOptReplyMagic);
+  put32(&b, option);
+  put32(&b, type);
+  put32(&b, uint32_t(data.size()));
+  b.insert(b.end(), data.begin(), data.end());
+  return send_all(fd, b.data(), b.size());
+}
+
+constexpr uint16_t kTransmissionFlags =
+    nbd::kHasFlags | nbd::kSendFlush | nbd::kSendFua | nbd::kSendTrim | nbd::kSendWriteZeroes;
+
+}  // namespace
+
+NbdReceiver::NbdReceiver(int fd, journal::JournalWriter* writer, NbdReceiverOptions o)
+    : fd_(fd), writer_(writer), o_(o), items_fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+  region_seq_.assign((o_.disk_size + kRegion - 1) / kRegion, 0);
+}
+
+NbdReceiver::~NbdReceiver() { close(items_fd_); }
+
+Status NbdReceiver::handshake(int timeout_ms) {
+  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  std::vector<uint8_t> hello;
+  put64(&hello, nbd::kNbdMagic);
+  put64(&hello, nbd::kIHaveOpt);
+  put16(&hello, nbd::kFixedNewstyle | nbd::kNoZeroes);
+  if (Status s = send_all(fd_, hello.data(), hello.size()); !s) return s;
+  uint8_t cf[4];
+  if (Status s = recv_exact(fd_, cf, 4, deadline); !s) return s;
+  uint32_t client_flags = get32(cf);
+  if (!(client_flags & nbd::kFixedNewstyle)) return protocol_error("no fixed newstyle handshake");
+  const bool no_zeroes = client_flags & nbd::kNoZeroes;
+  for (;;) {
+    uint8_t h[nbd::kOptionHeaderSize];
+    if (Status s = recv_exact(fd_, h, sizeof h, deadline); !s) return s;
+    if (get64(h) != nbd::kIHaveOpt) return protocol_error("bad option magic");
+    uint32_t option = get32(h + 8), len = get32(h + 12);
+    if (len > 65536) return protocol_error(fmt::format("option {} of {} bytes", option, len));
+    std::vector<uint8_t> data(len);
+    if (Status s = recv_exact(fd_, data.data(), len, deadline); !s) return s;
+    switch (option) {
+      case nbd::kOptExportName: {
+        std::vector<uint8_t> b;
+        put64(&b, o_.disk_size);
+        put16(&b, kTransmissionFlags);
+        if (!no_zeroes) b.resize(b.size() + 124, 0);
+        return send_all(fd_, b.data(), b.size());
+      }
+      case nbd::kOptAbort:
+        option_reply(fd_, option, nbd::kRepAck, {});
+        return protocol_error("the client aborted the handshake");
+      case nbd::kOptList: {
+        std::vector<uint8_t> name;
+        put32(&name, 0);  // one export, named ""
+        if (Status s = option_reply(fd_, option, nbd::kRepServer, name); !s) return s;
+        if (Status s = option_reply(fd_, option, nbd::kRepAck, {}); !s) return s;
+        break;
+      }
+      case nbd::kOptInfo:
+      case nbd::kOptGo: {
+        // u32 name length, name, u16 count, count x u16 info requests.
+        if (len < 6 || get32(data.data()) > len - 6) {
+          if (Status s = option_reply(fd_, option, nbd::kRepErrInvalid, {}); !s) return s;
+          break;
+        }
+        uint32_t name_len = get32(data.data());
+        uint16_t n = get16(data.data() + 4 + name_len);
+        if (6ull + name_len + 2ull * n != len) {
+          if (Status s = option_reply(fd_, option, nbd::kRepErrInvalid, {}); !s) return s;
+          break;
+        }
+        bool block_size = false;
+        for (uint16_t i = 0; i < n; ++i)
+          block_size |= get16(data.data() + 6 + name_len + 2 * i) == nbd::kInfoBlockSize;
+        std::vector<uint8_t> info;
+        put16(&info, nbd::kInfoExport);
+        put64(&info, o_.disk_size);
+        put16(&info, kTransmissionFlags);
+        if (Status s = option_reply(fd_, option, nbd::kRepInfo, info); !s) return s;
+        if (block_size) {
+          info.clear();
+          put16(&info, nbd::kInfoBlockSize);
+          put32(&info, nbd::kMinBlock);
+          put32(&info, nbd::kPreferredBlock);
+          put32(&info, nbd::kMaxBlock);
+          if (Status s = option_reply(fd_, option, nbd::kRepInfo, info); !s) return s;
+        }
+        if (Status s = option_reply(fd_, option, nbd::kRepAck, {}); !s) return s;
+        if (option == nbd::kOptGo) return Status::ok();
+        break;
+      }
+      default:
+        // Structured replies, metadata contexts, TLS, extended headers:
+        // a writer needs none of them.
+        if (Status s = option_reply(fd_, option, nbd::kRepErrUnsup, {}); !s) return s;
+    }
+  }
+}
+
+void NbdReceiver::start_at(uint64_t last_seq, bool gap, uint64_t ranges) {
+  seq_ = last_seq;
+  appended_ = last_seq;
+  counters_.last_seq = counters_.durable_seq = counters_.acked_seq = last_seq;
+  if (gap) {
+    in_gap_ = true;
+    in_gap_flag_ = true;
+    outstanding_ = ranges;
+    pending_gap_record_ = true;
+  }
+}
+
+void NbdReceiver::submit(ResyncItem item) {
+  {
+    // A resync reads faster than the journal takes it: hold it back.
+    std::unique_lock l(items_mu_);
+    items_cv_.wait(l, [&] { return items_.size() < kMaxItems; });
+    items_.push_back(std::move(item));
+  }
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(items_fd_, &one, sizeof one);
+}
+
+void NbdReceiver::note_written(uint64_t offset, uint64_t length, uint64_t seq) {
+  if (length == 0) return;
+  for (uint64_t r = offset / kRegion; r <= (offset + length - 1) / kRegion && r < region_seq_.size();
+       ++r)
+    region_seq_[r] = seq;
+}
+
+bool NbdReceiver::written_since(uint64_t offset, uint64_t length, uint64_t seq) const {
+  if (length == 0) return false;
+  for (uint64_t r = offset / kRegion; r <= (offset + length - 1) / kRegion && r < region_seq_.size();
+       ++r)
+    if (region_seq_[r] > seq) return true;
+  return false;
+}
+
+Status NbdReceiver::append(wire::MsgType type, uint16_t flags, uint64_t offset, uint64_t length,
+                           const uint8_t* data) {
+  wire::MsgHeader h{};
+  h.magic = wire::kMagic;
+  h.type = static_cast<uint16_t>(type);
+  h.flags = flags;
+  h.seq = seq_ + 1;
+  h.time_ns = now_ns();
+  h.offset = type == wire::MsgType::kGap ? h.seq : offset;
+  h.length = length;
+  h.payload_len = data ? uint32_t(length) : 0;
+  if (Status s = writer_->append(journal::view_of(h, data)); !s) return s;
+  seq_ = h.seq;
+  appended_ = seq_;
+  uncommitted_ = true;
+  counters_.records++;
+  counters_.bytes += h.payload_len;
+  counters_.last_seq = seq_;
+  counters_.last_time_ns = h.time_ns;
+  if (type == wire::MsgType::kWrite || type == wire::MsgType::kWriteZeroes ||
+      type == wire::MsgType::kDiscard)
+    note_written(offset, length, seq_);
+  return Status::ok();
+}
+
+Status NbdReceiver::open_gap() {
+  if (in_gap_ && !pending_gap_record_) return Status::ok();
+  pending_gap_record_ = false;
+  in_gap_ = true;
+  in_gap_flag_ = true;
+  return append(wire::MsgType::kGap, 0, 0, 0, nullptr);
+}
+
+Status NbdReceiver::resend(uint64_t offset, uint64_t length) {
+  if (Status s = open_gap(); !s) return s;
+  outstanding_++;
+  if (resync_sink_) resync_sink_(offset, length);
+  return Status::ok();
+}
+
+// What the discard left behind, read back while QEMU's mirror still holds
+// overlapping writes back (nbd_receiver.h).  Zero extents are journaled
+// as write-zeroes, the rest as data; a range not read in time is resent.
+Status NbdReceiver::journal_trim(uint64_t offset, uint64_t length) {
+  if (!trim_reader_ || !trim_reader_->usable()) return resend(offset, length);
+  auto deadline = Clock::now() + o_.trim_deadline;
+  auto extents = trim_reader_->extents(offset, length, deadline);
+  if (!extents) return resend(offset, length);
+  std::vector<uint8_t> buf;
+  for (const DiskExtent& e : *extents) {
+    if (e.set) {
+      if (Status s = append(wire::MsgType::kWriteZeroes, wire::kFlagUnmap, e.offset, e.length,
+                            nullptr);
+          !s)
+        return s;
+      continue;
+    }
+    for (uint64_t at = e.offset; at < e.offset + e.length;) {
+      uint64_t n = std::min<uint64_t>(e.offset + e.length - at, wire::kMaxPayload);
+      buf.resize(n);
+      if (Status r = trim_reader_->read(buf.data(), n, at, Clock::now() + o_.trim_deadline); !r)
+        return resend(at, offset + length - at);
+      bool zero = std::all_of(buf.begin(), buf.end(), [](uint8_t b) { return b == 0; });
+      Status s = zero ? append(wire::MsgType::kWriteZeroes, 0, at, n, nullptr)
+                      : append(wire::MsgType::kWrite, 0, at, n, buf.data());
+      if (!s) return s;
+      at += n;
+    }
+  }
+  return Status::ok();
+}
+
+Status NbdReceiver::send_reply(uint64_t cookie, uint32_t error) {
+  std::vector<uint8_t> b;
+  put32(&b, nbd::kSimpleReplyMagic);
+  put32(&b, error);
+  put64(&b, cookie);
+  return send_all(fd_, b.data(), b.size());
+}
+
+Status NbdReceiver::handle_request(const uint8_t* h, const uint8_t* payload) {
+  uint16_t flags = get16(h + 4), type = get16(h + 6);
+  uint64_t cookie = get64(h + 8), offset = get64(h + 16);
+  uint32_t length = get32(h + 24);
+  bool in_bounds = offset <= o_.disk_size && length <= o_.disk_size - offset;
+  auto queue_reply = [&] { pending_.push_back({cookie, seq_, Clock::now()}); };
+  switch (type) {
+    case nbd::kCmdWrite:
+      if (!in_bounds) return send_reply(cookie, nbd::kEnospc);
+      for (uint32_t at = 0; at < length;) {
+        uint32_t n = std::min<uint32_t>(length - at, wire::kMaxPayload);
+        if (Status s = append(wire::MsgType::kWrite, (flags & nbd::kCmdFlagFua) ? wire::kFlagFua : 0,
+                              offset + at, n, payload + at);
+            !s)
+          return s;
+        at += n;
+      }
+      queue_reply();
+      return Status::ok();
+    case nbd::kCmdWriteZeroes:
+      if (!in_bounds) return send_reply(cookie, nbd::kEnospc);
+      if (Status s = append(wire::MsgType::kWriteZeroes,
+                            (flags & nbd::kCmdFlagNoHole) ? 0 : wire::kFlagUnmap, offset, length,
+                            nullptr);
+          !s)
+        return s;
+      queue_reply();
+      return Status::ok();
+    case nbd::kCmdTrim:
+      if (!in_bounds) return send_reply(cookie, nbd::kEnospc);
+      if (Status s = journal_trim(offset, length); !s) return s;
+      queue_reply();
+      return Status::ok();
+    case nbd::kCmdFlush:
+      if (Status s = append(wire::MsgType::kFlush, 0, 0, 0, nullptr); !s) return s;
+      queue_reply();
+      return Status::ok();
+    case nbd::kCmdDisc:
+      closed_ = true;
+      return Status::ok();
+    default:
+      // READ included: with sync=none the mirror never reads its target.
+      return send_reply(cookie, nbd::kEinval);
+  }
+}
+
+Status NbdReceiver::take_items() {
+  uint64_t v;
+  while (::read(items_fd_, &v, sizeof v) > 0) {
+  }
+  std::deque<ResyncItem> items;
+  {
+    std::lock_guard l(items_mu_);
+    items.swap(items_);
+  }
+  items_cv_.notify_all();
+  for (ResyncItem& it : items) {
+    if (written_since(it.offset, it.length, it.read_after_seq)) {
+      // A guest write reached the range after the read began: read again.
+      if (it.last_of_range) outstanding_--;
+      outstanding_++;
+      if (resync_sink_) resync_sink_(it.offset, it.length);
+      continue;
+    }
+    Status s = it.zeroes ? append(wire::MsgType::kWriteZeroes, 0, it.offset, it.length, nullptr)
+                         : append(wire::MsgType::kWrite, wire::kFlagResync, it.offset, it.length,
+                                  it.data.data());
+    if (!s) return s;
+    if (it.last_of_range) outstanding_--;
+  }
+  if (in_gap_ && !pending_gap_record_ && outstanding_ == 0) {
+    if (Status s = append(wire::MsgType::kResyncDone, 0, 0, 0, nullptr); !s) return s;
+    in_gap_ = false;
+    in_gap_flag_ = false;
+  }
+  return Status::ok();
+}
+
+Status NbdReceiver::on_durable(uint64_t durable) {
+  counters_.commits++;
+  counters_.durable_seq = durable;
+  if (live_durable_) *live_durable_ = durable;
+  Status replied = reply_durable();
+  if (live_counters_) {
+    std::lock_guard l(*live_mu_);
+    *live_counters_ = counters_;
+  }
+  return replied;
+}
+
+Status NbdReceiver::reply_durable() {
+  while (!pending_.empty() && pending_.front().seq <= counters_.durable_seq) {
+    if (Status s = send_reply(pending_.front().cookie, 0); !s) return s;
+    counters_.acked_seq = pending_.front().seq;
+    pending_.pop_front();
+  }
+  return Status::ok();
+}
+
+Status NbdReceiver::fill() {
+  if (in_pos_ > 0 && in_pos_ == in_.size()) {
+    in_.clear();
+    in_pos_ = 0;
+  } else if (in_pos_ > (8u << 20)) {
+    in_.erase(in_.begin(), in_.begin() + long(in_pos_));
+    in_pos_ = 0;
+  }
+  size_t at = in_.size();
+  in_.resize(at + (4u << 20));
+  ssize_t r = ::recv(fd_, in_.data() + at, 4u << 20, MSG_DONTWAIT);
+  in_.resize(at + size_t(std::max<ssize_t>(r, 0)));
+  if (r == 0) closed_ = true;
+  if (r < 0 && errno != EAGAIN && errno != EINTR) {
+    if (errno == ECONNRESET || errno == EPIPE) closed_ = true;
+    else return Status(ErrorKind::kQemu, fsutil::errno_message("recv", "NBD"), Cause::kConnectionLost);
+  }
+  return Status::ok();
+}
+
+Result<NbdReceiver::End> NbdReceiver::run(const std::atomic<bool>& stop) {
+  // A stream that continues after a gap says so before anything else.
+  if (pending_gap_record_) {
+    if (Status s = open_gap(); !s) return s;
+    if (Status s = take_items(); !s) return s;
+  }
+  while (!stop.load()) {
+    // Parse every complete request received so far.
+    for (;;) {
+      size_t avail = in_.size() - in_pos_;
+      if (avail < nbd::kRequestHeaderSize) break;
+      const uint8_t* h = in_.data() + in_pos_;
+      if (get32(h) != nbd::kRequestMagic) return protocol_error("bad request magic");
+      uint32_t length = get32(h + 24);
+      bool with_data = get16(h + 6) == nbd::kCmdWrite;
+      if (with_data && length > nbd::kMaxRequest)
+        return protocol_error(fmt::format("a write of {} bytes", length));
+      size_t need = nbd::kRequestHeaderSize + (with_data ? length : 0);
+      if (avail < need) break;
+      if (Status s = handle_request(h, h + nbd::kRequestHeaderSize); !s) return s;
+      in_pos_ += need;
+    }
+    if (closed_) break;
+    // Replies that need no commit (nothing was appended since the last).
+    if (!uncommitted_ && !syncing_) {
+      if (Status s = reply_durable(); !s) return s;
+    }
+    if (!pending_.empty() && Clock::now() - pending_.front().since > o_.stall_timeout)
+      return Status(ErrorKind::kFailure,
+                    fmt::format("the journal did not make a write durable within {} ms: capture "
+                                "stops, and the guest goes on without it",
+                                o_.stall_timeout.count()));
+    pollfd p[3] = {{fd_, POLLIN, 0}, {items_fd_, POLLIN, 0}, {writer_->commit_event_fd(), POLLIN, 0}};
+    bool may_start = uncommitted_ && !syncing_;
+    int ready = ::poll(p, 3, may_start ? 0 : 100);
+    if (ready < 0 && errno != EINTR)
+      return Status(ErrorKind::kFailure, fmt::format("poll: {}", std::strerror(errno)));
+    if (ready > 0 && (p[2].revents & POLLIN)) {
+      syncing_ = false;
+      auto durable = writer_->take_commit_event();
+      if (!durable) return durable.status();
+      if (Status s = on_durable(*durable); !s) return s;
+    }
+    if (ready > 0 && (p[1].revents & POLLIN)) {
+      if (Status s = take_items(); !s) return s;
+    }
+    bool readable = ready > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR));
+    // One fdatasync for everything that arrived while the socket was busy.
+    if (uncommitted_ && !syncing_ && !readable) {
+      if (Status s = writer_->commit_async(); !s) return s;
+      syncing_ = true;
+      uncommitted_ = false;
+    }
+    if (readable) {
+      if (Status s = fill(); !s) return s;
+    }
+  }
+  // Make durable what arrived, and answer what can still be answered.
+  auto durable = writer_->commit();
+  if (!durable) return durable.status();
+  syncing_ = false;
+  uncommitted_ = false;
+  counters_.durable_seq = *durable;
+  if (!closed_) {
+    if (Status s = on_durable(*durable); !s) return s;
+  }
+  return closed_ ? End::kDisconnected : End::kStopped;
+}
+
+}  // namespace kvmcdp
