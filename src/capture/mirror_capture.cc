@@ -25,6 +25,7 @@ MirrorCapture::~MirrorCapture() {
 // closes the NBD connection, which ends the receiver.
 void MirrorCapture::teardown(QmpClient* qmp) {
   stopping_ = true;
+  marks_.reset();
   if (mirror_started_ && qmp) stop_mirror(*qmp, names_);
   mirror_started_ = false;
   stop_ = true;
@@ -113,6 +114,9 @@ Status MirrorCapture::start(QmpClient& qmp, journal::JournalWriter* writer, bool
   rx_->set_resync_sink([r = resync_.get()](uint64_t off, uint64_t len) { r->add(off, len); });
   thread_ = std::thread([this] { receive(); });
   resync_->start();
+  auto marks = MarkServer::start(names_.stream_id, [this](const std::string& n) { return mark(n); });
+  if (!marks) return marks.status();
+  marks_ = std::move(*marks);
   if (!continuing) return Status::ok();
   if (!*kept) {
     resync_->add(0, disk_size_);
@@ -203,8 +207,31 @@ Status MirrorCapture::checkpoint(QmpClient& qmp) {
   return checkpoint_bitmap(qmp, node_, names_.bitmap);
 }
 
+Result<uint64_t> MirrorCapture::mark(const std::string& name) {
+  if (!rx_ || ended_) return Status(ErrorKind::kFailure, "capture has ended");
+  ResyncItem item;
+  item.mark = name;
+  item.mark_seq = std::make_shared<std::promise<uint64_t>>();
+  auto seq = item.mark_seq->get_future();
+  rx_->submit(std::move(item));
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  if (seq.wait_until(deadline) != std::future_status::ready)
+    return Status(ErrorKind::kFailure, "the journal did not take the mark in time");
+  uint64_t s = seq.get();
+  while (!(live_durable_ && live_durable_->load() >= s)) {
+    if (ended_ || std::chrono::steady_clock::now() > deadline)
+      return Status(ErrorKind::kFailure,
+                    fmt::format("mark '{}' (seq {}) did not become durable", name, s));
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return s;
+}
+
 Status MirrorCapture::stop(QmpClient& qmp) {
   Status result = Status::ok();
+  // A last record at the moment capture ends: times up to it stay
+  // recoverable after a later restart continues the stream.
+  if (!ended_) mark("kvmcdp:stopped");
   stopping_ = true;
   // Nothing written until the job ends is lost: the next protect resends
   // only what the bitmap marks from here on.

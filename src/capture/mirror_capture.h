@@ -27,6 +27,7 @@
 
 #include "base/status.h"
 #include "capture/base_copy.h"
+#include "capture/mark_channel.h"
 #include "capture/mirror_job.h"
 #include "capture/mirror_resync.h"
 #include "capture/nbd_receiver.h"
@@ -53,6 +54,9 @@ class MirrorCapture {
   // Skipped (ok) while a resync runs: the bitmap still holds its ranges.
   Status checkpoint(QmpClient& qmp);
   Status stop(QmpClient& qmp);
+  // A named point in the stream, once durable (`kvmcdp mark`, and
+  // kvmcdp:stopped at the end, as the filter's cdp-mark).
+  Result<uint64_t> mark(const std::string& name);
 
   // The receiver thread ended (an error, QEMU gone, the job ended).
   bool ended() const { return ended_.load(); }
@@ -91,6 +95,7 @@ class MirrorCapture {
   int fd_ = -1;
   std::unique_ptr<NbdReceiver> rx_;
   std::unique_ptr<MirrorResync> resync_;
+  std::unique_ptr<MarkServer> marks_;
   std::atomic<uint64_t>* live_durable_ = nullptr;
   ReceiverCounters* live_counters_ = nullptr;
   std::mutex* live_mu_ = nullptr;

@@ -10,7 +10,8 @@ namespace kvmcdp {
 
 MirrorNames mirror_names(uint64_t stream_id) {
   // QEMU takes node names of at most 31 characters.
-  return MirrorNames{fmt::format("kvmcdp-{:016x}", stream_id),
+  return MirrorNames{stream_id,
+                     fmt::format("kvmcdp-{:016x}", stream_id),
                      fmt::format("kvmcdp-t-{:016x}", stream_id),
                      fmt::format("cdp-{:016x}", stream_id),
                      fmt::format("kvmcdp-r-{:016x}", stream_id),

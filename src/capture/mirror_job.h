@@ -29,6 +29,7 @@
 namespace kvmcdp {
 
 struct MirrorNames {
+  uint64_t stream_id = 0;
   std::string job;      // the mirror job's id
   std::string target;   // the NBD client node
   std::string bitmap;   // on the disk's node

@@ -353,6 +353,14 @@ Status NbdReceiver::take_items() {
   }
   items_cv_.notify_all();
   for (ResyncItem& it : items) {
+    if (it.mark_seq) {
+      if (Status s = append(wire::MsgType::kMark, 0, 0, it.mark.size(),
+                            reinterpret_cast<const uint8_t*>(it.mark.data()));
+          !s)
+        return s;
+      it.mark_seq->set_value(seq_);
+      continue;
+    }
     if (written_since(it.offset, it.length, it.read_after_seq)) {
       // A guest write reached the range after the read began: read again.
       if (it.last_of_range) outstanding_--;
@@ -480,6 +488,9 @@ Result<NbdReceiver::End> NbdReceiver::run(const std::atomic<bool>& stop) {
   counters_.durable_seq = *durable;
   if (!closed_) {
     if (Status s = on_durable(*durable); !s) return s;
+  } else {
+    // After NBD_CMD_DISC the server closes: a client may wait for that.
+    ::shutdown(fd_, SHUT_RDWR);
   }
   return closed_ ? End::kDisconnected : End::kStopped;
 }

@@ -34,6 +34,8 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <future>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -63,6 +65,9 @@ struct ResyncItem {
   std::vector<uint8_t> data;
   uint64_t read_after_seq = 0;  // the last seq appended when the read began
   bool last_of_range = false;
+  // Not a resync chunk but a mark (mark_channel.h): its seq goes here.
+  std::string mark;
+  std::shared_ptr<std::promise<uint64_t>> mark_seq;
 };
 
 class NbdReceiver {

@@ -17,6 +17,7 @@
 
 #include <fmt/format.h>
 
+#include "capture/mark_channel.h"
 #include "cli/cli.h"
 #include "store/journal_ranges.h"
 #include "store/protect_state.h"
@@ -107,6 +108,13 @@ CommandRunner setup_mark_command(CLI::App* app) {
           return {ErrorKind::kExists,
                   fmt::format("a mark named '{}' exists already (seq {}, {}): choose another name",
                               *name, m.seq, format_time_human(m.time_ns))};
+    if (state->mode == "mirror") {
+      // Mirror capture: protect itself puts the mark into the stream.
+      auto seq = request_mark(state->stream_id, *name, 35000);
+      if (!seq) return seq.status();
+      std::printf("%llu\n", static_cast<unsigned long long>(*seq));
+      return Status::ok();
+    }
     // The QEMU that protect serves, as protect reaches it.
     auto qmp = QmpClient::connect(
         QemuTarget{state->qmp_socket, state->domain, state->libvirt_uri});

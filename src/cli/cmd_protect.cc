@@ -552,6 +552,8 @@ Status ProtectSession::find_drive() {
   filter_ = m_.extra.value("filter_node", fmt::format("kvmcdp-{}", o_.drive));
   auto filters = list_cdp(*qmp_);
   if (!filters) return filters.status();
+  if (!capture_said_) say(o_, "capture: the cdp filter");
+  capture_said_ = true;
   std::optional<CdpInfo> existing;
   for (const auto& f : *filters)
     if (f.node_name == filter_ || f.node_name == node_ || f.child == node_) existing = f;
@@ -568,11 +570,7 @@ Status ProtectSession::find_drive() {
 // --capture: the filter where QEMU has it (its schema knows cdp-attach),
 // else an active mirror into kvmcdp's NBD server.  Said once.
 Status ProtectSession::choose_capture() {
-  if (o_.capture == "filter") {
-    if (!capture_said_) say(o_, "capture: the cdp filter");
-    capture_said_ = true;
-    return Status::ok();
-  }
+  if (o_.capture == "filter") return Status::ok();  // said once list_cdp finds the filter
   auto has = qemu_has_cdp_filter(*qmp_);
   if (!has) return has.status();
   use_mirror_ = o_.capture == "mirror" || !*has;
@@ -580,11 +578,10 @@ Status ProtectSession::choose_capture() {
     return {ErrorKind::kUsage,
             "mirror capture ships with --store and --ack-from local only (--spool and "
             "--ack-from remote need the cdp filter)"};
-  if (!capture_said_)
-    say(o_, !use_mirror_ ? "capture: the cdp filter"
-            : *has       ? "capture: active mirror (--capture mirror)"
-                         : "capture: active mirror (this QEMU has no cdp filter)");
-  capture_said_ = true;
+  if (!capture_said_ && use_mirror_)
+    say(o_, *has ? "capture: active mirror (--capture mirror)"
+                 : "capture: active mirror (this QEMU has no cdp filter)");
+  capture_said_ = use_mirror_;
   return Status::ok();
 }
 
@@ -799,6 +796,10 @@ void ProtectSession::start_capture() {
   }
   if (mirror_) {
     state_.mode = "mirror";
+    {
+      std::lock_guard l(s_.mu);
+      s_.connected = true;
+    }
     say(o_, fmt::format("protecting {} (node {}) into {}, capture mirror (every write waits "
                         "for the journal)",
                         o_.drive, node_, o_.store));

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # A QEMU without the cdp filter: Debian's own qemu-system-x86_64 (setup
-# installs it beside the patched ones).  protect against it must fail with
-# exit status 3 and one `kvmcdp: error:` line that says why and what to
-# run instead, create no store, and leave the VM running and its disk as
-# it was.
+# installs it beside the patched ones).  protect --capture filter against
+# it must fail with exit status 3 and one `kvmcdp: error:` line that says
+# why and what to run instead, create no store, and leave the VM running
+# and its disk as it was.  The default, --capture auto, then protects the
+# same VM by active mirror: it says `capture: active mirror`, completes
+# the base copy, captures a write made through the device (HMP qemu-io on
+# the virtio-blk device's backend, so the write passes the mirror as a
+# guest's would) and stops on SIGTERM with exit 0; the store restores to
+# the disk.
 #
 # Needs KVMCDP and /usr/bin/qemu-system-x86_64 (Debian's qemu-system-x86).
 set -euo pipefail
@@ -13,12 +18,15 @@ stock=/usr/bin/qemu-system-x86_64
 [ -x "$stock" ] || fail "no $stock: scripts/setup.sh installs Debian's qemu-system-x86"
 
 tmp=$(mktemp -d)
-qemu_pid=
+qemu_pid='' protect_pid=''
 cleanup() {
+  [ -z "$protect_pid" ] || { kill -KILL "$protect_pid" 2>/dev/null; wait "$protect_pid" 2>/dev/null; } || true
   [ -z "$qemu_pid" ] || { kill "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null; } || true
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 head -c 16M /dev/urandom >"$tmp/disk.raw"
 before=$(md5sum <"$tmp/disk.raw")
@@ -26,15 +34,16 @@ before=$(md5sum <"$tmp/disk.raw")
   -blockdev "driver=file,filename=$tmp/disk.raw,node-name=disk0-file" \
   -blockdev driver=raw,file=disk0-file,node-name=disk0 \
   -device virtio-blk-pci,drive=disk0,id=vd0 \
-  -qmp "unix:$tmp/qmp.sock,server=on,wait=off" 2>"$tmp/qemu.err" &
+  -qmp "unix:$tmp/qmp.sock,server=on,wait=off" \
+  -qmp "unix:$tmp/tool.sock,server=on,wait=off" >"$tmp/qemu.out" 2>"$tmp/qemu.err" &
 qemu_pid=$!
-for _ in $(seq 100); do [ -S "$tmp/qmp.sock" ] && break; sleep 0.05; done
+for _ in $(seq 100); do [ -S "$tmp/qmp.sock" ] && [ -S "$tmp/tool.sock" ] && break; sleep 0.05; done
 [ -S "$tmp/qmp.sock" ] || { cat "$tmp/qemu.err" >&2; fail "the stock QEMU did not start"; }
 
 rc=0
-"$KVMCDP" protect --qmp "$tmp/qmp.sock" --drive vd0 --store "$tmp/store" \
+"$KVMCDP" protect --qmp "$tmp/qmp.sock" --drive vd0 --store "$tmp/store" --capture filter \
   >"$tmp/out" 2>"$tmp/err" || rc=$?
-[ "$rc" -eq 3 ] || { cat "$tmp/err" >&2; fail "protect on a stock QEMU exited $rc, not 3"; }
+[ "$rc" -eq 3 ] || { cat "$tmp/err" >&2; fail "protect --capture filter on a stock QEMU exited $rc, not 3"; }
 [ "$(wc -l <"$tmp/err")" -eq 1 ] || { cat "$tmp/err" >&2; fail "more than one line on stderr"; }
 grep -q '^kvmcdp: error: this QEMU has no cdp filter.*kvmcdp-qemu' "$tmp/err" ||
   fail "unclear error: $(cat "$tmp/err")"
@@ -42,4 +51,35 @@ grep -q '^kvmcdp: error: this QEMU has no cdp filter.*kvmcdp-qemu' "$tmp/err" ||
 "$KVMCDP" qmp --qmp "$tmp/qmp.sock" '{"execute":"query-status"}' | grep -q '"status"' ||
   fail "the VM's QEMU does not answer after the failed protect"
 [ "$(md5sum <"$tmp/disk.raw")" = "$before" ] || fail "the disk changed"
-echo "stock QEMU: protect refused with exit 3 and: $(cat "$tmp/err")"
+refusal=$(cat "$tmp/err")
+
+# The default: capture by active mirror.
+"$KVMCDP" protect --qmp "$tmp/qmp.sock" --drive vd0 --store "$tmp/store" >"$tmp/protect.log" 2>&1 &
+protect_pid=$!
+for _ in $(seq 600); do
+  grep -q "base copy complete" "$tmp/protect.log" && break
+  kill -0 "$protect_pid" 2>/dev/null || break
+  sleep 0.1
+done
+grep -q "base copy complete" "$tmp/protect.log" ||
+  { cat "$tmp/protect.log" >&2; fail "protect (--capture auto) on a stock QEMU did not complete its base copy"; }
+[ "$(grep -c '^kvmcdp: capture: active mirror' "$tmp/protect.log")" -eq 1 ] ||
+  { cat "$tmp/protect.log" >&2; fail "protect (--capture auto) on a stock QEMU did not say 'capture: active mirror'"; }
+hmp='{"execute":"human-monitor-command","arguments":{"command-line":"qemu-io -d /machine/peripheral/vd0/virtio-backend \"write -P 0x5a 1M 64k\""}}'
+# The test's own QMP socket: protect may hold its own while it runs.
+out=$("$KVMCDP" qmp --qmp "$tmp/tool.sock" "$hmp") || fail "HMP qemu-io failed"
+[ "$out" = '""' ] || [ -z "$out" ] || fail "HMP qemu-io said: $out"
+[ "$(od -An -tx1 -j 1048576 -N 1 "$tmp/disk.raw" | tr -d ' ')" = 5a ] || fail "the write through the device did not reach the disk"
+kill -TERM "$protect_pid"
+for _ in $(seq 300); do kill -0 "$protect_pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$protect_pid" 2>/dev/null && { cat "$tmp/protect.log" >&2; fail "protect did not stop on SIGTERM"; }
+rc=0
+wait "$protect_pid" || rc=$?
+protect_pid=
+[ "$rc" -eq 0 ] || { cat "$tmp/protect.log" >&2; fail "protect (--capture auto) exited $rc on SIGTERM, not 0"; }
+"$KVMCDP" journal verify --store "$tmp/store" >/dev/null || fail "journal verify failed"
+"$KVMCDP" restore --quiet --store "$tmp/store" --latest -o "$tmp/restored.raw" >/dev/null ||
+  fail "restore --latest failed"
+[ "$(md5sum <"$tmp/restored.raw")" = "$(md5sum <"$tmp/disk.raw")" ] ||
+  fail "the store restores to another disk than the VM's (the write through the mirror was not captured?)"
+echo "stock QEMU: --capture filter refused with exit 3 and: $refusal; --capture auto protects by active mirror and restores exactly"

@@ -166,6 +166,104 @@ kit_check_restores() {
     done
 }
 
+# Capture by active mirror (`protect --capture mirror`: an unpatched
+# QEMU's blockdev-mirror, copy-mode=write-blocking, sends every guest write
+# to kvmcdp's NBD server).  Its tests run on every QEMU line: on 7.2
+# against Debian's stock QEMU, which has no cdp filter, with the default
+# `--capture auto`; on the other lines against the patched QEMU, which has
+# it, with an explicit `--capture mirror`.
+#   kit_mirror_qemu               before kit_init: picks the QEMU
+#                                 (KVMCDP_QEMU_PREFIX, KVMCDP_QEMU_IMG) and
+#                                 protect's capture options (KIT_CAPTURE_ARGS)
+#   kit_mirror_check_qemu SOCK    once QEMU answers on SOCK: the stock QEMU
+#                                 has no filter, the patched one has it
+#   kit_protect_says_mirror N     protect.log says `capture: active mirror`
+#                                 N times and never `capture: the cdp filter`
+# Without KVMCDP_QEMU_LINE (run by hand) the QEMU of KVMCDP_QEMU_PREFIX is
+# used with `--capture mirror`, filter or not.
+KIT_CAPTURE_ARGS=()
+KIT_MIRROR_QEMU=
+kit_mirror_qemu() {
+    if [[ ${KVMCDP_QEMU_LINE:-} == 7.2 ]]; then
+        [[ -x /usr/bin/qemu-system-x86_64 && -x /usr/bin/qemu-img ]] ||
+            kit_fail "no /usr/bin/qemu-system-x86_64 or qemu-img: scripts/setup.sh installs Debian's qemu-system-x86"
+        export KVMCDP_QEMU_PREFIX=/usr KVMCDP_QEMU_IMG=/usr/bin/qemu-img
+        unset KVMCDP_QEMU_DATADIR
+        KIT_CAPTURE_ARGS=()
+        KIT_MIRROR_QEMU="stock QEMU, --capture auto"
+    else
+        [[ -n ${KVMCDP_QEMU_PREFIX:-} ]] ||
+            kit_fail "KVMCDP_QEMU_PREFIX is not set (QEMU install prefix with bin/qemu-system-x86_64)"
+        export KVMCDP_QEMU_IMG=$KVMCDP_QEMU_PREFIX/bin/qemu-img
+        # shellcheck disable=SC2034  # read by the test
+        KIT_CAPTURE_ARGS=(--capture mirror)
+        KIT_MIRROR_QEMU="patched QEMU${KVMCDP_QEMU_LINE:+ $KVMCDP_QEMU_LINE}, --capture mirror"
+    fi
+}
+kit_mirror_check_qemu() {
+    local sock=$1 schema version
+    schema=$("$KVMCDP" qmp --qmp "$sock" '{"execute":"query-qmp-schema"}') ||
+        kit_fail "query-qmp-schema failed on $sock"
+    version=$("$KVMCDP" qmp --qmp "$sock" '{"execute":"query-version"}' |
+        jq -r '.qemu | "\(.major).\(.minor).\(.micro)"') || kit_fail "query-version failed on $sock"
+    if [[ ${KVMCDP_QEMU_LINE:-} == 7.2 ]]; then
+        ! grep -q '"cdp-attach"' <<<"$schema" ||
+            kit_fail "/usr/bin/qemu-system-x86_64 ($version) has the cdp filter: it is not Debian's stock QEMU"
+    elif [[ -n ${KVMCDP_QEMU_LINE:-} ]]; then
+        grep -q '"cdp-attach"' <<<"$schema" ||
+            kit_fail "the QEMU of line $KVMCDP_QEMU_LINE ($version) has no cdp filter"
+    fi
+    KIT_MIRROR_QEMU+=" (QEMU $version)"
+}
+kit_protect_says_mirror() {
+    local n
+    n=$(grep -c '^kvmcdp: capture: active mirror' "$KIT_TMPDIR/protect.log" || true)
+    if [[ $n -ne $1 ]] || grep -q 'capture: the cdp filter' "$KIT_TMPDIR/protect.log"; then
+        cat "$KIT_TMPDIR/protect.log" >&2
+        kit_fail "protect said 'capture: active mirror' $n times, not $1 (or chose the filter)"
+    fi
+}
+
+# kit_disk_md5 IMAGE raw|qcow2: the MD5 of the guest's disk as the guest
+# sees it; the VM is stopped (QEMU flushed its qcow2 metadata at `stop`,
+# and -U reads the image while QEMU has it open).
+kit_disk_md5() {
+    if [[ $2 == raw ]]; then
+        md5sum "$1" | cut -d' ' -f1
+    else
+        "$KVMCDP_QEMU_IMG" convert -U -f "$2" -O raw "$1" "$KIT_TMPDIR/flat.raw" ||
+            kit_fail "qemu-img convert of $1 failed"
+        md5sum "$KIT_TMPDIR/flat.raw" | cut -d' ' -f1
+        rm -f "$KIT_TMPDIR/flat.raw"
+    fi
+}
+
+# kit_moment SOCK IMAGE raw|qcow2: one test moment taken by time, for
+# captures without a seq in QEMU: stops the VM (which drains every write
+# in flight), appends the wall time (UTC, ns) to the array times and the
+# disk's MD5 to md5s, and lets the VM go on.
+kit_moment() {
+    "$KVMCDP" qmp --qmp "$1" '{"execute":"stop"}' >/dev/null || kit_fail "QMP stop failed"
+    times+=("$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)")
+    md5s+=("$(kit_disk_md5 "$2" "$3")")
+    "$KVMCDP" qmp --qmp "$1" '{"execute":"cont"}' >/dev/null || kit_fail "QMP cont failed"
+}
+
+# kit_check_restores_at STORE [LABEL]: every moment in the arrays times
+# and md5s restores from STORE by --at to exactly that MD5; the journal
+# verifies.
+# shellcheck disable=SC2154  # times and md5s are the caller's
+kit_check_restores_at() {
+    local store=$1 label=${2:+$2: } out=$KIT_TMPDIR/restored.raw i
+    "$KVMCDP" journal verify --store "$store" >/dev/null || kit_fail "${label}journal verify failed"
+    for i in "${!times[@]}"; do
+        "$KVMCDP" restore --quiet --force --store "$store" --at "${times[$i]}" -o "$out" >/dev/null ||
+            kit_fail "${label}restore --at ${times[$i]} failed"
+        [[ $(md5sum "$out" | cut -d' ' -f1) == "${md5s[$i]}" ]] ||
+            kit_fail "${label}moment $i (${times[$i]}): restored MD5 differs from the disk's"
+    done
+}
+
 # kit_make_script_disk SCRIPT_FILE OUT_IMG
 # A raw image of the script padded with NUL bytes to a 4 KiB multiple (at
 # least one padding byte), which the guest's init strips before running it.
