@@ -326,6 +326,90 @@ guest_io() {
     die "mirror ($name): the target differs from its source"
   rm -rf "$d" "$jd"
 }
+# guest_io_mirror: protect's mirror capture (--capture mirror: an active
+# mirror job into kvmcdp's NBD server, what a QEMU without the cdp filter
+# gets) beside none and the stock active mirror anchor, on one daemon.
+# Protect's mirror mode starts QEMU's one NBD server itself, so the exports
+# fio writes to go on that server (its private socket); the one of the
+# protected disk is of the job's filter node (kvmcdp-f-<stream>), which
+# sits above disk1, so fio's writes go through the job like a guest's.
+# Each job runs none, mirror, kmirror, kmirror, mirror, none.
+guest_io_mirror() {
+  local d=$B/io-mirror
+  mkdir -p "$d"
+  local i
+  for i in 1 2 3; do fallocate -l "$fio_disk" "$d/disk$i.raw"; done
+  fallocate -l "$fio_disk" "$d/mirror-target.raw"
+  local bd="cache.direct=on,aio=native"
+  "$QBIN/qemu-storage-daemon" \
+    --blockdev "driver=file,filename=$d/mirror-target.raw,node-name=ft,$bd" \
+    --blockdev driver=raw,file=ft,node-name=target \
+    --nbd-server "addr.type=unix,addr.path=$d/nbd-target.sock" \
+    --export type=nbd,id=target,node-name=target,name=target,writable=on \
+    >"$d/qsd-target.log" 2>&1 &
+  local qsdt=$!
+  pids+=("$qsdt")
+  wait_for 20 test -S "$d/nbd-target.sock" || die "mirror target daemon did not start"
+  "$QBIN/qemu-storage-daemon" \
+    --blockdev "driver=file,filename=$d/disk1.raw,node-name=f1,$bd" \
+    --blockdev driver=raw,file=f1,node-name=disk1 \
+    --blockdev "driver=file,filename=$d/disk2.raw,node-name=f2,$bd" \
+    --blockdev driver=raw,file=f2,node-name=disk2 \
+    --blockdev "driver=file,filename=$d/disk3.raw,node-name=f3,$bd" \
+    --blockdev driver=raw,file=f3,node-name=disk3 \
+    --chardev "socket,id=m0,path=$d/qmp-protect.sock,server=on,wait=off" --monitor chardev=m0 \
+    --chardev "socket,id=m1,path=$d/qmp-bench.sock,server=on,wait=off" --monitor chardev=m1 \
+    >"$d/qsd.log" 2>&1 &
+  local qsd=$!
+  pids+=("$qsd")
+  wait_for 20 test -S "$d/qmp-bench.sock" || die "qemu-storage-daemon did not start: $(cat "$d/qsd.log")"
+  : >"$d/protect.log"
+  "$K" protect --qmp "$d/qmp-protect.sock" --drive disk1 --store "$d/store" --capture mirror \
+    >"$d/protect.log" 2>&1 &
+  local prot=$!
+  pids+=("$prot")
+  wait_for 120 grep -q "base copy complete" "$d/protect.log" ||
+    die "protect (mirror): no base copy: $(cat "$d/protect.log")"
+  local sock bq=$d/qmp-bench.sock e job args
+  sock=$(ls /tmp/kvmcdp-"$prot"-*.nbd)
+  local stream
+  stream=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["stream_id"])' \
+    "$d/store/manifest.json")
+  for e in kmirror:kvmcdp-f-$stream none:disk2 mirror:disk3; do
+    qmp "$bq" "{\"execute\":\"block-export-add\",\"arguments\":{\"type\":\"nbd\",\"id\":\"${e%%:*}\",\"name\":\"${e%%:*}\",\"node-name\":\"${e#*:}\",\"writable\":true}}"
+  done
+  qmp "$bq" "{\"execute\":\"blockdev-add\",\"arguments\":{\"driver\":\"nbd\",\"node-name\":\"mtarget\",\"server\":{\"type\":\"unix\",\"path\":\"$d/nbd-target.sock\"},\"export\":\"target\"}}"
+  qmp "$bq" '{"execute":"blockdev-mirror","arguments":{"job-id":"mirror","device":"disk3","target":"mtarget","sync":"none","copy-mode":"write-blocking"}}'
+  for job in seq1m rand4k flush64k; do
+    case $job in
+      seq1m) args=(--rw=write --bs=1M --iodepth=16) ;;
+      rand4k) args=(--rw=randwrite --bs=4k --iodepth=16 --randrepeat=0) ;;
+      flush64k) args=(--rw=write --bs=64k --iodepth=1 --fsync=1) ;;
+    esac
+    log "fio $job, mirror capture: none, mirror, kmirror, kmirror, mirror, none (${fio_secs} s each)"
+    for e in none-1 mirror-1 kmirror-1 kmirror-2 mirror-2 none-2; do
+      fio --name="m-$job-$e" --ioengine=nbd --uri="nbd+unix:///${e%-*}?socket=$sock" \
+        --size="$fio_disk" --time_based --runtime="$fio_secs" --output-format=json \
+        --output="$R/fio-capture-mirror-$job-$e.json" "${args[@]}" >/dev/null 2>"$B/fio.err" ||
+        { cat "$B/fio.err" >&2; die "fio $job $e failed"; }
+    done
+  done
+  grep -q "kvmcdp: error" "$d/protect.log" && die "protect (mirror) failed: $(cat "$d/protect.log")"
+  for e in kmirror none mirror; do
+    qmp "$bq" "{\"execute\":\"block-export-del\",\"arguments\":{\"id\":\"$e\",\"mode\":\"hard\"}}"
+  done
+  qmp "$bq" '{"execute":"block-job-cancel","arguments":{"device":"mirror"}}'
+  wait_for 20 test -z "$(jobs_status "$bq")" || die "stock mirror did not stop"
+  qmp "$bq" '{"execute":"blockdev-del","arguments":{"node-name":"mtarget"}}'
+  kill -TERM "$prot"; wait "$prot" || die "protect (mirror) failed: $(tail -3 "$d/protect.log")"
+  # What protect journaled is the disk: the restore of its last point.
+  "$K" restore --quiet --store "$d/store" --latest -o "$d/restored.raw" >/dev/null ||
+    die "restore of the mirror-captured store failed"
+  cmp -s "$d/disk1.raw" "$d/restored.raw" || die "mirror capture: the restore differs from the disk"
+  kill -TERM "$qsd"; wait "$qsd" || true
+  kill -TERM "$qsdt"; wait "$qsdt" || true
+  rm -rf "$d"
+}
 guest_io_pinned() { guest_io "$1" pinned; }
 guest_io_tmpfs() { guest_io "$1" tmpfs; }
 guest_io_pinned_tmpfs() { guest_io "$1" pinned-tmpfs; }
@@ -565,7 +649,7 @@ snapshot_pause() {
 }
 
 t0=$(date +%s)
-for step in "guest_io async" "guest_io sync" "guest_io_pinned async" "guest_io_tmpfs async" \
+for step in "guest_io async" guest_io_mirror "guest_io sync" "guest_io_pinned async" "guest_io_tmpfs async" \
   "guest_io_pinned_tmpfs async" make_pools "ingest comp" "ingest rand" \
   remote_ingest full_restore restore_scaling snapshot_pause; do
   # BENCH_ONLY="snapshot_pause ingest" runs only the steps named (and the

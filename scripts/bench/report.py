@@ -123,6 +123,39 @@ for mode in MODES:
             ratio(cs, bs), ">= 1.0", "x",
             "value and reference: each path's MiB/s / none's (mean of its two runs)")
 
+# Mirror capture (protect --capture mirror, for a QEMU without the filter):
+# its own none and the stock active mirror in the same step.
+for job in ("seq1m", "rand4k", "flush64k"):
+    n = fio("capture-mirror", job, "none")
+    for side in ("none", "kmirror", "mirror"):
+        x = fio("capture-mirror", job, side)
+        if x and n:
+            paths.append(dict(x, mode="capture-mirror", job=job, path=side,
+                              share=ratio(x["MiB_s"], n["MiB_s"]),
+                              p99_ratio=ratio(x["p99_ms"], n["p99_ms"])))
+for job, label in JOBS:
+    k, m, n = (fio("capture-mirror", job, x) for x in ("kmirror", "mirror", "none"))
+    if not k or not n:
+        continue
+    fig(f"{label} throughput, mirror capture", k["MiB_s"], n["MiB_s"],
+        ratio(k["MiB_s"], n["MiB_s"]), "report", "MiB/s",
+        "protect --capture mirror (every write durable in the journal before it completes); "
+        "reference: same daemon, no job")
+    if m:
+        fig(f"{label}, mirror capture share / stock active mirror share",
+            ratio(k["MiB_s"], n["MiB_s"]), ratio(m["MiB_s"], n["MiB_s"]),
+            ratio(k["MiB_s"], m["MiB_s"]), "report", "x",
+            "stock: active mirror into qemu-storage-daemon's NBD export of a raw file")
+k, n = fio("capture-mirror", "rand4k", "kmirror"), fio("capture-mirror", "rand4k", "none")
+if k and n:
+    fig("p99 write latency 4 KiB QD16, mirror capture", k["p99_ms"], n["p99_ms"],
+        ratio(k["p99_ms"], n["p99_ms"]), "report", "ms")
+k, n = fio("capture-mirror", "flush64k", "kmirror"), fio("capture-mirror", "flush64k", "none")
+if k and n and "flush_mean_ms" in k:
+    fig("flush latency (64 KiB write + flush QD1), mirror capture", k["flush_mean_ms"],
+        n["flush_mean_ms"], ratio(k["flush_mean_ms"], n["flush_mean_ms"]), "report", "ms",
+        f"write+flush cycle {k['cycle_ms']:.2f} vs {n['cycle_ms']:.2f} ms")
+
 # 4, 6: ingest (two interleaved rounds; each side's best run)
 for kind, label in (("comp", "compressible"), ("rand", "incompressible")):
     runs = [r for r in (load(f"ingest{n}-{kind}.json") for n in (1, 2)) if r]

@@ -1,7 +1,11 @@
 #include "capture/mirror_capture.h"
 
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <cstdio>
 
 #include <fmt/format.h>
 
@@ -71,25 +75,57 @@ Status MirrorCapture::connect_target(QmpClient& qmp) {
   std::string fdname = names_.target;
   QmpReply got = qmp.execute_with_fd("getfd", {{"fdname", fdname}}, sv[1]);
   close(sv[1]);
-  if (!got.ok()) {
+  json addr = {{"type", "fd"}, {"str", fdname}};
+  fsutil::Fd listener;
+  std::string path;
+  if (got.ok()) {
+    fd_ = sv[0];
+  } else {
     close(sv[0]);
-    return Status(ErrorKind::kQemu, "getfd: " + got.message);
+    if (got.error_class != "CommandNotFound") return Status(ErrorKind::kQemu, "getfd: " + got.message);
+    // qemu-storage-daemon: a private socket that only this QEMU connects to.
+    path = fmt::format("/tmp/kvmcdp-{}-{:016x}.target", getpid(), names_.stream_id);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path.c_str());
+    unlink(path.c_str());
+    listener = fsutil::Fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (listener.get() < 0 ||
+        bind(listener.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 ||
+        listen(listener.get(), 1) != 0)
+      return Status(ErrorKind::kFailure, fsutil::errno_message("listen", path));
+    addr = {{"type", "unix"}, {"path", path}};
   }
-  fd_ = sv[0];
   NbdReceiverOptions o;
   o.disk_size = disk_size_;
   o.stall_timeout = stall_timeout_;
-  rx_ = std::make_unique<NbdReceiver>(fd_, writer_, o);
-  rx_->set_live(live_durable_, live_counters_, live_mu_);
   Status shook = Status::ok();
-  std::thread hs([&] { shook = rx_->handshake(30000); });
-  Status started = start_mirror(qmp, node_, names_, {{"type", "fd"}, {"str", fdname}});
-  if (!started) shutdown(fd_, SHUT_RDWR);  // ends a handshake that waits
+  std::atomic<bool> give_up{false};
+  std::thread hs([&] {
+    if (fd_ < 0) {
+      for (int waited = 0; fd_ < 0 && !give_up && waited < 30000; waited += 100) {
+        pollfd p{listener.get(), POLLIN, 0};
+        if (poll(&p, 1, 100) == 1) fd_ = accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC);
+      }
+      if (fd_ < 0) {
+        shook = Status(ErrorKind::kQemu, "QEMU's NBD client did not connect");
+        return;
+      }
+    }
+    rx_ = std::make_unique<NbdReceiver>(fd_, writer_, o);
+    rx_->set_live(live_durable_, live_counters_, live_mu_);
+    shook = rx_->handshake(30000);
+  });
+  Status started = start_mirror(qmp, node_, names_, addr);
+  if (!started) {
+    give_up = true;
+    if (got.ok()) shutdown(fd_, SHUT_RDWR);  // ends a handshake that waits
+  }
   hs.join();
+  if (!path.empty()) unlink(path.c_str());
   if (!started) return started;
   mirror_started_ = true;
-  if (!shook) return shook;
-  return Status::ok();
+  return shook;
 }
 
 Status MirrorCapture::start(QmpClient& qmp, journal::JournalWriter* writer, bool continuing) {

@@ -32,6 +32,7 @@ struct MirrorNames {
   uint64_t stream_id = 0;
   std::string job;      // the mirror job's id
   std::string target;   // the NBD client node
+  std::string filter;   // the job's filter node above the disk
   std::string bitmap;   // on the disk's node
   std::string frozen;   // a disabled copy of it, for reading it
   std::string export_;  // the read-only export of the disk

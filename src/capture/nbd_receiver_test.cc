@@ -82,7 +82,7 @@ struct Client {
   ~Client() { nbd_close(h); }
 };
 
-TEST_CASE("nbd receiver: libnbd writes, zeroes, trims and flushes; each is a record, durable "
+TEST_CASE("nbd receiver: libnbd writes, zeroes, trims and flushes: each is a record, durable "
           "before its reply") {
   Rig rig;
   rig.start();
@@ -130,7 +130,7 @@ TEST_CASE("nbd receiver: libnbd writes, zeroes, trims and flushes; each is a rec
   for (size_t i = 0; i < recs.size(); ++i) CHECK(recs[i].seq == i + 1);
 }
 
-TEST_CASE("nbd receiver: resync chunks close the gap; a chunk a guest write overtook is read "
+TEST_CASE("nbd receiver: resync chunks close the gap, and a chunk a guest write overtook is read "
           "again") {
   Rig rig;
   std::vector<std::pair<uint64_t, uint64_t>> asked;

@@ -172,6 +172,19 @@ Result<CreateReport> snapshot_create(const std::string& dir, const CreateRequest
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (!sw.ok()) {
       req.qmp->execute("blockdev-del", {{"node-name", qnode}});
+      unlink(path.c_str());
+      // protect --capture mirror: QEMU does not switch the source of a
+      // running mirror job to an overlay.
+      QmpReply jobs = req.qmp->execute("query-block-jobs");
+      if (sw.message.find("in use by block job: mirror") != std::string::npos && jobs.ok())
+        for (const auto& j : jobs.value)
+          if (j.value("device", "").rfind("kvmcdp-", 0) == 0)
+            return Status(ErrorKind::kBusy,
+                          fmt::format("the disk is captured by kvmcdp protect in mirror mode (job "
+                                      "{}), and QEMU does not snapshot the source of a mirror "
+                                      "job: stop protect, create the snapshot, start protect "
+                                      "again (it resends what changed meanwhile)",
+                                      j.value("device", "")));
       return Status(ErrorKind::kQemu, "blockdev-snapshot: " + sw.message);
     }
   }
