@@ -398,10 +398,11 @@ guest_io_mirror() {
   for e in kmirror none mirror; do
     qmp "$bq" "{\"execute\":\"block-export-del\",\"arguments\":{\"id\":\"$e\",\"mode\":\"hard\"}}"
   done
+  # protect's own job first, then the stock one: then no job is left.
+  kill -TERM "$prot"; wait "$prot" || die "protect (mirror) failed: $(tail -3 "$d/protect.log")"
   qmp "$bq" '{"execute":"block-job-cancel","arguments":{"device":"mirror"}}'
   wait_for 20 test -z "$(jobs_status "$bq")" || die "stock mirror did not stop"
   qmp "$bq" '{"execute":"blockdev-del","arguments":{"node-name":"mtarget"}}'
-  kill -TERM "$prot"; wait "$prot" || die "protect (mirror) failed: $(tail -3 "$d/protect.log")"
   # What protect journaled is the disk: the restore of its last point.
   "$K" restore --quiet --store "$d/store" --latest -o "$d/restored.raw" >/dev/null ||
     die "restore of the mirror-captured store failed"

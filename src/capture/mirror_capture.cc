@@ -114,6 +114,7 @@ Status MirrorCapture::connect_target(QmpClient& qmp) {
     }
     rx_ = std::make_unique<NbdReceiver>(fd_, writer_, o);
     rx_->set_live(live_durable_, live_counters_, live_mu_);
+    rx_->set_resync_compare(compare_);
     shook = rx_->handshake(30000);
   });
   Status started = start_mirror(qmp, node_, names_, addr);

@@ -68,6 +68,8 @@ class MirrorCapture {
   uint64_t scanned_dirty() const { return scanned_dirty_; }
   // QEMU still had the stream's bitmap (else the whole disk is resent).
   bool bitmap_kept() const { return bitmap_kept_; }
+  // Before start(): trims a full resync (QEMU lost the bitmap).
+  void set_resync_compare(ResyncCompare* c) { compare_ = c; }
   // Before start(): where the receiver publishes its counters.
   void set_live(std::atomic<uint64_t>* durable, ReceiverCounters* counters, std::mutex* mu) {
     live_durable_ = durable;
@@ -96,6 +98,7 @@ class MirrorCapture {
   std::unique_ptr<NbdReceiver> rx_;
   std::unique_ptr<MirrorResync> resync_;
   std::unique_ptr<MarkServer> marks_;
+  ResyncCompare* compare_ = nullptr;
   std::atomic<uint64_t>* live_durable_ = nullptr;
   ReceiverCounters* live_counters_ = nullptr;
   std::mutex* live_mu_ = nullptr;

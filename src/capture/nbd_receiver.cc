@@ -227,6 +227,7 @@ Status NbdReceiver::append(wire::MsgType type, uint16_t flags, uint64_t offset, 
   h.offset = type == wire::MsgType::kGap ? h.seq : offset;
   h.length = length;
   h.payload_len = data ? uint32_t(length) : 0;
+  if (compare_ && compare_->comparing()) compare_->on_record(&h, &data);
   if (Status s = writer_->append(journal::view_of(h, data)); !s) return s;
   seq_ = h.seq;
   appended_ = seq_;
@@ -237,7 +238,7 @@ Status NbdReceiver::append(wire::MsgType type, uint16_t flags, uint64_t offset, 
   counters_.last_time_ns = h.time_ns;
   if (type == wire::MsgType::kWrite || type == wire::MsgType::kWriteZeroes ||
       type == wire::MsgType::kDiscard)
-    note_written(offset, length, seq_);
+    note_written(h.offset, h.length, seq_);
   return Status::ok();
 }
 
@@ -288,12 +289,18 @@ Status NbdReceiver::journal_trim(uint64_t offset, uint64_t length) {
   return Status::ok();
 }
 
-Status NbdReceiver::send_reply(uint64_t cookie, uint32_t error) {
-  std::vector<uint8_t> b;
-  put32(&b, nbd::kSimpleReplyMagic);
-  put32(&b, error);
-  put64(&b, cookie);
-  return send_all(fd_, b.data(), b.size());
+void NbdReceiver::queue_reply(uint64_t cookie, uint32_t error) {
+  put32(&out_, nbd::kSimpleReplyMagic);
+  put32(&out_, error);
+  put64(&out_, cookie);
+}
+
+// One send for every reply a commit (or a parse) made ready.
+Status NbdReceiver::flush_replies() {
+  if (out_.empty()) return Status::ok();
+  Status s = send_all(fd_, out_.data(), out_.size());
+  out_.clear();
+  return s;
 }
 
 Status NbdReceiver::handle_request(const uint8_t* h, const uint8_t* payload) {
@@ -301,10 +308,13 @@ Status NbdReceiver::handle_request(const uint8_t* h, const uint8_t* payload) {
   uint64_t cookie = get64(h + 8), offset = get64(h + 16);
   uint32_t length = get32(h + 24);
   bool in_bounds = offset <= o_.disk_size && length <= o_.disk_size - offset;
-  auto queue_reply = [&] { pending_.push_back({cookie, seq_, Clock::now()}); };
+  auto reply_when_durable = [&] { pending_.push_back({cookie, seq_, Clock::now()}); };
   switch (type) {
     case nbd::kCmdWrite:
-      if (!in_bounds) return send_reply(cookie, nbd::kEnospc);
+      if (!in_bounds) {
+        queue_reply(cookie, nbd::kEnospc);
+        return Status::ok();
+      }
       for (uint32_t at = 0; at < length;) {
         uint32_t n = std::min<uint32_t>(length - at, wire::kMaxPayload);
         if (Status s = append(wire::MsgType::kWrite, (flags & nbd::kCmdFlagFua) ? wire::kFlagFua : 0,
@@ -313,32 +323,39 @@ Status NbdReceiver::handle_request(const uint8_t* h, const uint8_t* payload) {
           return s;
         at += n;
       }
-      queue_reply();
+      reply_when_durable();
       return Status::ok();
     case nbd::kCmdWriteZeroes:
-      if (!in_bounds) return send_reply(cookie, nbd::kEnospc);
+      if (!in_bounds) {
+        queue_reply(cookie, nbd::kEnospc);
+        return Status::ok();
+      }
       if (Status s = append(wire::MsgType::kWriteZeroes,
                             (flags & nbd::kCmdFlagNoHole) ? 0 : wire::kFlagUnmap, offset, length,
                             nullptr);
           !s)
         return s;
-      queue_reply();
+      reply_when_durable();
       return Status::ok();
     case nbd::kCmdTrim:
-      if (!in_bounds) return send_reply(cookie, nbd::kEnospc);
+      if (!in_bounds) {
+        queue_reply(cookie, nbd::kEnospc);
+        return Status::ok();
+      }
       if (Status s = journal_trim(offset, length); !s) return s;
-      queue_reply();
+      reply_when_durable();
       return Status::ok();
     case nbd::kCmdFlush:
       if (Status s = append(wire::MsgType::kFlush, 0, 0, 0, nullptr); !s) return s;
-      queue_reply();
+      reply_when_durable();
       return Status::ok();
     case nbd::kCmdDisc:
       closed_ = true;
       return Status::ok();
     default:
       // READ included: with sync=none the mirror never reads its target.
-      return send_reply(cookie, nbd::kEinval);
+      queue_reply(cookie, nbd::kEinval);
+      return Status::ok();
   }
 }
 
@@ -396,25 +413,36 @@ Status NbdReceiver::on_durable(uint64_t durable) {
 
 Status NbdReceiver::reply_durable() {
   while (!pending_.empty() && pending_.front().seq <= counters_.durable_seq) {
-    if (Status s = send_reply(pending_.front().cookie, 0); !s) return s;
+    queue_reply(pending_.front().cookie, 0);
     counters_.acked_seq = pending_.front().seq;
     pending_.pop_front();
   }
-  return Status::ok();
+  return flush_replies();
 }
 
 Status NbdReceiver::fill() {
-  if (in_pos_ > 0 && in_pos_ == in_.size()) {
-    in_.clear();
-    in_pos_ = 0;
-  } else if (in_pos_ > (8u << 20)) {
-    in_.erase(in_.begin(), in_.begin() + long(in_pos_));
+  // Room for the largest request after what is unparsed; moved to the
+  // front when the tail runs out.
+  constexpr size_t kRead = 4u << 20, kCap = nbd::kMaxRequest + nbd::kRequestHeaderSize + kRead;
+  if (!in_) {
+    in_cap_ = kCap;
+    in_.reset(new uint8_t[in_cap_]);
+  }
+  if (in_cap_ - in_len_ < kRead) {
+    std::memmove(in_.get(), in_.get() + in_pos_, in_len_ - in_pos_);
+    in_len_ -= in_pos_;
     in_pos_ = 0;
   }
-  size_t at = in_.size();
-  in_.resize(at + (4u << 20));
-  ssize_t r = ::recv(fd_, in_.data() + at, 4u << 20, MSG_DONTWAIT);
-  in_.resize(at + size_t(std::max<ssize_t>(r, 0)));
+  ssize_t r = ::recv(fd_, in_.get() + in_len_, in_cap_ - in_len_, MSG_DONTWAIT);
+  if (r > 0) in_len_ += size_t(r);
+  // Much waiting at once: QEMU is ahead of us and the guest waits.  Then
+  // the writer stores frames that compress poorly instead of spending the
+  // CPU the guest's own threads need (frame_effort.h), as for the filter.
+  bool ahead = r >= kAheadBytes;
+  if (ahead != source_ahead_) {
+    source_ahead_ = ahead;
+    writer_->set_source_ahead(ahead);
+  }
   if (r == 0) closed_ = true;
   if (r < 0 && errno != EAGAIN && errno != EINTR) {
     if (errno == ECONNRESET || errno == EPIPE) closed_ = true;
@@ -432,9 +460,9 @@ Result<NbdReceiver::End> NbdReceiver::run(const std::atomic<bool>& stop) {
   while (!stop.load()) {
     // Parse every complete request received so far.
     for (;;) {
-      size_t avail = in_.size() - in_pos_;
+      size_t avail = in_len_ - in_pos_;
       if (avail < nbd::kRequestHeaderSize) break;
-      const uint8_t* h = in_.data() + in_pos_;
+      const uint8_t* h = in_.get() + in_pos_;
       if (get32(h) != nbd::kRequestMagic) return protocol_error("bad request magic");
       uint32_t length = get32(h + 24);
       bool with_data = get16(h + 6) == nbd::kCmdWrite;
@@ -446,10 +474,12 @@ Result<NbdReceiver::End> NbdReceiver::run(const std::atomic<bool>& stop) {
       in_pos_ += need;
     }
     if (closed_) break;
-    // Replies that need no commit (nothing was appended since the last).
+    // Replies that need no commit (nothing was appended since the last),
+    // and refusals.
     if (!uncommitted_ && !syncing_) {
       if (Status s = reply_durable(); !s) return s;
     }
+    if (Status s = flush_replies(); !s) return s;
     if (!pending_.empty() && Clock::now() - pending_.front().since > o_.stall_timeout)
       return Status(ErrorKind::kFailure,
                     fmt::format("the journal did not make a write durable within {} ms: capture "

@@ -43,6 +43,7 @@
 #include "base/status.h"
 #include "capture/disk_reader.h"
 #include "capture/receiver.h"
+#include "capture/resync_compare.h"
 #include "journal/journal_writer.h"
 
 namespace kvmcdp {
@@ -90,6 +91,9 @@ class NbdReceiver {
   void set_resync_sink(std::function<void(uint64_t, uint64_t)> sink) {
     resync_sink_ = std::move(sink);
   }
+  // A full resync after QEMU lost the bitmap: resent blocks the journal's
+  // image holds already are not journaled again (resync_compare.h).
+  void set_resync_compare(ResyncCompare* c) { compare_ = c; }
   void set_live(std::atomic<uint64_t>* durable, ReceiverCounters* counters, std::mutex* mu) {
     live_durable_ = durable;
     live_counters_ = counters;
@@ -121,7 +125,8 @@ class NbdReceiver {
   Status open_gap();
   Status resend(uint64_t offset, uint64_t length);
   Status take_items();
-  Status send_reply(uint64_t cookie, uint32_t error);
+  void queue_reply(uint64_t cookie, uint32_t error);
+  Status flush_replies();
   Status on_durable(uint64_t durable);
   Status reply_durable();
   void note_written(uint64_t offset, uint64_t length, uint64_t seq);
@@ -132,14 +137,20 @@ class NbdReceiver {
   journal::JournalWriter* writer_;
   NbdReceiverOptions o_;
   std::unique_ptr<DiskReader> trim_reader_;
+  ResyncCompare* compare_ = nullptr;
   std::function<void(uint64_t, uint64_t)> resync_sink_;
   std::atomic<uint64_t>* live_durable_ = nullptr;
   ReceiverCounters* live_counters_ = nullptr;
   std::mutex* live_mu_ = nullptr;
   ReceiverCounters counters_;
 
-  std::vector<uint8_t> in_;  // received, not yet parsed: in_[in_pos_..]
-  size_t in_pos_ = 0;
+  // Received bytes in_[in_pos_, in_len_): a buffer that is not cleared
+  // before each read (a 4 KiB write must not cost a 4 MiB memset).
+  std::unique_ptr<uint8_t[]> in_;
+  size_t in_cap_ = 0, in_pos_ = 0, in_len_ = 0;
+  std::vector<uint8_t> out_;  // replies, sent together
+  bool source_ahead_ = false;  // last told to the writer
+  static constexpr ssize_t kAheadBytes = 64 << 10;
   bool closed_ = false;
   std::deque<Pending> pending_;
   uint64_t seq_ = 0;  // the last seq appended

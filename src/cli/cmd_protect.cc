@@ -629,9 +629,12 @@ void ProtectSession::say_resend(const Hello& hello) {
 // journaled, as before.  Rebuilding the image takes as long as a restore,
 // so QMP is let go meanwhile, and the drive looked up again after it.
 Status ProtectSession::prepare_compare() {
-  if (continuation_.is_null()) return Status::ok();
+  // Mirror capture continues a stream the same way (its bitmap has the
+  // same name); connect_mirror() says what it resends.
+  if (continuation_.is_null() && !(use_mirror_ && !new_store_)) return Status::ok();
   const uint64_t last_seq = writer_->last_durable_seq();
   auto kept = has_stream_bitmap(*qmp_, node_, m_.stream_id);
+  if (kept && *kept && use_mirror_) return Status::ok();
   if (kept && *kept) {
     say(o_, fmt::format("continuing the stream after seq {}: QEMU's bitmap of the disk says "
                         "what changed since, and only that is resent",
@@ -742,6 +745,7 @@ Status ProtectSession::connect_mirror() {
                         o_.drive, mirror_->disk_size(), m_.disk_size)};
   }
   mirror_->set_live(&s_.durable_seq, &s_.counters, &s_.mu);
+  mirror_->set_resync_compare(compare_.get());
   uint64_t last = writer_->last_durable_seq();
   if (Status s = mirror_->start(*qmp_, writer_.get(), continuing); !s) return s;
   if (continuing) {
@@ -751,15 +755,15 @@ Status ProtectSession::connect_mirror() {
                           "dirty bitmap marks as written since; points before the resync ends "
                           "are not recoverable",
                           last, mirror_->scanned_dirty() / mib));
-    else if (!mirror_->bitmap_kept())
+    else if (mirror_->bitmap_kept())
+      say(o_, fmt::format("continuing the stream after seq {}: QEMU's dirty bitmap marks "
+                          "nothing written since",
+                          last));
+    else if (!compare_)
       say(o_, fmt::format("continuing the stream after seq {}: QEMU has no bitmap of this "
                           "disk's changes (it was restarted?): the disk is resent in full "
                           "({:.1f} MiB); points before the resync ends are not recoverable",
                           last, m_.disk_size / mib));
-    else
-      say(o_, fmt::format("continuing the stream after seq {}: QEMU's dirty bitmap marks "
-                          "nothing written since",
-                          last));
   }
   if (Status st = register_stream(m_.stream_id, o_.store); !st)
     warn(fmt::format("a second protect of this drive cannot learn who protects it: {}",
@@ -870,7 +874,8 @@ void ProtectSession::mirror_tick(int second) {
     return;
   }
   if (!resync_said_ && !mirror_->resyncing() && mirror_->error().is_ok()) {
-    if (mirror_->resent_bytes() > 0 || mirror_->scanned_dirty() > 0)
+    // With a compare (no bitmap), its end says how much differed instead.
+    if (!compare_ && (mirror_->resent_bytes() > 0 || mirror_->scanned_dirty() > 0))
       say(o_, fmt::format("resync done: {:.1f} MiB resent", mirror_->resent_bytes() / 1048576.0));
     resync_said_ = true;
   }

@@ -66,6 +66,8 @@ Status run_status(const std::string& store, bool as_json, bool check) {
       if (!state->libvirt_uri.empty()) j["connect"] = state->libvirt_uri;
     }
     j["connected"] = running && state->connected;
+    // How QEMU hands the writes over (man kvmcdp, Capture modes).
+    j["capture"] = state->mode == "mirror" ? "mirror" : "filter";
     j["lag"] = {{"records", lag_records}, {"seconds", lag_seconds}};
     j["durable_seq"] = state->durable_seq;
     // The filter's stream protocol; 3 carries the records in shared memory.
@@ -117,7 +119,8 @@ Status run_status(const std::string& store, bool as_json, bool check) {
                                              format_time_human(state->shutdown_ns))
                                : "no";
   if (running)
-    prot = fmt::format("yes (pid {}, drive {}, {})", state->pid, state->drive,
+    prot = fmt::format("yes (pid {}, drive {}, {}{})", state->pid, state->drive,
+                       state->mode == "mirror" ? "mirror capture, " : "",
                        state->connected ? "connected" : "reconnecting");
   else if (receiving)
     prot = fmt::format("yes, shipped here by {} (kvmcdp serve pid {}, since {})", served->peer,

@@ -8,7 +8,11 @@
 # the base copy, captures a write made through the device (HMP qemu-io on
 # the virtio-blk device's backend, so the write passes the mirror as a
 # guest's would) and stops on SIGTERM with exit 0; the store restores to
-# the disk.
+# the disk.  Then the same on Debian's stock qemu-storage-daemon, which has
+# no getfd (the mirror's NBD client connects to a private unix socket):
+# writes, write-zeroes, a discard and a flush through an export of the
+# job's filter node are captured, status says "mirror capture", and the
+# store restores to the daemon's disk.
 #
 # Needs KVMCDP and /usr/bin/qemu-system-x86_64 (Debian's qemu-system-x86).
 set -euo pipefail
@@ -18,10 +22,11 @@ stock=/usr/bin/qemu-system-x86_64
 [ -x "$stock" ] || fail "no $stock: scripts/setup.sh installs Debian's qemu-system-x86"
 
 tmp=$(mktemp -d)
-qemu_pid='' protect_pid=''
+qemu_pid='' protect_pid='' qsd_pid=''
 cleanup() {
   [ -z "$protect_pid" ] || { kill -KILL "$protect_pid" 2>/dev/null; wait "$protect_pid" 2>/dev/null; } || true
   [ -z "$qemu_pid" ] || { kill "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null; } || true
+  [ -z "$qsd_pid" ] || { kill "$qsd_pid" 2>/dev/null; wait "$qsd_pid" 2>/dev/null; } || true
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -82,4 +87,44 @@ protect_pid=
   fail "restore --latest failed"
 [ "$(md5sum <"$tmp/restored.raw")" = "$(md5sum <"$tmp/disk.raw")" ] ||
   fail "the store restores to another disk than the VM's (the write through the mirror was not captured?)"
-echo "stock QEMU: --capture filter refused with exit 3 and: $refusal; --capture auto protects by active mirror and restores exactly"
+
+# Debian's stock qemu-storage-daemon (no getfd: the NBD target connects
+# to a private unix socket).  Writes come through an export of the job's
+# filter node on protect's own NBD server, as a guest's would.
+qsd=/usr/bin/qemu-storage-daemon
+head -c 16M /dev/urandom >"$tmp/qsd.raw"
+"$qsd" --blockdev "driver=file,filename=$tmp/qsd.raw,node-name=qf" \
+  --blockdev driver=raw,file=qf,node-name=qdisk \
+  --chardev "socket,id=m0,path=$tmp/qsd.qmp,server=on,wait=off" --monitor chardev=m0 \
+  --chardev "socket,id=m1,path=$tmp/qsd-tool.qmp,server=on,wait=off" --monitor chardev=m1 \
+  >"$tmp/qsd.log" 2>&1 &
+qsd_pid=$!
+for _ in $(seq 100); do [ -S "$tmp/qsd-tool.qmp" ] && break; sleep 0.05; done
+"$KVMCDP" protect --qmp "$tmp/qsd.qmp" --drive qdisk --store "$tmp/qstore" >"$tmp/qprotect.log" 2>&1 &
+protect_pid=$!
+for _ in $(seq 600); do
+  grep -q "base copy complete" "$tmp/qprotect.log" && break
+  kill -0 "$protect_pid" 2>/dev/null || break
+  sleep 0.1
+done
+grep -q "base copy complete" "$tmp/qprotect.log" ||
+  { cat "$tmp/qprotect.log" >&2; fail "protect on the stock qemu-storage-daemon did not complete its base copy"; }
+stream=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["stream_id"])' "$tmp/qstore/manifest.json")
+sock=/tmp/kvmcdp-$protect_pid-$stream.nbd
+"$KVMCDP" qmp --qmp "$tmp/qsd-tool.qmp" "{\"execute\":\"block-export-add\",\"arguments\":{\"type\":\"nbd\",\"id\":\"w\",\"name\":\"w\",\"node-name\":\"kvmcdp-f-$stream\",\"writable\":true}}" >/dev/null ||
+  fail "cannot export the mirror job's filter node"
+/usr/bin/qemu-io -f raw "nbd+unix:///w?socket=$sock" -c "write -P 0x6b 2M 1M" -c "write -z 5M 64k" \
+  -c "discard 8M 1M" -c flush >/dev/null || fail "qemu-io through the export failed"
+"$KVMCDP" status --store "$tmp/qstore" | grep -q "mirror capture, connected" ||
+  fail "status does not say mirror capture: $("$KVMCDP" status --store "$tmp/qstore")"
+"$KVMCDP" qmp --qmp "$tmp/qsd-tool.qmp" '{"execute":"block-export-del","arguments":{"id":"w"}}' >/dev/null
+kill -TERM "$protect_pid"
+rc=0
+wait "$protect_pid" || rc=$?
+protect_pid=
+[ "$rc" -eq 0 ] || { cat "$tmp/qprotect.log" >&2; fail "protect on qemu-storage-daemon exited $rc"; }
+"$KVMCDP" restore --quiet --store "$tmp/qstore" --latest -o "$tmp/qrestored.raw" >/dev/null ||
+  fail "restore --latest (qemu-storage-daemon) failed"
+cmp -s "$tmp/qrestored.raw" "$tmp/qsd.raw" ||
+  fail "qemu-storage-daemon: the store restores to another disk than the daemon's"
+echo "stock QEMU: --capture filter refused with exit 3 and: $refusal; --capture auto protects by active mirror and restores exactly, on qemu-system-x86_64 and qemu-storage-daemon"

@@ -249,9 +249,10 @@ kit_moment() {
     "$KVMCDP" qmp --qmp "$1" '{"execute":"cont"}' >/dev/null || kit_fail "QMP cont failed"
 }
 
-# kit_check_restores_at STORE [LABEL]: every moment in the arrays times
-# and md5s restores from STORE by --at to exactly that MD5; the journal
-# verifies.
+# kit_check_restores_at STORE [LABEL [--last-is-latest]]: every moment in
+# the arrays times and md5s restores from STORE by --at to exactly that
+# MD5; the journal verifies.  --last-is-latest: nothing was written after
+# the last moment, so restore --latest gives it too.
 # shellcheck disable=SC2154  # times and md5s are the caller's
 kit_check_restores_at() {
     local store=$1 label=${2:+$2: } out=$KIT_TMPDIR/restored.raw i
@@ -262,6 +263,12 @@ kit_check_restores_at() {
         [[ $(md5sum "$out" | cut -d' ' -f1) == "${md5s[$i]}" ]] ||
             kit_fail "${label}moment $i (${times[$i]}): restored MD5 differs from the disk's"
     done
+    [[ ${3:-} == --last-is-latest ]] || return 0
+    # Nothing was written after the last moment: it is the latest point.
+    "$KVMCDP" restore --quiet --force --store "$store" --latest -o "$out" >/dev/null ||
+        kit_fail "${label}restore --latest failed"
+    [[ $(md5sum "$out" | cut -d' ' -f1) == "${md5s[-1]}" ]] ||
+        kit_fail "${label}restore --latest differs from the disk at the last moment"
 }
 
 # kit_make_script_disk SCRIPT_FILE OUT_IMG
