@@ -33,7 +33,7 @@ start_qemu() {  # start_qemu FORMAT
   "$qemu" -machine pc -accel tcg -nodefaults -display none \
     -drive "file=$tmp/disk.$1,format=$1,if=none,id=drv0,node-name=d0,discard=unmap" \
     -device virtio-blk-pci,drive=drv0,id=vd0 \
-    -qmp "unix:$tmp/qmp.sock,server=on,wait=off" 2>"$tmp/qemu.err" &
+    -qmp "unix:$tmp/qmp.sock,server=on,wait=off" >"$tmp/qemu.out" 2>"$tmp/qemu.err" &
   qemu_pid=$!
   for _ in $(seq 100); do [ -S "$tmp/qmp.sock" ] && break; sleep 0.05; done
   [ -S "$tmp/qmp.sock" ] || { cat "$tmp/qemu.err" >&2; fail "the stock QEMU did not start"; }
@@ -102,7 +102,7 @@ for fmt in qcow2 raw; do
     grep -q "comparing the disk with the journal's latest image" "$tmp/p2.log" ||
       { cat "$tmp/p2.log" >&2; fail "raw: protect did not compare the disk with the journal"; }
     # 132 KiB were written while away: at most a few 64 KiB blocks differ.
-    grep -Eq "resync done: 0\.[0-9] MiB of 32\.0 MiB differed" "$tmp/p2.log" ||
+    grep -Eq "resync done: 0\.[0-9] MiB of [0-9.]+ MiB differed" "$tmp/p2.log" ||
       { cat "$tmp/p2.log" >&2; fail "raw: more of the disk was journaled than was written"; }
   fi
   hio "write -P 0x31 12M 64k"
