@@ -943,12 +943,29 @@ Status ProtectSession::detach() {
 Status ProtectSession::detach_mirror() {
   bool stopped = !s_.stop;
   Status result = Status::ok();
-  bool gone = false;
-  auto q = QmpClient::connect(qemu_target(o_), QmpClient::kDefaultTimeout, &gone);
-  if (gone) s_.vm_gone = true;
   if (stopped) say(o_, "stopping: ending the mirror job");
-  if (q) {
+  // A mirror that ended by itself: QEMU may be on its way out (a libvirt
+  // domain still counts as running for a moment, its commands fail).
+  bool gone = false;
+  Result<std::unique_ptr<QmpClient>> q = Status(ErrorKind::kQemu, "cannot reach QEMU");
+  for (int attempt = 0; attempt < (stopped ? 1 : 10) && !gone; ++attempt) {
+    if (attempt) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    q = QmpClient::connect(qemu_target(o_), QmpClient::kDefaultTimeout, &gone);
+    if (q && (stopped || (*q)->execute("query-status").ok())) break;
+  }
+  if (gone) s_.vm_gone = true;
+  if (q && !gone) {
     result = mirror_->stop(**q);
+    if (!result && !stopped) {
+      // Commands fail while QEMU goes: once it is gone, that is the VM's end.
+      bool now_gone = false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      QmpClient::connect(qemu_target(o_), QmpClient::kDefaultTimeout, &now_gone);
+      if (now_gone) {
+        s_.vm_gone = true;
+        result = Status::ok();
+      }
+    }
   } else if (!gone) {
     result = q.status();
   }
