@@ -75,6 +75,26 @@ Result<Tree> init_tree(const std::string& dir, const CreateRequest& req) {
 
 }  // namespace
 
+// protect --capture mirror puts its job's filter node (kvmcdp-f-STREAM)
+// on top of the drive, and QEMU does not switch the source of a running
+// mirror job to an overlay: say so before anything is written.
+static Status refuse_mirror_capture(QmpClient& qmp, const std::string& drive) {
+  auto top = resolve_drive(qmp, drive);
+  if (!top) return top.status();
+  QmpReply nodes = qmp.execute("query-named-block-nodes", {{"flat", true}});
+  if (!nodes.ok()) return nodes.status();
+  for (const auto& n : nodes.value)
+    if (n.value("node-name", "") == *top && n.value("drv", "") == "mirror_top" &&
+        top->rfind("kvmcdp-f-", 0) == 0)
+      return Status(ErrorKind::kBusy,
+                    fmt::format("the disk is captured by kvmcdp protect in mirror mode (node {}), "
+                                "and QEMU does not snapshot the source of a mirror job: stop "
+                                "protect, create the snapshot, start protect again (it resends "
+                                "what changed meanwhile)",
+                                *top));
+  return Status::ok();
+}
+
 Result<CreateReport> snapshot_create(const std::string& dir, const CreateRequest& request,
                                      OpLog* log) {
   if (auto st = validate_snapshot_name(request.name); !st) return st;
@@ -82,6 +102,7 @@ Result<CreateReport> snapshot_create(const std::string& dir, const CreateRequest
   // node name; the tree keeps the image's node name.
   CreateRequest req = request;
   if (req.qmp && !req.drive.empty()) {
+    if (auto st = refuse_mirror_capture(*req.qmp, req.drive); !st) return st;
     auto node = resolve_image_node(*req.qmp, req.drive);
     if (!node) return node.status();
     req.drive = *node;
@@ -173,18 +194,6 @@ Result<CreateReport> snapshot_create(const std::string& dir, const CreateRequest
     if (!sw.ok()) {
       req.qmp->execute("blockdev-del", {{"node-name", qnode}});
       unlink(path.c_str());
-      // protect --capture mirror: QEMU does not switch the source of a
-      // running mirror job to an overlay.
-      QmpReply jobs = req.qmp->execute("query-block-jobs");
-      if (sw.message.find("in use by block job: mirror") != std::string::npos && jobs.ok())
-        for (const auto& j : jobs.value)
-          if (j.value("device", "").rfind("kvmcdp-", 0) == 0)
-            return Status(ErrorKind::kBusy,
-                          fmt::format("the disk is captured by kvmcdp protect in mirror mode (job "
-                                      "{}), and QEMU does not snapshot the source of a mirror "
-                                      "job: stop protect, create the snapshot, start protect "
-                                      "again (it resends what changed meanwhile)",
-                                      j.value("device", "")));
       return Status(ErrorKind::kQemu, "blockdev-snapshot: " + sw.message);
     }
   }

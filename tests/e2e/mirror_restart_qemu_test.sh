@@ -8,7 +8,11 @@
 #     compared with the journal's latest image: only what differs (the
 #     writes made while away) is journaled, and protect says how much.
 # Either way a moment before the restart and one after the resync restore
-# exactly, and the journal verifies.  Writes come from HMP qemu-io on the
+# exactly, and the journal verifies.  Around it, what the rest of kvmcdp
+# does with a mirror-captured drive: snapshot create of the qcow2 disk is
+# refused while the job runs (exit 5, saying what to do) and leaves the
+# capture going; the raw disk's store ships to a backup server (serve,
+# tcp://) whose copy restores the last moment exactly.  Writes come from HMP qemu-io on the
 # drive, which passes the mirror's filter like a guest's.
 #
 # Needs KVMCDP and /usr/bin/qemu-system-x86_64, /usr/bin/qemu-img
@@ -20,8 +24,9 @@ qemu=/usr/bin/qemu-system-x86_64 img=/usr/bin/qemu-img
 [ -x "$qemu" ] || fail "no $qemu: scripts/setup.sh installs Debian's qemu-system-x86"
 
 tmp=$(mktemp -d)
-qemu_pid='' protect_pid=''
+qemu_pid='' protect_pid='' serve_pid=''
 cleanup() {
+  [ -z "$serve_pid" ] || { kill "$serve_pid" 2>/dev/null; wait "$serve_pid" 2>/dev/null; } || true
   [ -z "$protect_pid" ] || { kill -KILL "$protect_pid" 2>/dev/null; wait "$protect_pid" 2>/dev/null; } || true
   [ -z "$qemu_pid" ] || { kill "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null; } || true
   rm -rf "$tmp"
@@ -59,16 +64,18 @@ moment() {  # moment FORMAT: the time and the disk's MD5, the VM stopped
   md5s+=("$(disk_md5 "$1")")
   "$KVMCDP" qmp --qmp "$tmp/qmp.sock" '{"execute":"cont"}' >/dev/null
 }
-protect_until() {  # protect_until LOG TEXT: start protect, wait for TEXT
-  "$KVMCDP" protect --qmp "$tmp/qmp.sock" --drive vd0 --store "$tmp/store" >"$1" 2>&1 &
+protect_until() {  # protect_until LOG TEXT [ARGS...]: start protect, wait for TEXT
+  local log=$1 text=$2
+  shift 2
+  "$KVMCDP" protect --qmp "$tmp/qmp.sock" --drive vd0 --store "$tmp/store" "$@" >"$log" 2>&1 &
   protect_pid=$!
   for _ in $(seq 600); do
-    grep -q "$2" "$1" && return 0
+    grep -q "$text" "$log" && return 0
     kill -0 "$protect_pid" 2>/dev/null || break
     sleep 0.1
   done
-  cat "$1" >&2
-  fail "protect did not say '$2'"
+  cat "$log" >&2
+  fail "protect did not say '$text'"
 }
 protect_stop() {
   kill -TERM "$protect_pid"
@@ -78,15 +85,36 @@ protect_stop() {
   [ "$rc" -eq 0 ] || fail "protect exited $rc"
 }
 
+# The backup server for the raw run.
+mkdir "$tmp/vault"
+"$KVMCDP" serve --store-root "$tmp/vault" --new-store vm --secret-out "$tmp/secret" >/dev/null ||
+  fail "serve --new-store failed"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$KVMCDP" serve --listen "127.0.0.1:$port" --store-root "$tmp/vault" --insecure-cleartext \
+  >"$tmp/serve.log" 2>&1 &
+serve_pid=$!
+
 summary=''
 for fmt in qcow2 raw; do
+  remote=()
+  [ "$fmt" = raw ] && remote=(--remote "tcp://127.0.0.1:$port/vm" --secret-file "$tmp/secret")
   rm -rf "$tmp/store"
   times=() md5s=()
   "$img" create -q -f "$fmt" "$tmp/disk.$fmt" 32M
   start_qemu "$fmt"
-  protect_until "$tmp/p1.log" "base copy complete"
+  protect_until "$tmp/p1.log" "base copy complete" "${remote[@]}"
   hio "write -P 0x11 0 1M"
   hio "write -P 0x12 4M 64k"
+  if [ "$fmt" = qcow2 ]; then
+    rc=0
+    "$KVMCDP" snapshot create s1 --tree "$tmp/tree" --qmp "$tmp/qmp.sock" --drive vd0 \
+      >/dev/null 2>"$tmp/snap.err" || rc=$?
+    [ "$rc" -eq 5 ] || fail "snapshot create under the mirror job exited $rc, not 5: $(cat "$tmp/snap.err")"
+    grep -q "^kvmcdp: error: the disk is captured by kvmcdp protect in mirror mode.*stop protect" \
+      "$tmp/snap.err" || fail "unclear refusal: $(cat "$tmp/snap.err")"
+    kill -0 "$protect_pid" 2>/dev/null || fail "protect ended after the refused snapshot"
+    hio "write -P 0x13 6M 64k"
+  fi
   moment "$fmt"
   protect_stop
   quit_qemu
@@ -94,7 +122,7 @@ for fmt in qcow2 raw; do
   # Written while nothing captures.
   hio "write -P 0x21 8M 128k"
   hio "write -P 0x22 0 4k"
-  protect_until "$tmp/p2.log" "resync done"
+  protect_until "$tmp/p2.log" "resync done" "${remote[@]}"
   if [ "$fmt" = qcow2 ]; then
     grep -q "resending .* MiB that QEMU's dirty bitmap marks" "$tmp/p2.log" ||
       { cat "$tmp/p2.log" >&2; fail "qcow2: protect did not resend from the persistent bitmap"; }
@@ -117,4 +145,8 @@ for fmt in qcow2 raw; do
   done
   summary+="${summary:+; }$fmt: $(grep -o "continuing the stream.*" "$tmp/p2.log" | head -1 | cut -c1-90)"
 done
-echo "mirror capture across a QEMU restart: $summary; both moments of each restore exactly"
+# The server's copy of the raw run's store: the last moment, exactly.
+"$KVMCDP" restore --quiet --force --store "$tmp/vault/vm" --at "${times[-1]}" -o "$tmp/r.raw" >/dev/null ||
+  fail "restore from the backup server's store failed"
+[ "$(md5sum <"$tmp/r.raw")" = "${md5s[-1]}" ] || fail "the backup server's copy restores to another disk"
+echo "mirror capture across a QEMU restart: $summary; both moments of each restore exactly, also from the backup server; snapshot create refused while the job runs"
