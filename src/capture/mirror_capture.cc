@@ -252,8 +252,9 @@ Result<uint64_t> MirrorCapture::mark(const std::string& name) {
   auto seq = item.mark_seq->get_future();
   rx_->submit(std::move(item));
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  if (seq.wait_until(deadline) != std::future_status::ready)
-    return Status(ErrorKind::kFailure, "the journal did not take the mark in time");
+  while (seq.wait_for(std::chrono::milliseconds(50)) != std::future_status::ready)
+    if (ended_ || std::chrono::steady_clock::now() > deadline)
+      return Status(ErrorKind::kFailure, "the journal did not take the mark in time");
   uint64_t s = seq.get();
   while (!(live_durable_ && live_durable_->load() >= s)) {
     if (ended_ || std::chrono::steady_clock::now() > deadline)

@@ -194,7 +194,8 @@ void NbdReceiver::submit(ResyncItem item) {
   {
     // A resync reads faster than the journal takes it: hold it back.
     std::unique_lock l(items_mu_);
-    items_cv_.wait(l, [&] { return items_.size() < kMaxItems; });
+    items_cv_.wait(l, [&] { return items_.size() < kMaxItems || items_closed_; });
+    if (items_closed_) return;
     items_.push_back(std::move(item));
   }
   uint64_t one = 1;
@@ -452,6 +453,18 @@ Status NbdReceiver::fill() {
 }
 
 Result<NbdReceiver::End> NbdReceiver::run(const std::atomic<bool>& stop) {
+  // However it ends, a resync waiting to hand over items must not wait
+  // for ever.
+  struct CloseItems {
+    NbdReceiver* r;
+    ~CloseItems() {
+      {
+        std::lock_guard l(r->items_mu_);
+        r->items_closed_ = true;
+      }
+      r->items_cv_.notify_all();
+    }
+  } close_items{this};
   // A stream that continues after a gap says so before anything else.
   if (pending_gap_record_) {
     if (Status s = open_gap(); !s) return s;

@@ -100,7 +100,7 @@ class NbdReceiver {
     live_mu_ = mu;
   }
 
-  // Thread-safe.
+  // Thread-safe.  Waits while kMaxItems wait; dropped once run() ended.
   void submit(ResyncItem item);
   // A range that another thread hands to the resync (before its items).
   void expect_range() { outstanding_++; }
@@ -167,6 +167,7 @@ class NbdReceiver {
 
   std::mutex items_mu_;
   std::condition_variable items_cv_;
+  bool items_closed_ = false;  // run() ended: nobody takes items any more
   static constexpr size_t kMaxItems = 8;
   std::deque<ResyncItem> items_;
   int items_fd_;  // eventfd: items waiting

@@ -177,6 +177,30 @@ TEST_CASE("nbd receiver: resync chunks close the gap, and a chunk a guest write 
   CHECK(recs[4].type == RecordType::kFlush);
 }
 
+TEST_CASE("nbd receiver: a resync blocked on a full item queue is let go when the receiver ends") {
+  Rig rig;
+  rig.rx->start_at(0, true, 1);
+  // Nobody runs the receiver yet: the queue fills and the next submit waits.
+  std::atomic<int> handed{0};
+  std::thread resync([&] {
+    for (int i = 0; i < 20; ++i) {
+      rig.rx->submit(ResyncItem{true, uint64_t(i) << 20, 4096, {}, 0, false});
+      handed++;
+    }
+  });
+  for (int i = 0; i < 200 && handed < 8; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(handed == 8);  // the ninth waits for room
+  // The receiver runs and ends at once (its client is gone): the rest is
+  // dropped, not waited for.
+  ::shutdown(rig.sv[1], SHUT_RDWR);
+  rig.thread = std::thread([&] { rig.end = rig.rx->run(rig.stop); });
+  resync.join();
+  rig.thread.join();
+  CHECK(handed == 20);
+}
+
 // Raw bytes from a hostile or broken client.
 void put32(std::vector<uint8_t>* b, uint32_t v) {
   for (int s = 24; s >= 0; s -= 8) b->push_back(uint8_t(v >> s));
