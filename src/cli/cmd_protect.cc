@@ -419,6 +419,7 @@ class ProtectSession {
   void serve_until_signal();
   Status detach();
   Status detach_mirror();
+  Status close_run(Status result);
 
  private:
   void stop_receiver();
@@ -912,6 +913,16 @@ Status ProtectSession::detach() {
   receiver_.join();
   detach_on_exit_ = false;
   if (!stopped && !s_.vm_gone && !s_.filter_lost) detach_after_failure(o_, filter_, nullptr);
+  {
+    std::lock_guard l(s_.mu);
+    if (!s_.error.is_ok() && result) result = s_.error;
+  }
+  return close_run(result);
+}
+
+// Either capture's last steps: the journal closed, the rest shipped, the
+// state published, one line saying how it ended.
+Status ProtectSession::close_run(Status result) {
   if (Status c = s_.writer->close(); !c && result) result = c;
   if (shipper_) {
     // The last records and the sealed segment go out too, if the server
@@ -925,10 +936,6 @@ Status ProtectSession::detach() {
   publish_state(s_, state_);
   unregister_stream(m_.stream_id);
   registered_ = false;
-  {
-    std::lock_guard l(s_.mu);
-    if (!s_.error.is_ok() && result) result = s_.error;
-  }
   if (result && s_.vm_gone)
     std::fprintf(stderr, "kvmcdp: the VM shut down (QEMU is gone): the journal is closed at seq %llu\n",
                  static_cast<unsigned long long>(s_.counters.durable_seq));
@@ -977,27 +984,11 @@ Status ProtectSession::detach_mirror() {
                     fmt::format("{}: capture stopped; QEMU's dirty bitmap keeps what the guest "
                                 "writes from now on, and the next protect resends it",
                                 failed.message()));
-  if (Status cl = s_.writer->close(); !cl && result) result = cl;
-  if (shipper_) {
-    if (!shipper_->finish(static_cast<int>(o_.remote_wait_s) * 1000))
-      say(o_, fmt::format("the server is {} bytes behind; they stay in {} and go out with the "
-                          "next protect run",
-                          shipper_->status().lag_bytes, o_.store));
-  }
   {
     std::lock_guard l(s_.mu);
     s_.counters.durable_seq = std::max(s_.counters.durable_seq, c.durable_seq);
   }
-  if (s_.vm_gone) state_.shutdown_ns = now_ns();
-  publish_state(s_, state_);
-  unregister_stream(m_.stream_id);
-  registered_ = false;
-  if (result && s_.vm_gone)
-    std::fprintf(stderr, "kvmcdp: the VM shut down (QEMU is gone): the journal is closed at seq %llu\n",
-                 static_cast<unsigned long long>(s_.counters.durable_seq));
-  else if (result)
-    say(o_, fmt::format("stopped at seq {}", s_.counters.durable_seq));
-  return result;
+  return close_run(result);
 }
 
 Status run_protect(const ProtectOptions& o) {
