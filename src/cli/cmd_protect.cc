@@ -425,6 +425,7 @@ class ProtectSession {
   void stop_receiver();
   bool mirror() const { return mirror_ != nullptr || use_mirror_; }
   Status choose_capture();
+  void say_capture();
   void mirror_tick(int second);
 
   const ProtectOptions& o_;
@@ -456,6 +457,7 @@ class ProtectSession {
   bool use_mirror_ = false;
   static constexpr int kCheckpointSeconds = 5;
   bool capture_said_ = false;
+  std::string mirror_reason_;
   bool resync_said_ = false;
   std::unique_ptr<MirrorCapture> mirror_;
 };
@@ -549,12 +551,13 @@ Status ProtectSession::find_drive() {
   if (!node) return node.status();
   node_ = *node;
   if (Status s = choose_capture(); !s) return s;
-  if (use_mirror_) return Status::ok();
+  if (use_mirror_) {
+    say_capture();
+    return Status::ok();
+  }
   filter_ = m_.extra.value("filter_node", fmt::format("kvmcdp-{}", o_.drive));
   auto filters = list_cdp(*qmp_);
   if (!filters) return filters.status();
-  if (!capture_said_) say(o_, "capture: the cdp filter");
-  capture_said_ = true;
   std::optional<CdpInfo> existing;
   for (const auto& f : *filters)
     if (f.node_name == filter_ || f.node_name == node_ || f.child == node_) existing = f;
@@ -565,7 +568,16 @@ Status ProtectSession::find_drive() {
     filter_ = existing->node_name;
     node_ = existing->child;
   }
+  say_capture();
   return Status::ok();
+}
+
+// Which capture, said once, when the drive is known to be ours to take.
+void ProtectSession::say_capture() {
+  if (capture_said_) return;
+  capture_said_ = true;
+  say(o_, use_mirror_ ? fmt::format("capture: active mirror ({})", mirror_reason_)
+                      : std::string("capture: the cdp filter"));
 }
 
 // --capture: the filter where QEMU has it (its schema knows cdp-attach),
@@ -579,10 +591,7 @@ Status ProtectSession::choose_capture() {
     return {ErrorKind::kUsage,
             "mirror capture ships with --store and --ack-from local only (--spool and "
             "--ack-from remote need the cdp filter)"};
-  if (!capture_said_ && use_mirror_)
-    say(o_, *has ? "capture: active mirror (--capture mirror)"
-                 : "capture: active mirror (this QEMU has no cdp filter)");
-  capture_said_ = use_mirror_;
+  mirror_reason_ = *has ? "--capture mirror" : "this QEMU has no cdp filter";
   return Status::ok();
 }
 
