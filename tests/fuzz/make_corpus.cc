@@ -17,6 +17,7 @@
 #include "journal/segment_list.h"
 #include "tree/tree_model.h"
 #include "capture/wire_io.h"
+#include "kvmcdp/nbd_format.h"
 
 using namespace kvmcdp;
 using nlohmann::json;
@@ -291,6 +292,56 @@ void json_seeds() {
 
 }  // namespace
 
+// NBD (include/kvmcdp/nbd_format.h), big-endian, as QEMU's client sends
+// it: the handshake's flags and NBD_OPT_GO, then requests.
+void be(std::vector<uint8_t>* out, uint64_t v, int bytes) {
+  for (int i = bytes - 1; i >= 0; --i) out->push_back(uint8_t(v >> (8 * i)));
+}
+void nbd_seeds() {
+  std::vector<uint8_t> go;
+  be(&go, nbd::kFixedNewstyle | nbd::kNoZeroes, 4);
+  // An option the server refuses (structured replies), then GO asking
+  // for the block size.
+  be(&go, nbd::kIHaveOpt, 8);
+  be(&go, 8, 4);
+  be(&go, 0, 4);
+  be(&go, nbd::kIHaveOpt, 8);
+  be(&go, nbd::kOptGo, 4);
+  be(&go, 8, 4);
+  be(&go, 0, 4);
+  be(&go, 1, 2);
+  be(&go, nbd::kInfoBlockSize, 2);
+  seed("nbd", "handshake", go);
+  auto request = [](std::vector<uint8_t>* out, uint16_t type, uint16_t flags, uint64_t off,
+                    uint32_t len, bool data) {
+    be(out, nbd::kRequestMagic, 4);
+    be(out, flags, 2);
+    be(out, type, 2);
+    be(out, 0x1000 + out->size(), 8);
+    be(out, off, 8);
+    be(out, len, 4);
+    if (data) out->insert(out->end(), len, 0x5a);
+  };
+  std::vector<uint8_t> all = go;
+  request(&all, nbd::kCmdWrite, 0, 4096, 4096, true);
+  request(&all, nbd::kCmdWrite, nbd::kCmdFlagFua, 0, 512, true);
+  request(&all, nbd::kCmdWriteZeroes, 0, 65536, 65536, false);
+  request(&all, nbd::kCmdWriteZeroes, nbd::kCmdFlagNoHole, 8192, 4096, false);
+  request(&all, nbd::kCmdTrim, 0, 131072, 65536, false);
+  request(&all, nbd::kCmdFlush, 0, 0, 0, false);
+  request(&all, nbd::kCmdRead, 0, 0, 4096, false);
+  request(&all, nbd::kCmdWrite, 0, (1u << 20) - 512, 4096, true);  // past the end
+  request(&all, nbd::kCmdDisc, 0, 0, 0, false);
+  seed("nbd", "requests", all);
+  std::vector<uint8_t> old;
+  be(&old, nbd::kFixedNewstyle, 4);
+  be(&old, nbd::kIHaveOpt, 8);
+  be(&old, nbd::kOptExportName, 4);
+  be(&old, 0, 4);
+  request(&old, nbd::kCmdWrite, 0, 0, 1024, true);
+  seed("nbd", "export-name", old);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr, "usage: make_fuzz_corpus OUTDIR\n");
@@ -304,5 +355,6 @@ int main(int argc, char** argv) {
   wire_seeds();
   qmp_seeds();
   json_seeds();
+  nbd_seeds();
   return 0;
 }
