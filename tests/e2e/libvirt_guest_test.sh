@@ -23,22 +23,7 @@ lv_test_init
 lv=$LV_DIR
 disk=$lv/disk.raw
 store=$KIT_TMPDIR/store
-truncate -s 64M "$disk"
-cat >"$KIT_TMPDIR/guest.sh" <<'GUEST'
-i=0
-while [ $i -lt 100 ]; do
-    dd if=/dev/urandom of="$DATA_DEV" bs=4k seek=$((RANDOM % 16000)) count=$((RANDOM % 64 + 1)) conv=notrunc 2>/dev/null
-    [ $((i % 3)) -eq 0 ] && sync
-    [ $((i % 5)) -eq 0 ] && dd if=/dev/zero of="$DATA_DEV" bs=64k seek=$((RANDOM % 1000)) count=4 conv=notrunc,fsync 2>/dev/null
-    i=$((i + 1))
-    sleep 0.1
-done
-sync
-echo GUEST-DONE
-GUEST
-kit_make_script_disk "$KIT_TMPDIR/guest.sh" "$lv/script.img"
-chown nobody:nogroup "$disk" "$lv/script.img"
-lv_kit_domain kt "$disk" raw "$lv/script.img"
+lv_writer_domain kt "$disk"
 console=$lv/kt.console
 
 seqs=() md5s=()
@@ -70,13 +55,7 @@ run() {
             mark_seq=$("$KVMCDP" mark --store "$store" before-reboot) || kit_fail "mark failed"
         fi
     done
-    for _ in $(seq 1200); do grep -q GUEST-DONE "$console" && break; sleep 0.1; done
-    grep -q GUEST-DONE "$console" || { cat "$console" >&2; kit_fail "guest did not finish"; }
-    for _ in $(seq 300); do
-        [[ $(lv_virsh domstate kt) == "shut off" ]] && break
-        sleep 0.1
-    done
-    [[ $(lv_virsh domstate kt) == "shut off" ]] || kit_fail "the guest did not power off"
+    lv_wait_poweroff kt
     kit_protect_end   # with 0 at the guest's power-off
     # After the power-off: the disk as it was left.
     seqs+=("$("$KVMCDP" status --store "$store" --json | json_field '["durable_seq"]')")

@@ -26,22 +26,7 @@ lv_test_init
 lv=$LV_DIR
 disk=$lv/disk.raw
 store=$KIT_TMPDIR/store
-truncate -s 64M "$disk"
-cat >"$KIT_TMPDIR/guest.sh" <<'GUEST'
-i=0
-while [ $i -lt 100 ]; do
-    dd if=/dev/urandom of="$DATA_DEV" bs=4k seek=$((RANDOM % 16000)) count=$((RANDOM % 64 + 1)) conv=notrunc 2>/dev/null
-    [ $((i % 3)) -eq 0 ] && sync
-    [ $((i % 5)) -eq 0 ] && dd if=/dev/zero of="$DATA_DEV" bs=64k seek=$((RANDOM % 1000)) count=4 conv=notrunc,fsync 2>/dev/null
-    i=$((i + 1))
-    sleep 0.1
-done
-sync
-echo GUEST-DONE
-GUEST
-kit_make_script_disk "$KIT_TMPDIR/guest.sh" "$lv/script.img"
-chown nobody:nogroup "$disk" "$lv/script.img"
-lv_kit_domain kt "$disk" raw "$lv/script.img"
+lv_writer_domain kt "$disk"
 console=$lv/kt.console
 
 times=() md5s=()
@@ -75,13 +60,7 @@ run() {
             lv_virsh resume kt >/dev/null
         fi
     done
-    for _ in $(seq 1200); do grep -q GUEST-DONE "$console" && break; sleep 0.1; done
-    grep -q GUEST-DONE "$console" || { cat "$console" >&2; kit_fail "guest did not finish"; }
-    for _ in $(seq 300); do
-        [[ $(lv_virsh domstate kt) == "shut off" ]] && break
-        sleep 0.1
-    done
-    [[ $(lv_virsh domstate kt) == "shut off" ]] || kit_fail "the guest did not power off"
+    lv_wait_poweroff kt
     kit_protect_end   # with 0 at the guest's power-off
     grep -q "the VM shut down" "$KIT_TMPDIR/protect.log" ||
         kit_fail "protect did not say the VM shut down: $(cat "$KIT_TMPDIR/protect.log")"

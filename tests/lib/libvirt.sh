@@ -126,3 +126,38 @@ lv_kit_domain() {
 EOF
     lv_virsh define "$LV_DIR/$name.xml" >/dev/null
 }
+
+# lv_writer_domain NAME DISK: a 64 MiB raw DISK and domain NAME of the kit
+# guest writing it for ~10 s (random 4 KiB blocks, some synced, some zero
+# 64 KiB runs with fsync), then "GUEST-DONE" on its console and power-off.
+lv_writer_domain() {
+    local name=$1 disk=$2
+    truncate -s 64M "$disk"
+    cat >"$KIT_TMPDIR/guest.sh" <<'GUEST'
+i=0
+while [ $i -lt 100 ]; do
+    dd if=/dev/urandom of="$DATA_DEV" bs=4k seek=$((RANDOM % 16000)) count=$((RANDOM % 64 + 1)) conv=notrunc 2>/dev/null
+    [ $((i % 3)) -eq 0 ] && sync
+    [ $((i % 5)) -eq 0 ] && dd if=/dev/zero of="$DATA_DEV" bs=64k seek=$((RANDOM % 1000)) count=4 conv=notrunc,fsync 2>/dev/null
+    i=$((i + 1))
+    sleep 0.1
+done
+sync
+echo GUEST-DONE
+GUEST
+    kit_make_script_disk "$KIT_TMPDIR/guest.sh" "$LV_DIR/$name-script.img"
+    chown nobody:nogroup "$disk" "$LV_DIR/$name-script.img"
+    lv_kit_domain "$name" "$disk" raw "$LV_DIR/$name-script.img"
+}
+
+# lv_wait_poweroff NAME: the writer said GUEST-DONE and the domain is shut off.
+lv_wait_poweroff() {
+    local name=$1 console=$LV_DIR/$1.console _
+    for _ in $(seq 1200); do grep -q GUEST-DONE "$console" && break; sleep 0.1; done
+    grep -q GUEST-DONE "$console" || { cat "$console" >&2; kit_fail "guest did not finish"; }
+    for _ in $(seq 300); do
+        [[ $(lv_virsh domstate "$name") == "shut off" ]] && break
+        sleep 0.1
+    done
+    [[ $(lv_virsh domstate "$name") == "shut off" ]] || kit_fail "the guest did not power off"
+}
