@@ -47,6 +47,7 @@ enum OptReply : uint32_t {
   kRepInfo = 3,
   kRepErrUnsup = 0x80000001u,
   kRepErrInvalid = 0x80000003u,
+  kRepErrUnknown = 0x80000006u,
 };
 
 enum Info : uint16_t {
@@ -56,6 +57,7 @@ enum Info : uint16_t {
 
 // Transmission flags.
 inline constexpr uint16_t kHasFlags = 1u << 0;
+inline constexpr uint16_t kReadOnly = 1u << 1;
 inline constexpr uint16_t kSendFlush = 1u << 2;
 inline constexpr uint16_t kSendFua = 1u << 3;
 inline constexpr uint16_t kSendTrim = 1u << 5;
@@ -76,6 +78,7 @@ inline constexpr uint16_t kCmdFlagNoHole = 1u << 1;
 
 // Error values in replies (the protocol's own numbers).
 inline constexpr uint32_t kEio = 5;
+inline constexpr uint32_t kEperm = 1;
 inline constexpr uint32_t kEinval = 22;
 inline constexpr uint32_t kEnospc = 28;
 inline constexpr uint32_t kEnotsup = 95;

@@ -44,18 +44,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// The time of record `seq` (its frame's records are read).
-Result<uint64_t> record_time(journal::JournalReader& r, uint64_t seq) {
-  auto i = r.frame_for_seq(seq);
-  if (!i) return Status(ErrorKind::kNotFound, fmt::format("no record {} in the journal", seq));
-  std::vector<uint8_t> raw;
-  std::vector<journal::RecordView> recs;
-  if (auto s = r.read_frame(*i, &raw, &recs); !s) return s;
-  for (const auto& v : recs)
-    if (v.seq == seq) return v.time_ns;
-  return Status(ErrorKind::kNotFound, fmt::format("no record {} in the journal", seq));
-}
-
 // Step 1: the tree and its root, from the disk at the base-complete seq.
 Result<Tree> open_or_create_tree(StoreView& view, OpLog* log) {
   std::string dir = built_tree_dir(view.store_dir);

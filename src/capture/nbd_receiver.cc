@@ -14,6 +14,7 @@
 #include "base/fsutil.h"
 #include "base/wall_clock.h"
 #include "journal/journal_codec.h"
+#include "capture/nbd_server_wire.h"
 #include "kvmcdp/nbd_format.h"
 #include "kvmcdp/wire_format.h"
 
@@ -22,70 +23,13 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-uint16_t get16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }
-uint32_t get32(const uint8_t* p) { return uint32_t(get16(p)) << 16 | get16(p + 2); }
-uint64_t get64(const uint8_t* p) { return uint64_t(get32(p)) << 32 | get32(p + 4); }
-void put16(std::vector<uint8_t>* b, uint16_t v) {
-  b->push_back(uint8_t(v >> 8));
-  b->push_back(uint8_t(v));
-}
-void put32(std::vector<uint8_t>* b, uint32_t v) {
-  put16(b, uint16_t(v >> 16));
-  put16(b, uint16_t(v));
-}
-void put64(std::vector<uint8_t>* b, uint64_t v) {
-  put32(b, uint32_t(v >> 32));
-  put32(b, uint32_t(v));
-}
-
-Status protocol_error(const std::string& what) {
-  return Status(ErrorKind::kQemu, "NBD client: " + what);
-}
-
-Status send_all(int fd, const uint8_t* p, size_t n) {
-  while (n > 0) {
-    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      pollfd pf{fd, POLLOUT, 0};
-      ::poll(&pf, 1, 1000);
-      continue;
-    }
-    if (w <= 0)
-      return Status(ErrorKind::kQemu, fsutil::errno_message("send", "NBD"), Cause::kConnectionLost);
-    p += w;
-    n -= size_t(w);
-  }
-  return Status::ok();
-}
-
-Status recv_exact(int fd, uint8_t* p, size_t n, Clock::time_point deadline) {
-  while (n > 0) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    pollfd pf{fd, POLLIN, 0};
-    if (left.count() <= 0 || ::poll(&pf, 1, int(left.count())) == 0)
-      return Status(ErrorKind::kQemu, "NBD client: the handshake did not finish in time",
-                    Cause::kTimeout);
-    ssize_t r = ::recv(fd, p, n, MSG_DONTWAIT);
-    if (r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (r == 0) return Status(ErrorKind::kQemu, "NBD client closed the connection", Cause::kPeerClosed);
-    if (r < 0)
-      return Status(ErrorKind::kQemu, fsutil::errno_message("recv", "NBD"), Cause::kConnectionLost);
-    p += r;
-    n -= size_t(r);
-  }
-  return Status::ok();
-}
-
-Status option_reply(int fd, uint32_t option, uint32_t type, const std::vector<uint8_t>& data) {
-  std::vector<uint8_t> b;
-  put64(&b, nbd::kOptReplyMagic);
-  put32(&b, option);
-  put32(&b, type);
-  put32(&b, uint32_t(data.size()));
-  b.insert(b.end(), data.begin(), data.end());
-  return send_all(fd, b.data(), b.size());
-}
+using nbd::get16;
+using nbd::get32;
+using nbd::get64;
+using nbd::protocol_error;
+using nbd::put32;
+using nbd::put64;
+using nbd::send_all;
 
 constexpr uint16_t kTransmissionFlags =
     nbd::kHasFlags | nbd::kSendFlush | nbd::kSendFua | nbd::kSendTrim | nbd::kSendWriteZeroes;
@@ -100,82 +44,12 @@ NbdReceiver::NbdReceiver(int fd, journal::JournalWriter* writer, NbdReceiverOpti
 NbdReceiver::~NbdReceiver() { close(items_fd_); }
 
 Status NbdReceiver::handshake(int timeout_ms) {
-  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  std::vector<uint8_t> hello;
-  put64(&hello, nbd::kNbdMagic);
-  put64(&hello, nbd::kIHaveOpt);
-  put16(&hello, nbd::kFixedNewstyle | nbd::kNoZeroes);
-  if (Status s = send_all(fd_, hello.data(), hello.size()); !s) return s;
-  uint8_t cf[4];
-  if (Status s = recv_exact(fd_, cf, 4, deadline); !s) return s;
-  uint32_t client_flags = get32(cf);
-  if (!(client_flags & nbd::kFixedNewstyle)) return protocol_error("no fixed newstyle handshake");
-  const bool no_zeroes = client_flags & nbd::kNoZeroes;
-  for (;;) {
-    uint8_t h[nbd::kOptionHeaderSize];
-    if (Status s = recv_exact(fd_, h, sizeof h, deadline); !s) return s;
-    if (get64(h) != nbd::kIHaveOpt) return protocol_error("bad option magic");
-    uint32_t option = get32(h + 8), len = get32(h + 12);
-    if (len > 65536) return protocol_error(fmt::format("option {} of {} bytes", option, len));
-    std::vector<uint8_t> data(len);
-    if (Status s = recv_exact(fd_, data.data(), len, deadline); !s) return s;
-    switch (option) {
-      case nbd::kOptExportName: {
-        std::vector<uint8_t> b;
-        put64(&b, o_.disk_size);
-        put16(&b, kTransmissionFlags);
-        if (!no_zeroes) b.resize(b.size() + 124, 0);
-        return send_all(fd_, b.data(), b.size());
-      }
-      case nbd::kOptAbort:
-        option_reply(fd_, option, nbd::kRepAck, {});
-        return protocol_error("the client aborted the handshake");
-      case nbd::kOptList: {
-        std::vector<uint8_t> name;
-        put32(&name, 0);  // one export, named ""
-        if (Status s = option_reply(fd_, option, nbd::kRepServer, name); !s) return s;
-        if (Status s = option_reply(fd_, option, nbd::kRepAck, {}); !s) return s;
-        break;
-      }
-      case nbd::kOptInfo:
-      case nbd::kOptGo: {
-        // u32 name length, name, u16 count, count x u16 info requests.
-        if (len < 6 || get32(data.data()) > len - 6) {
-          if (Status s = option_reply(fd_, option, nbd::kRepErrInvalid, {}); !s) return s;
-          break;
-        }
-        uint32_t name_len = get32(data.data());
-        uint16_t n = get16(data.data() + 4 + name_len);
-        if (6ull + name_len + 2ull * n != len) {
-          if (Status s = option_reply(fd_, option, nbd::kRepErrInvalid, {}); !s) return s;
-          break;
-        }
-        bool block_size = false;
-        for (uint16_t i = 0; i < n; ++i)
-          block_size |= get16(data.data() + 6 + name_len + 2 * i) == nbd::kInfoBlockSize;
-        std::vector<uint8_t> info;
-        put16(&info, nbd::kInfoExport);
-        put64(&info, o_.disk_size);
-        put16(&info, kTransmissionFlags);
-        if (Status s = option_reply(fd_, option, nbd::kRepInfo, info); !s) return s;
-        if (block_size) {
-          info.clear();
-          put16(&info, nbd::kInfoBlockSize);
-          put32(&info, nbd::kMinBlock);
-          put32(&info, nbd::kPreferredBlock);
-          put32(&info, nbd::kMaxBlock);
-          if (Status s = option_reply(fd_, option, nbd::kRepInfo, info); !s) return s;
-        }
-        if (Status s = option_reply(fd_, option, nbd::kRepAck, {}); !s) return s;
-        if (option == nbd::kOptGo) return Status::ok();
-        break;
-      }
-      default:
-        // Structured replies, metadata contexts, TLS, extended headers:
-        // a writer needs none of them.
-        if (Status s = option_reply(fd_, option, nbd::kRepErrUnsup, {}); !s) return s;
-    }
-  }
+  nbd::ExportInfo e;
+  e.size = o_.disk_size;
+  e.transmission_flags = kTransmissionFlags;
+  e.any_name = true;
+  e.max_block = nbd::kMaxBlock;
+  return nbd::server_handshake(fd_, e, timeout_ms);
 }
 
 void NbdReceiver::start_at(uint64_t last_seq, bool gap, uint64_t ranges) {

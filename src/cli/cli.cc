@@ -27,6 +27,8 @@ const std::vector<Command>& commands() {
       {"mark", "Name this moment of a protected drive, to restore it by that name",
        setup_mark_command},
       {"restore", "Write the disk image as of a point in time", setup_restore_command},
+      {"export", "Serve a point in time as an NBD export, without writing an image",
+       setup_export_command},
       {"journal", "Check a store's journal for damage, or print its records",
        setup_journal_command},
       {"snapshot", "Create, list, delete and go back to snapshots of a VM's disk (qcow2 files)",

@@ -37,6 +37,7 @@ CommandRunner setup_status_command(CLI::App* app);
 CommandRunner setup_points_command(CLI::App* app);
 CommandRunner setup_mark_command(CLI::App* app);
 CommandRunner setup_restore_command(CLI::App* app);
+CommandRunner setup_export_command(CLI::App* app);
 CommandRunner setup_journal_command(CLI::App* app);
 CommandRunner setup_snapshot_command(CLI::App* app);
 CommandRunner setup_merge_command(CLI::App* app);

@@ -26,6 +26,7 @@
 #include "cli/cli.h"
 #include "qemu/image_lock.h"
 #include "build/journal_fold.h"
+#include "store/store_pins.h"
 #include "store/point.h"
 #include "build/prune_policy.h"
 #include "tree/snapshot_ops.h"
@@ -72,6 +73,14 @@ Status fold_to_oldest_kept(const PruneOptions& o, const std::vector<PruneDecisio
   for (const auto& d : plan)
     if (d.keep && (!oldest || d.node.seq < oldest->seq)) oldest = &d.node;
   if (!oldest) return Status::ok();
+  // An export reads the base and the segments the fold would delete.
+  if (auto pins = live_pins(o.store); !pins.empty()) {
+    for (const Pin& p : pins)
+      std::printf("journal: not merged into a new base: %s reads it; the next prune after it "
+                  "ends will\n",
+                  describe_pin(p).c_str());
+    return Status::ok();
+  }
   auto fold = plan_fold(o.store, oldest->seq, oldest->time_ns);
   if (!fold) return fold.status();
   std::string sizes = fmt::format("{} segments, {} bytes", fold->journal_segments,

@@ -13,6 +13,7 @@
 #include "cli/store_report.h"
 #include "store/point.h"
 #include "store/protect_state.h"
+#include "store/store_pins.h"
 #include "remote/serve_state.h"
 #include "store/time_parse.h"
 #include "base/wall_clock.h"
@@ -104,6 +105,16 @@ Status run_status(const std::string& store, bool as_json, bool check) {
                                                                     : served->ended}};
   if (view->reader->damage()) j["damage"] = view->reader->damage()->to_string();
   j["verified"] = verified_json(*view);
+  // What reads the store for as long as it runs (store_pins.h).
+  const std::vector<Pin> pins = live_pins(store);
+  j["in_use"] = json::array();
+  for (const Pin& p : pins)
+    j["in_use"].push_back({{"kind", p.kind},
+                           {"pid", p.pid},
+                           {"seq", p.seq},
+                           {"time", format_time_ns(p.time_ns)},
+                           {"where", p.where},
+                           {"since", format_time_ns(p.started_ns)}});
   Status verdict = !check || running || receiving
                        ? Status::ok()
                        : Status(ErrorKind::kNotProtected,
@@ -167,6 +178,10 @@ Status run_status(const std::string& store, bool as_json, bool check) {
   if (view->reader->damage())
     std::printf("damage:      %s\n", view->reader->damage()->to_string().c_str());
   std::printf("verified:    %s\n", verified_line(*view).c_str());
+  for (const Pin& p : pins)
+    std::printf("in use:      %s pid %d: seq %llu (%s) at %s, since %s\n", p.kind.c_str(), p.pid,
+                static_cast<unsigned long long>(p.seq), format_time_human(p.time_ns).c_str(),
+                p.where.c_str(), format_time_human(p.started_ns).c_str());
   return verdict;
 }
 

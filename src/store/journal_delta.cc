@@ -19,6 +19,17 @@ using journal::RecordView;
 Result<DeltaStats> journal_delta(journal::JournalReader& r, uint64_t from_seq, uint64_t to_seq,
                                  uint64_t disk_size, const DeltaFn& fn, ExtentMap* covered,
                                  const DeltaProgressFn& progress) {
+  return journal_delta_at(
+      r, from_seq, to_seq, disk_size,
+      [&](uint64_t off, uint64_t len, const uint8_t* data, const DeltaSource&) {
+        return fn(off, len, data);
+      },
+      covered, progress);
+}
+
+Result<DeltaStats> journal_delta_at(journal::JournalReader& r, uint64_t from_seq,
+                                    uint64_t to_seq, uint64_t disk_size, const DeltaAtFn& fn,
+                                    ExtentMap* covered, const DeltaProgressFn& progress) {
   DeltaStats st;
   ExtentMap own;
   ExtentMap& done = covered ? *covered : own;
@@ -54,7 +65,9 @@ Result<DeltaStats> journal_delta(journal::JournalReader& r, uint64_t from_seq, u
       done.cover(v.offset, e, [&](uint64_t b, uint64_t ce) {
         if (!err) return;
         (write ? st.data_bytes : st.zero_bytes) += ce - b;
-        err = fn(b, ce - b, write ? v.data + (b - v.offset) : nullptr);
+        const uint8_t* data = write ? v.data + (b - v.offset) : nullptr;
+        DeltaSource where{f->index, data ? size_t(data - f->raw.data()) : 0};
+        err = fn(b, ce - b, data, where);
       });
       if (!err) return err;
     }

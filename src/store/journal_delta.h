@@ -37,4 +37,19 @@ Result<DeltaStats> journal_delta(journal::JournalReader& r, uint64_t from_seq, u
                                  ExtentMap* covered = nullptr,
                                  const DeltaProgressFn& progress = nullptr);
 
+// Where a range's bytes lie in the journal: frame `frame` (an index into
+// r.frames()) decompressed, `raw_offset` bytes in.  For an index that
+// reads them again later (export/point_index.h).
+struct DeltaSource {
+  size_t frame = 0;
+  size_t raw_offset = 0;
+};
+using DeltaAtFn = std::function<Status(uint64_t offset, uint64_t length, const uint8_t* data,
+                                       const DeltaSource& where)>;
+// The same walk, also telling where each data range lies.
+Result<DeltaStats> journal_delta_at(journal::JournalReader& r, uint64_t from_seq,
+                                    uint64_t to_seq, uint64_t disk_size, const DeltaAtFn& fn,
+                                    ExtentMap* covered = nullptr,
+                                    const DeltaProgressFn& progress = nullptr);
+
 }  // namespace kvmcdp

@@ -104,4 +104,15 @@ Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t 
   return seq;
 }
 
+Result<uint64_t> record_time(journal::JournalReader& r, uint64_t seq) {
+  auto i = r.frame_for_seq(seq);
+  if (!i) return Status(ErrorKind::kNotFound, fmt::format("no record {} in the journal", seq));
+  std::vector<uint8_t> raw;
+  std::vector<journal::RecordView> recs;
+  if (auto s = r.read_frame(*i, &raw, &recs); !s) return s;
+  for (const auto& v : recs)
+    if (v.seq == seq) return v.time_ns;
+  return Status(ErrorKind::kNotFound, fmt::format("no record {} in the journal", seq));
+}
+
 }  // namespace kvmcdp

@@ -31,4 +31,7 @@ Result<uint64_t> resolve_point(StoreView& view, const PointSpec& spec, uint64_t 
 // (time_parse.h), local time with its offset.
 std::string format_time_ns(uint64_t ns);
 
+// The time of record `seq` (its frame's records are read).
+Result<uint64_t> record_time(journal::JournalReader& r, uint64_t seq);
+
 }  // namespace kvmcdp

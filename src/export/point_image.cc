@@ -1,0 +1,176 @@
+#include "export/point_image.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+namespace kvmcdp {
+namespace {
+
+// A read past the end of a sparse file reads zeroes.
+Status pread_full(int fd, uint8_t* p, uint64_t n, uint64_t off, const std::string& what) {
+  auto got = fsutil::pread_full(fd, p, n, off, what);
+  if (!got) return got.status();
+  if (*got < n) std::memset(p + *got, 0, n - *got);
+  return Status::ok();
+}
+
+Result<fsutil::Fd> scratch_file(const std::string& path, uint64_t size) {
+  fsutil::Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd.valid()) return Status(ErrorKind::kFailure, fsutil::errno_message("create", path));
+  if (::ftruncate(fd.get(), off_t(size)) != 0)
+    return Status(ErrorKind::kFailure, fsutil::errno_message("size", path));
+  return fd;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<PointImage>> PointImage::open(StoreView& view, uint64_t seq,
+                                                     const std::string& work_dir,
+                                                     bool writable) {
+  const Manifest& m = view.manifest;
+  auto index = PointIndex::build(*view.reader, m.folded_seq, seq, m.disk_size);
+  if (!index) return index.status();
+  std::unique_ptr<PointImage> img(new PointImage(view, std::move(*index)));
+  img->writable_ = writable;
+  std::string base = view.store_dir + "/" + m.base_image;
+  img->below_ = fsutil::Fd(::open(base.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!img->below_.valid())
+    return Status(ErrorKind::kFailure, fsutil::errno_message("open", base));
+  img->scratch_path_ = work_dir + "/fill.raw";
+  auto scratch = scratch_file(img->scratch_path_, m.disk_size);
+  if (!scratch) return scratch.status();
+  img->scratch_ = std::move(*scratch);
+  if (writable) {
+    img->overlay_path_ = work_dir + "/writes.raw";
+    auto ov = scratch_file(img->overlay_path_, m.disk_size);
+    if (!ov) return ov.status();
+    img->overlay_ = std::move(*ov);
+  }
+  img->filled_ = std::vector<std::atomic<bool>>(view.reader->frames().size());
+  return img;
+}
+
+PointImage::~PointImage() {
+  stop_fill_ = true;
+  if (filler_.joinable()) filler_.join();
+  if (!scratch_path_.empty()) ::unlink(scratch_path_.c_str());
+  if (!overlay_path_.empty()) ::unlink(overlay_path_.c_str());
+}
+
+Status PointImage::fill(size_t frame) {
+  if (filled_[frame].load(std::memory_order_acquire)) return Status::ok();
+  std::lock_guard lock(fill_mu_);
+  if (filled_[frame].load(std::memory_order_relaxed)) return Status::ok();
+  std::vector<uint8_t> raw;
+  std::vector<journal::RecordView> records;
+  if (auto s = view_.reader->read_frame(frame, &raw, &records); !s) return s;
+  for (const PointPiece& p : index_.frame_pieces(frame)) {
+    if (p.where.raw_offset + (p.end - p.begin) > raw.size())
+      return Status(ErrorKind::kDamaged, fmt::format("journal frame {} is shorter than its "
+                                                     "index says",
+                                                     frame));
+    if (auto s = fsutil::pwrite_all(scratch_.get(), raw.data() + p.where.raw_offset, p.end - p.begin,
+                             p.begin, scratch_path_);
+        !s)
+      return s;
+  }
+  filled_[frame].store(true, std::memory_order_release);
+  filled_count_++;
+  return Status::ok();
+}
+
+void PointImage::start_fill() {
+  filler_ = std::thread([this] {
+    for (size_t f : index_.frames()) {
+      if (stop_fill_) return;
+      // A failed fill is left to the read that needs the frame, which
+      // reports it to its client.
+      if (!fill(f)) return;
+    }
+  });
+}
+
+Status PointImage::read_point(uint64_t offset, uint64_t length, uint8_t* out) {
+  Status err;
+  index_.pieces(offset, length, [&](const PointPiece& p) {
+    if (!err) return;
+    uint8_t* dst = out + (p.begin - offset);
+    const uint64_t n = p.end - p.begin;
+    switch (p.from) {
+      case PointPiece::From::kZero:
+        std::memset(dst, 0, n);
+        break;
+      case PointPiece::From::kBelow:
+        err = pread_full(below_.get(), dst, n, p.begin, "the store's base");
+        break;
+      case PointPiece::From::kJournal:
+        err = fill(p.where.frame);
+        if (err) err = pread_full(scratch_.get(), dst, n, p.begin, scratch_path_);
+        break;
+    }
+  });
+  return err;
+}
+
+Status PointImage::read(uint64_t offset, uint64_t length, uint8_t* out) {
+  if (offset > size() || length > size() - offset)
+    return Status(ErrorKind::kUsage, "read past the end of the disk");
+  if (!writable_) return read_point(offset, length, out);
+  // The client's writes first; what they do not cover, from the point.
+  std::vector<std::pair<uint64_t, uint64_t>> below;
+  {
+    std::lock_guard lock(overlay_mu_);
+    written_.uncovered(offset, offset + length,
+                       [&](uint64_t b, uint64_t e) { below.emplace_back(b, e); });
+  }
+  uint64_t at = offset;
+  for (auto [b, e] : below) {
+    if (b > at)
+      if (auto s = pread_full(overlay_.get(), out + (at - offset), b - at, at, overlay_path_); !s)
+        return s;
+    if (auto s = read_point(b, e - b, out + (b - offset)); !s) return s;
+    at = e;
+  }
+  if (at < offset + length)
+    return pread_full(overlay_.get(), out + (at - offset), offset + length - at, at,
+                      overlay_path_);
+  return Status::ok();
+}
+
+Status PointImage::write(uint64_t offset, uint64_t length, const uint8_t* data) {
+  if (!writable_) return Status(ErrorKind::kUsage, "the export is read-only");
+  if (offset > size() || length > size() - offset)
+    return Status(ErrorKind::kUsage, "write past the end of the disk");
+  if (auto s = fsutil::pwrite_all(overlay_.get(), data, length, offset, overlay_path_); !s) return s;
+  std::lock_guard lock(overlay_mu_);
+  written_.cover(offset, offset + length, [](uint64_t, uint64_t) {});
+  return Status::ok();
+}
+
+Status PointImage::write_zeroes(uint64_t offset, uint64_t length) {
+  if (!writable_) return Status(ErrorKind::kUsage, "the export is read-only");
+  if (offset > size() || length > size() - offset)
+    return Status(ErrorKind::kUsage, "write past the end of the disk");
+  if (::fallocate(overlay_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(offset),
+                  off_t(length)) != 0) {
+    std::vector<uint8_t> zeroes(std::min<uint64_t>(length, 1 << 20), 0);
+    for (uint64_t done = 0; done < length;) {
+      uint64_t n = std::min<uint64_t>(zeroes.size(), length - done);
+      if (auto s = fsutil::pwrite_all(overlay_.get(), zeroes.data(), n, offset + done, overlay_path_);
+          !s)
+        return s;
+      done += n;
+    }
+  }
+  std::lock_guard lock(overlay_mu_);
+  written_.cover(offset, offset + length, [](uint64_t, uint64_t) {});
+  return Status::ok();
+}
+
+}  // namespace kvmcdp
