@@ -32,6 +32,8 @@ const std::vector<Command>& commands() {
       {"mount", "Mount the file system of a point in time read-only, to copy files from it",
        setup_mount_command},
       {"umount", "Unmount what kvmcdp mount mounted", setup_umount_command},
+      {"recover", "Run a VM on a point in time at once, while its disk is copied into a new image",
+       setup_recover_command},
       {"journal", "Check a store's journal for damage, or print its records",
        setup_journal_command},
       {"snapshot", "Create, list, delete and go back to snapshots of a VM's disk (qcow2 files)",

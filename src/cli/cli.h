@@ -40,6 +40,7 @@ CommandRunner setup_restore_command(CLI::App* app);
 CommandRunner setup_export_command(CLI::App* app);
 CommandRunner setup_mount_command(CLI::App* app);
 CommandRunner setup_umount_command(CLI::App* app);
+CommandRunner setup_recover_command(CLI::App* app);
 CommandRunner setup_journal_command(CLI::App* app);
 CommandRunner setup_snapshot_command(CLI::App* app);
 CommandRunner setup_merge_command(CLI::App* app);
