@@ -15,6 +15,9 @@
 // Transmission: requests are u32 kRequestMagic, u16 command flags, u16
 // type, u64 cookie, u64 offset, u32 length, then `length` bytes for a
 // WRITE; replies are u32 kSimpleReplyMagic, u32 error, u64 cookie.
+// kvmcdp export also negotiates structured replies and the base:allocation
+// metadata context: READ is then answered with data and hole chunks, and
+// BLOCK_STATUS says which ranges read as zeroes without being stored.
 #pragma once
 
 #include <cstdint>
@@ -39,12 +42,16 @@ enum Option : uint32_t {
   kOptList = 3,
   kOptInfo = 6,
   kOptGo = 7,
+  kOptStructuredReply = 8,
+  kOptListMetaContext = 9,
+  kOptSetMetaContext = 10,
 };
 
 enum OptReply : uint32_t {
   kRepAck = 1,
   kRepServer = 2,
   kRepInfo = 3,
+  kRepMetaContext = 4,
   kRepErrUnsup = 0x80000001u,
   kRepErrInvalid = 0x80000003u,
   kRepErrUnknown = 0x80000006u,
@@ -70,11 +77,29 @@ enum Command : uint16_t {
   kCmdFlush = 3,
   kCmdTrim = 4,
   kCmdWriteZeroes = 6,
+  kCmdBlockStatus = 7,
 };
 
 // Command flags.
 inline constexpr uint16_t kCmdFlagFua = 1u << 0;
 inline constexpr uint16_t kCmdFlagNoHole = 1u << 1;
+inline constexpr uint16_t kCmdFlagReqOne = 1u << 3;
+
+// Structured replies (kvmcdp export only): u32 kStructuredReplyMagic, u16
+// flags, u16 type, u64 cookie, u32 length, then `length` bytes.
+inline constexpr uint32_t kStructuredReplyMagic = 0x668e33ef;
+inline constexpr uint16_t kReplyFlagDone = 1u << 0;
+enum ReplyType : uint16_t {
+  kReplyNone = 0,
+  kReplyOffsetData = 1,   // u64 offset, data
+  kReplyOffsetHole = 2,   // u64 offset, u32 length: reads as zeroes
+  kReplyBlockStatus = 5,  // u32 context id, {u32 length, u32 flags}...
+  kReplyError = 0x8001,   // u32 error, u16 message length, message
+};
+// base:allocation, the one metadata context served (its id is 1).
+inline constexpr const char* kBaseAllocation = "base:allocation";
+inline constexpr uint32_t kStateHole = 1u << 0;
+inline constexpr uint32_t kStateZero = 1u << 1;
 
 // Error values in replies (the protocol's own numbers).
 inline constexpr uint32_t kEio = 5;

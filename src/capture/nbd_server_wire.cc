@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include <fmt/format.h>
 
@@ -80,7 +81,9 @@ Status option_reply(int fd, uint32_t option, uint32_t type, const std::vector<ui
 
 }  // namespace
 
-Status server_handshake(int fd, const ExportInfo& e, int timeout_ms) {
+Status server_handshake(int fd, const ExportInfo& e, int timeout_ms, Negotiated* chosen) {
+  Negotiated own;
+  Negotiated& got = chosen ? *chosen : own;
   auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
   std::vector<uint8_t> hello;
   put64(&hello, kNbdMagic);
@@ -161,6 +164,59 @@ Status server_handshake(int fd, const ExportInfo& e, int timeout_ms) {
         }
         if (Status s = option_reply(fd, option, kRepAck, {}); !s) return s;
         if (option == kOptGo) return Status::ok();
+        break;
+      }
+      case kOptStructuredReply:
+        if (!e.structured) {
+          if (Status s = option_reply(fd, option, kRepErrUnsup, {}); !s) return s;
+          break;
+        }
+        got.structured = len == 0;
+        if (Status s = option_reply(fd, option, len ? kRepErrInvalid : kRepAck, {}); !s) return s;
+        break;
+      case kOptListMetaContext:
+      case kOptSetMetaContext: {
+        if (!e.structured) {
+          if (Status s = option_reply(fd, option, kRepErrUnsup, {}); !s) return s;
+          break;
+        }
+        // u32 name length, name, u32 query count, queries (u32 length, text).
+        auto bad = [&] { return option_reply(fd, option, kRepErrInvalid, {}); };
+        if (!got.structured || len < 8 || get32(data.data()) > len - 8) {
+          if (Status s = bad(); !s) return s;
+          break;
+        }
+        uint32_t name_len = get32(data.data());
+        if (!name_ok(data.data() + 4, name_len)) {
+          if (Status s = option_reply(fd, option, kRepErrUnknown, {}); !s) return s;
+          break;
+        }
+        size_t at = 4 + name_len;
+        uint32_t queries = get32(data.data() + at);
+        at += 4;
+        bool ok = true, match = queries == 0 && option == kOptListMetaContext;
+        for (uint32_t q = 0; q < queries && ok; q++) {
+          if (at + 4 > len || get32(data.data() + at) > len - at - 4) {
+            ok = false;
+            break;
+          }
+          uint32_t ql = get32(data.data() + at);
+          std::string query(reinterpret_cast<const char*>(data.data() + at + 4), ql);
+          at += 4 + ql;
+          match |= query == kBaseAllocation || query == "base:";
+        }
+        if (!ok || at != len) {
+          if (Status s = bad(); !s) return s;
+          break;
+        }
+        if (option == kOptSetMetaContext) got.base_allocation = match;
+        if (match) {
+          std::vector<uint8_t> ctx;
+          put32(&ctx, 1);
+          ctx.insert(ctx.end(), kBaseAllocation, kBaseAllocation + std::strlen(kBaseAllocation));
+          if (Status s = option_reply(fd, option, kRepMetaContext, ctx); !s) return s;
+        }
+        if (Status s = option_reply(fd, option, kRepAck, {}); !s) return s;
         break;
       }
       default:

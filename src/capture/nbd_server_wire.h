@@ -34,12 +34,20 @@ struct ExportInfo {
   std::string name;          // the one export; a client asking for another is refused
   bool any_name = false;     // capture: whatever name QEMU asks for
   uint32_t max_block = 0;    // announced with NBD_INFO_BLOCK_SIZE
+  bool structured = false;   // offer structured replies and base:allocation
+};
+
+// What the client chose in the handshake.
+struct Negotiated {
+  bool structured = false;       // structured replies
+  bool base_allocation = false;  // metadata context base:allocation (id 1)
 };
 
 // The fixed newstyle handshake until the client's NBD_OPT_GO (or
-// NBD_OPT_EXPORT_NAME).  Options the servers do not implement (structured
-// replies, metadata contexts, TLS, extended headers) are answered
-// NBD_REP_ERR_UNSUP, so the client falls back to simple replies.
-Status server_handshake(int fd, const ExportInfo& e, int timeout_ms);
+// NBD_OPT_EXPORT_NAME).  Options the server does not implement (TLS,
+// extended headers; structured replies and metadata contexts unless
+// `e.structured`) are answered NBD_REP_ERR_UNSUP, so the client falls back.
+Status server_handshake(int fd, const ExportInfo& e, int timeout_ms,
+                        Negotiated* chosen = nullptr);
 
 }  // namespace kvmcdp::nbd

@@ -56,6 +56,92 @@ uint32_t nbd_error_of(const Status& s) {
   return s.kind() == ErrorKind::kUsage ? nbd::kEinval : nbd::kEio;
 }
 
+// One structured reply chunk's header.
+void chunk_header(std::vector<uint8_t>* b, uint16_t flags, uint16_t type, uint64_t cookie,
+                  uint32_t length) {
+  nbd::put32(b, nbd::kStructuredReplyMagic);
+  nbd::put16(b, flags);
+  nbd::put16(b, type);
+  nbd::put64(b, cookie);
+  nbd::put32(b, length);
+}
+
+bool send_error_chunk(int fd, uint64_t cookie, uint32_t error) {
+  std::vector<uint8_t> b;
+  chunk_header(&b, nbd::kReplyFlagDone, nbd::kReplyError, cookie, 6);
+  nbd::put32(&b, error);
+  nbd::put16(&b, 0);
+  return bool(nbd::send_all(fd, b.data(), b.size()));
+}
+
+// The ranges of [offset, offset + length), adjacent ones of the same kind
+// joined.
+Status merged_extents(PointImage& image, uint64_t offset, uint64_t length,
+                      std::vector<std::pair<uint64_t, bool>>* out) {  // (end, zero)
+  out->clear();
+  return image.extents(offset, length, [&](uint64_t, uint64_t e, bool zero) {
+    if (!out->empty() && out->back().second == zero) out->back().first = e;
+    else out->emplace_back(e, zero);
+  });
+}
+
+// READ with structured replies: holes as hole chunks (no bytes sent),
+// data as data chunks, then an empty chunk that ends the reply.
+bool structured_read(int fd, PointImage& image, uint64_t cookie, uint64_t offset,
+                     uint32_t length, std::vector<uint8_t>& buf, ExportServerStats* stats) {
+  std::vector<std::pair<uint64_t, bool>> ext;
+  if (Status s = merged_extents(image, offset, length, &ext); !s)
+    return send_error_chunk(fd, cookie, nbd_error_of(s));
+  std::vector<uint8_t> h;
+  uint64_t at = offset;
+  for (auto [end, zero] : ext) {
+    h.clear();
+    uint32_t n = uint32_t(end - at);
+    if (zero) {
+      chunk_header(&h, 0, nbd::kReplyOffsetHole, cookie, 12);
+      nbd::put64(&h, at);
+      nbd::put32(&h, n);
+      if (!nbd::send_all(fd, h.data(), h.size())) return false;
+    } else {
+      buf.resize(n);
+      if (Status s = image.read(at, n, buf.data()); !s)
+        return send_error_chunk(fd, cookie, nbd_error_of(s));
+      chunk_header(&h, 0, nbd::kReplyOffsetData, cookie, 8 + n);
+      nbd::put64(&h, at);
+      if (!nbd::send_all(fd, h.data(), h.size()) || !nbd::send_all(fd, buf.data(), n))
+        return false;
+    }
+    at = end;
+  }
+  stats->bytes_read += length;
+  uint64_t none = 0;
+  stats->first_read_ns.compare_exchange_strong(none, now_ns());
+  h.clear();
+  chunk_header(&h, nbd::kReplyFlagDone, nbd::kReplyNone, cookie, 0);
+  return bool(nbd::send_all(fd, h.data(), h.size()));
+}
+
+// BLOCK_STATUS for base:allocation: hole+zero or data, up to kMaxExtents
+// descriptors (one with REQ_ONE).
+bool block_status(int fd, PointImage& image, uint64_t cookie, uint16_t flags, uint64_t offset,
+                  uint32_t length) {
+  constexpr size_t kMaxExtents = 4096;
+  std::vector<std::pair<uint64_t, bool>> ext;
+  if (Status s = merged_extents(image, offset, length, &ext); !s)
+    return send_error_chunk(fd, cookie, nbd_error_of(s));
+  size_t n = std::min(ext.size(), (flags & nbd::kCmdFlagReqOne) ? size_t(1) : kMaxExtents);
+  std::vector<uint8_t> b;
+  chunk_header(&b, nbd::kReplyFlagDone, nbd::kReplyBlockStatus, cookie, uint32_t(4 + 8 * n));
+  nbd::put32(&b, 1);
+  uint64_t at = offset;
+  for (size_t i = 0; i < n; i++) {
+    nbd::put32(&b, uint32_t(ext[i].first - at));
+    nbd::put32(&b, ext[i].second ? nbd::kStateHole | nbd::kStateZero : 0);
+    at = ext[i].first;
+  }
+  return bool(nbd::send_all(fd, b.data(), b.size()));
+}
+
 void serve_connection(int fd, PointImage& image, const std::string& name,
                       ExportServerStats* stats) {
   nbd::ExportInfo e;
@@ -63,17 +149,37 @@ void serve_connection(int fd, PointImage& image, const std::string& name,
   e.transmission_flags = transmission_flags(image.writable());
   e.name = name;
   e.max_block = kMaxRead;
-  if (!nbd::server_handshake(fd, e, 10000)) return;
+  e.structured = true;
+  nbd::Negotiated chosen;
+  if (!nbd::server_handshake(fd, e, 10000, &chosen)) return;
   std::vector<uint8_t> buf;
   std::vector<uint8_t> reply;
   for (;;) {
     uint8_t h[nbd::kRequestHeaderSize];
     if (!recv_all(fd, h, sizeof h)) return;
     if (get32(h) != nbd::kRequestMagic) return;
-    uint16_t type = get16(h + 6);
+    uint16_t cmd_flags = get16(h + 4), type = get16(h + 6);
     uint64_t cookie = get64(h + 8), offset = get64(h + 16);
     uint32_t length = get32(h + 24);
-    if (length > kMaxRead) return;  // a client that ignored the block size
+    // A client that ignored the block size (BLOCK_STATUS may ask for more).
+    if (length > kMaxRead && type != nbd::kCmdBlockStatus) return;
+    if (chosen.structured && type == nbd::kCmdRead) {
+      if (offset > image.size() || length > image.size() - offset) {
+        if (!send_error_chunk(fd, cookie, nbd::kEinval)) return;
+      } else if (!structured_read(fd, image, cookie, offset, length, buf, stats)) {
+        return;
+      }
+      continue;
+    }
+    if (type == nbd::kCmdBlockStatus && chosen.base_allocation) {
+      uint64_t len = std::min<uint64_t>(length, image.size() > offset ? image.size() - offset : 0);
+      if (offset >= image.size() || length == 0) {
+        if (!send_error_chunk(fd, cookie, nbd::kEinval)) return;
+      } else if (!block_status(fd, image, cookie, cmd_flags, offset, uint32_t(len))) {
+        return;
+      }
+      continue;
+    }
     uint32_t error = 0;
     bool with_data = false;
     switch (type) {

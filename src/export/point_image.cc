@@ -107,8 +107,17 @@ Status PointImage::read_point(uint64_t offset, uint64_t length, uint8_t* out) {
         std::memset(dst, 0, n);
         break;
       case PointPiece::From::kBelow:
-        err = pread_full(below_.get(), dst, n, p.begin, "the store's base");
+        // Holes of the base are not read: zeroes are cheaper made here.
+      {
+        Status read_err;
+        Status seek_err = below_extents(p.begin, p.end, [&](uint64_t b, uint64_t e, bool zero) {
+          if (!read_err) return;
+          if (zero) std::memset(out + (b - offset), 0, e - b);
+          else read_err = pread_full(below_.get(), out + (b - offset), e - b, b, "the store's base");
+        });
+        err = !seek_err ? seek_err : read_err;
         break;
+      }
       case PointPiece::From::kJournal:
         err = fill(p.where.frame);
         if (err) err = pread_full(scratch_.get(), dst, n, p.begin, scratch_path_);
@@ -116,6 +125,54 @@ Status PointImage::read_point(uint64_t offset, uint64_t length, uint8_t* out) {
     }
   });
   return err;
+}
+
+Status PointImage::below_extents(uint64_t b, uint64_t e, const ExtentFn& fn) {
+  uint64_t at = b;
+  while (at < e) {
+    off_t data = ::lseek(below_.get(), off_t(at), SEEK_DATA);
+    if (data < 0 && errno != ENXIO)
+      return Status(ErrorKind::kFailure, fsutil::errno_message("seek in", "the store's base"));
+    uint64_t d = data < 0 ? e : std::min<uint64_t>(uint64_t(data), e);
+    if (d > at) fn(at, d, true);
+    if (d >= e) break;
+    off_t hole = ::lseek(below_.get(), data, SEEK_HOLE);
+    uint64_t h = hole < 0 ? e : std::min<uint64_t>(uint64_t(hole), e);
+    fn(d, h, false);
+    at = h;
+  }
+  return Status::ok();
+}
+
+Status PointImage::point_extents(uint64_t offset, uint64_t length, const ExtentFn& fn) {
+  Status err;
+  index_.pieces(offset, length, [&](const PointPiece& p) {
+    if (!err) return;
+    if (p.from == PointPiece::From::kBelow) err = below_extents(p.begin, p.end, fn);
+    else fn(p.begin, p.end, p.from == PointPiece::From::kZero);
+  });
+  return err;
+}
+
+Status PointImage::extents(uint64_t offset, uint64_t length, const ExtentFn& fn) {
+  if (offset > size() || length > size() - offset)
+    return Status(ErrorKind::kUsage, "past the end of the disk");
+  if (!writable_) return point_extents(offset, length, fn);
+  // What the client wrote is data; the rest is the point's.
+  std::vector<std::pair<uint64_t, uint64_t>> below;
+  {
+    std::lock_guard lock(overlay_mu_);
+    written_.uncovered(offset, offset + length,
+                       [&](uint64_t b, uint64_t e) { below.emplace_back(b, e); });
+  }
+  uint64_t at = offset;
+  for (auto [b, e] : below) {
+    if (b > at) fn(at, b, false);
+    if (auto s = point_extents(b, e - b, fn); !s) return s;
+    at = e;
+  }
+  if (at < offset + length) fn(at, offset + length, false);
+  return Status::ok();
 }
 
 Status PointImage::read(uint64_t offset, uint64_t length, uint8_t* out) {

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -43,6 +44,12 @@ class PointImage {
 
   // Thread-safe.
   Status read(uint64_t offset, uint64_t length, uint8_t* out);
+  // The pieces of [offset, offset + length) in order, each either data or
+  // zeroes that nothing stores (zeroed or discarded in the journal, holes
+  // of the base): what NBD's base:allocation and read holes tell clients,
+  // so that a copy skips them.
+  using ExtentFn = std::function<void(uint64_t begin, uint64_t end, bool zero)>;
+  Status extents(uint64_t offset, uint64_t length, const ExtentFn& fn);
   Status write(uint64_t offset, uint64_t length, const uint8_t* data);
   Status write_zeroes(uint64_t offset, uint64_t length);
 
@@ -53,6 +60,9 @@ class PointImage {
  private:
   PointImage(StoreView& view, PointIndex index) : view_(view), index_(std::move(index)) {}
   Status read_point(uint64_t offset, uint64_t length, uint8_t* out);
+  Status point_extents(uint64_t offset, uint64_t length, const ExtentFn& fn);
+  // The base's data and holes in [b, e) (SEEK_DATA/SEEK_HOLE).
+  Status below_extents(uint64_t b, uint64_t e, const ExtentFn& fn);
   Status fill(size_t frame);
 
   StoreView& view_;

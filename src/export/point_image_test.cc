@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <random>
 
 #include "store/journal_test_util.h"
@@ -34,7 +35,19 @@ void make_store(TestStore& t, std::mt19937_64& rng) {
   t.size = 300000 + rng() % 100000;
   t.base.assign(t.size, 0);
   for (auto& b : t.base) b = uint8_t(rng());
+  // Holes in the base, some of them: extents must report them as zeroes.
+  for (uint64_t c = 0; c + 65536 <= t.size; c += 65536)
+    if (rng() % 3 == 0) std::fill(t.base.begin() + long(c), t.base.begin() + long(c + 65536), 0);
   write_bytes(t.d.path + "/base.raw", t.base);
+  {
+    int fd = ::open((t.d.path + "/base.raw").c_str(), O_RDWR);
+    REQUIRE(fd >= 0);
+    for (uint64_t c = 0; c + 65536 <= t.size; c += 65536)
+      if (std::all_of(t.base.begin() + long(c), t.base.begin() + long(c + 65536),
+                      [](uint8_t x) { return x == 0; }))
+        REQUIRE(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(c), 65536) == 0);
+    ::close(fd);
+  }
   WriterOptions o;
   o.frame_raw_bytes = 20000;
   o.segment_max_bytes = 60000;
@@ -99,6 +112,20 @@ TEST_CASE("point image: lazy reads, then filled reads, equal the replay") {
     std::vector<uint8_t> all(t.size);
     REQUIRE((*img)->read(0, t.size, all.data()));
     CHECK(all == want);
+    // Extents tile the range in order, and every zero extent reads as zeroes.
+    for (int i = 0; i < 20; i++) {
+      uint64_t off = rng() % t.size, len = 1 + rng() % (t.size - off);
+      uint64_t at = off;
+      bool ok = true;
+      REQUIRE((*img)->extents(off, len, [&](uint64_t b, uint64_t e, bool zero) {
+        ok &= b == at && e > b;
+        at = e;
+        if (zero) ok &= std::all_of(want.begin() + long(b), want.begin() + long(e),
+                                    [](uint8_t x) { return x == 0; });
+      }));
+      CHECK(ok);
+      CHECK(at == off + len);
+    }
     std::vector<uint8_t> one(1);
     CHECK(!(*img)->read(t.size, 1, one.data()));
     CHECK(!(*img)->write(0, 1, one.data()));  // read-only
