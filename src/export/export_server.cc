@@ -142,8 +142,10 @@ bool block_status(int fd, PointImage& image, uint64_t cookie, uint16_t flags, ui
   return bool(nbd::send_all(fd, b.data(), b.size()));
 }
 
-void serve_connection(int fd, PointImage& image, const std::string& name,
-                      ExportServerStats* stats) {
+}  // namespace
+
+void serve_nbd_connection(int fd, PointImage& image, const std::string& name,
+                          ExportServerStats* stats) {
   nbd::ExportInfo e;
   e.size = image.size();
   e.transmission_flags = transmission_flags(image.writable());
@@ -228,6 +230,8 @@ void serve_connection(int fd, PointImage& image, const std::string& name,
     if (with_data && !nbd::send_all(fd, buf.data(), length)) return;
   }
 }
+
+namespace {
 
 Result<fsutil::Fd> listen_on(int family, const sockaddr* addr, socklen_t len,
                              const std::string& what) {
@@ -315,7 +319,7 @@ Status serve_export(int listen_fd, PointImage& image, const std::string& name,
     Conn& conn = conns.emplace_back();
     conn.fd = fsutil::Fd(c);
     conn.t = std::thread([&image, &name, stats, &conn] {
-      serve_connection(conn.fd.get(), image, name, stats);
+      serve_nbd_connection(conn.fd.get(), image, name, stats);
       conn.done = true;
     });
   }

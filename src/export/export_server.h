@@ -29,6 +29,11 @@ struct ExportServerStats {
   std::atomic<uint64_t> first_read_ns{0};  // wall clock of the first READ answered
 };
 
+// One client on `fd` (handshake, then requests) until it disconnects or
+// breaks the protocol; the fd stays the caller's.
+void serve_nbd_connection(int fd, PointImage& image, const std::string& name,
+                          ExportServerStats* stats);
+
 // Accepts on `listen_fd` until `stop`, then closes every connection and
 // waits for their threads.  `name` is the export's name ("" by default,
 // what clients ask for unless told otherwise).

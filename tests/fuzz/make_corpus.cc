@@ -342,6 +342,63 @@ void nbd_seeds() {
   seed("nbd", "export-name", old);
 }
 
+// kvmcdp export's server: structured replies and base:allocation first,
+// then every command, some out of range.
+void export_seeds() {
+  auto option = [](std::vector<uint8_t>* out, uint32_t opt, const std::vector<uint8_t>& data) {
+    be(out, nbd::kIHaveOpt, 8);
+    be(out, opt, 4);
+    be(out, data.size(), 4);
+    out->insert(out->end(), data.begin(), data.end());
+  };
+  std::vector<uint8_t> hs;
+  be(&hs, nbd::kFixedNewstyle | nbd::kNoZeroes, 4);
+  option(&hs, nbd::kOptStructuredReply, {});
+  std::vector<uint8_t> meta;
+  be(&meta, 0, 4);  // export name ""
+  be(&meta, 1, 4);  // one query
+  std::string q = nbd::kBaseAllocation;
+  be(&meta, q.size(), 4);
+  meta.insert(meta.end(), q.begin(), q.end());
+  option(&hs, nbd::kOptListMetaContext, meta);
+  option(&hs, nbd::kOptSetMetaContext, meta);
+  std::vector<uint8_t> go;
+  be(&go, 0, 4);
+  be(&go, 1, 2);
+  be(&go, nbd::kInfoBlockSize, 2);
+  option(&hs, nbd::kOptGo, go);
+  seed("export", "handshake", hs);
+  auto request = [](std::vector<uint8_t>* out, uint16_t type, uint16_t flags, uint64_t off,
+                    uint32_t len, bool data) {
+    be(out, nbd::kRequestMagic, 4);
+    be(out, flags, 2);
+    be(out, type, 2);
+    be(out, 0x2000 + out->size(), 8);
+    be(out, off, 8);
+    be(out, len, 4);
+    if (data) out->insert(out->end(), len, 0x3c);
+  };
+  std::vector<uint8_t> all = hs;
+  request(&all, nbd::kCmdRead, 0, 0, 65536, false);
+  request(&all, nbd::kCmdBlockStatus, 0, 0, 1u << 20, false);
+  request(&all, nbd::kCmdBlockStatus, nbd::kCmdFlagReqOne, 4096, 1u << 19, false);
+  request(&all, nbd::kCmdWrite, 0, 4096, 4096, true);
+  request(&all, nbd::kCmdWriteZeroes, 0, 1u << 19, 65536, false);
+  request(&all, nbd::kCmdTrim, 0, 8192, 4096, false);
+  request(&all, nbd::kCmdFlush, 0, 0, 0, false);
+  request(&all, nbd::kCmdRead, 0, 0, 1u << 20, false);
+  request(&all, nbd::kCmdRead, 0, (1u << 20) - 512, 4096, false);  // past the end
+  request(&all, nbd::kCmdDisc, 0, 0, 0, false);
+  seed("export", "requests", all);
+  std::vector<uint8_t> simple;
+  be(&simple, nbd::kFixedNewstyle, 4);
+  option(&simple, nbd::kOptExportName, {});
+  request(&simple, nbd::kCmdRead, 0, 512, 1024, false);
+  request(&simple, nbd::kCmdWrite, 0, 0, 1024, true);
+  request(&simple, nbd::kCmdBlockStatus, 0, 0, 4096, false);
+  seed("export", "simple-replies", simple);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr, "usage: make_fuzz_corpus OUTDIR\n");
@@ -356,5 +413,6 @@ int main(int argc, char** argv) {
   qmp_seeds();
   json_seeds();
   nbd_seeds();
+  export_seeds();
   return 0;
 }
