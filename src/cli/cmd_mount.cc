@@ -307,7 +307,10 @@ Status mount_and_wait(const MountOptions& o, StoreView& view, uint64_t seq,
   if (auto s = run_process({"mount", "-t", type, "-o", opts, m.loop, m.mountpoint}); !s) return s;
   m.mounted = true;
   // For umount: who keeps this mount up.
-  if (auto s = write_run_state(m.work + "/owner.json", {{"pid", ::getpid()}}); !s) return s;
+  if (auto s = write_run_state(m.work + "/owner.json",
+                              {{"pid", ::getpid()}, {"daemon", m.daemon}, {"loop", m.loop}});
+      !s)
+    return s;
 
   ready(fmt::format("kvmcdp: mounted seq {} ({}) of {} at {}: {}{}, options {}; "
                     "kvmcdp umount {} ends it",
@@ -406,6 +409,21 @@ std::optional<std::string> mount_source(const std::string& mp) {
   return std::nullopt;
 }
 
+std::string read_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+// Alive and not a zombie (an orphan's zombie may wait long for its reaper).
+bool running(int pid) {
+  if (!pid_alive(pid)) return false;
+  std::string stat = read_line(fmt::format("/proc/{}/stat", pid));
+  auto close = stat.rfind(')');
+  return close == std::string::npos || close + 2 >= stat.size() || stat[close + 2] != 'Z';
+}
+
 Status run_umount(const std::string& mountpoint) {
   std::string mp = fs::absolute(mountpoint).lexically_normal().string();
   auto source = mount_source(mp);
@@ -414,9 +432,7 @@ Status run_umount(const std::string& mountpoint) {
   std::string dev = fs::path(*source).filename();
   auto p = dev.find('p', 4);
   std::string loop = p == std::string::npos ? dev : dev.substr(0, p);
-  std::ifstream bf("/sys/block/" + loop + "/loop/backing_file");
-  std::string backing;
-  std::getline(bf, backing);
+  std::string backing = read_line("/sys/block/" + loop + "/loop/backing_file");
   std::string owner = fs::path(backing).parent_path().string() + "/owner.json";
   auto j = loop.rfind("loop", 0) == 0 && !backing.empty() ? read_run_state(owner, "")
                                                           : Result<nlohmann::json>(Status(
@@ -431,12 +447,26 @@ Status run_umount(const std::string& mountpoint) {
                                                "(fuser -vm {})",
                                                mp, mp)
                                  : fsutil::errno_message("umount", mp));
-  if (pid_alive(pid)) ::kill(pid, SIGTERM);
-  for (int i = 0; i < 200 && pid_alive(pid); i++)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  if (pid_alive(pid))
-    return Status(ErrorKind::kFailure,
-                  fmt::format("unmounted {}, but its kvmcdp mount process {} did not end", mp, pid));
+  if (running(pid)) {
+    ::kill(pid, SIGTERM);
+    for (int i = 0; i < 200 && running(pid); i++)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (running(pid))
+      return Status(ErrorKind::kFailure,
+                    fmt::format("unmounted {}, but its kvmcdp mount process {} did not end", mp,
+                                pid));
+  }
+  // Whatever is left (a killed mount process leaves all of it), checked
+  // to be still this mount's before it is touched.
+  if (read_line("/sys/block/" + loop + "/loop/backing_file") == backing)
+    (void)run_capture({"losetup", "-d", "/dev/" + loop});
+  int daemon = j->value("daemon", 0);
+  const std::string work = fs::path(backing).parent_path().string();
+  if (daemon > 0 && running(daemon) &&
+      read_line(fmt::format("/proc/{}/cmdline", daemon)).find(work) != std::string::npos)
+    ::kill(daemon, SIGTERM);
+  std::error_code ec;
+  fs::remove_all(work, ec);
   std::fprintf(stderr, "kvmcdp: unmounted %s\n", mp.c_str());
   return Status::ok();
 }

@@ -31,6 +31,7 @@ using nbd::get64;
 // Reads of up to this much are answered whole; what clients split at
 // (NBD_INFO_BLOCK_SIZE's maximum).
 constexpr uint32_t kMaxRead = 32u << 20;
+constexpr size_t kMaxConnections = 64;
 
 uint16_t transmission_flags(bool writable) {
   uint16_t f = nbd::kHasFlags | nbd::kSendFlush;
@@ -315,6 +316,12 @@ Status serve_export(int listen_fd, PointImage& image, const std::string& name,
     if (r <= 0) continue;
     int c = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
     if (c < 0) continue;
+    // A thread each: a client that opens connections without end is
+    // refused past kMaxConnections, not given a thread each.
+    if (conns.size() >= kMaxConnections) {
+      ::close(c);
+      continue;
+    }
     stats->connections++;
     Conn& conn = conns.emplace_back();
     conn.fd = fsutil::Fd(c);

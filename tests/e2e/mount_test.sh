@@ -133,6 +133,19 @@ wait "$fg" || fail "mount --foreground exited non-zero: $(cat "$tmp/m2.err")"
 [ "$(losetup -a | wc -l)" -eq "$loops_before" ] || fail "a loop device is left after Ctrl-C"
 [ -z "$(ls "$TMPDIR")" ] || fail "files are left after Ctrl-C"
 
+# The mount process killed (-9): umount still takes everything down.
+"$KVMCDP" mount --store "$tmp/store" --mark first "$tmp/mnt" 2>"$tmp/m3.err" ||
+  fail "mount again: $(cat "$tmp/m3.err")"
+mpid=$(python3 -c 'import json,glob,sys; print(json.load(open(glob.glob(sys.argv[1] + "/mount-*.json")[0]))["pid"])' "$tmp/store/pins")
+kill -KILL "$mpid"
+sleep 0.5
+"$KVMCDP" umount "$tmp/mnt" 2>"$tmp/u3.err" || fail "umount after kill -9: $(cat "$tmp/u3.err")"
+! mountpoint -q "$tmp/mnt" || fail "still mounted after kill -9 and umount"
+[ "$(losetup -a | wc -l)" -eq "$loops_before" ] || fail "a loop device is left after kill -9: $(losetup -a)"
+for _ in $(seq 40); do pgrep -f "qemu-storage-daemon.*$TMPDIR" >/dev/null || break; sleep 0.05; done
+! pgrep -f "qemu-storage-daemon.*$TMPDIR" >/dev/null || fail "qemu-storage-daemon is left after kill -9"
+[ -z "$(ls "$TMPDIR")" ] || fail "files are left after kill -9: $(ls "$TMPDIR")"
+
 # Refusals: one error line, the documented exit code.
 expect() {  # exit-code command args...
   local want=$1 rc=0
