@@ -35,6 +35,7 @@ packages=(
   systemd  # systemd-analyze verify (no running systemd needed)
   qemu-system-x86  # Debian's own QEMU: tests of a QEMU without the filter
   fdisk e2fsprogs util-linux mount  # kvmcdp mount tests: sfdisk, mkfs.ext4, debugfs, losetup
+  libnbd-bin  # kvmcdp export tests: nbdcopy and nbdfuse as clients
   clang libclang-rt-14-dev  # fuzz targets (tests/fuzz): libFuzzer, sanitizers
   # QEMU's build dependencies (minimal configuration below)
   meson libglib2.0-dev libpixman-1-dev libfdt-dev libslirp-dev flex bison

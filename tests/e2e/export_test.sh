@@ -5,7 +5,8 @@
 # the MD5 of the disk file at each mark is the truth.
 #   - three exports at once (two unix sockets, one TCP port): each
 #     `qemu-img convert` of an export has its mark's MD5;
-#   - a QEMU with `-blockdev driver=nbd` reads the first mark's data;
+#   - nbdcopy and nbdfuse (libnbd) read their marks' MD5 too, and a QEMU
+#     with `-blockdev driver=nbd` reads the first mark's data;
 #   - `status --store` lists the three; `prune` while they run keeps the
 #     journal and says why; after they end, the same prune merges;
 #   - a --writable export takes a write (qemu-io), shows it, and when it
@@ -15,13 +16,14 @@
 #   - bad input: no socket, an unknown mark, a socket path that is a
 #     regular file (left as it was): one error line, exits 2, 7, 2.
 #
-# Needs KVMCDP and /usr/bin/qemu-system-x86_64, qemu-img, qemu-io (Debian's).
+# Needs KVMCDP and /usr/bin/qemu-system-x86_64, qemu-img, qemu-io (Debian's),
+# nbdcopy and nbdfuse (libnbd-bin), /dev/fuse.
 set -euo pipefail
 : "${KVMCDP:?set KVMCDP to the kvmcdp binary}"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 qemu=/usr/bin/qemu-system-x86_64
-for t in "$qemu" /usr/bin/qemu-img /usr/bin/qemu-io; do
-  [ -x "$t" ] || fail "no $t: scripts/setup.sh installs Debian's qemu-system-x86 and qemu-utils"
+for t in "$qemu" /usr/bin/qemu-img /usr/bin/qemu-io /usr/bin/nbdcopy /usr/bin/nbdfuse; do
+  [ -x "$t" ] || fail "no $t: scripts/setup.sh installs Debian's qemu-system-x86, qemu-utils, libnbd-bin"
 done
 
 tmp=$(mktemp -d)
@@ -127,6 +129,21 @@ for off in (5 << 20, (5 << 20) + (256 << 10), 30 << 20):
     assert not at(off)["data"], (off, at(off))
 PY
 
+# libnbd's clients: nbdcopy of the third, nbdfuse of the first (a file
+# under a FUSE mount).
+nbdcopy "$(cat "$tmp/e3.uri")" "$tmp/e3.raw" || fail "nbdcopy of e3"
+[ "$(md5sum <"$tmp/e3.raw")" = "${md5[m3]}" ] || fail "nbdcopy of m3 differs from the disk at m3"
+rm -f "$tmp/e3.raw"
+mkdir "$tmp/fuse"
+nbdfuse "$tmp/fuse/disk" "$(cat "$tmp/e1.uri")" 2>"$tmp/nbdfuse.err" &
+nbdfuse=$!
+pids+=("$nbdfuse")
+for _ in $(seq 100); do [ -f "$tmp/fuse/disk" ] && break; sleep 0.05; done
+[ "$(md5sum <"$tmp/fuse/disk")" = "${md5[m1]}" ] || fail "nbdfuse of m1 differs: $(cat "$tmp/nbdfuse.err")"
+umount "$tmp/fuse"
+kill "$nbdfuse" 2>/dev/null || true
+wait "$nbdfuse" 2>/dev/null || true
+
 # QEMU's own NBD client on the first export.
 "$qemu" -machine pc -accel tcg -nodefaults -display none \
   -blockdev "driver=nbd,server.type=unix,server.path=$tmp/e1.sock,node-name=n1,read-only=on" \
@@ -194,4 +211,4 @@ expect 7 --mark nosuch --socket "$tmp/x.sock"
 echo keep >"$tmp/file"
 expect 2 --latest --socket "$tmp/file"
 [ "$(cat "$tmp/file")" = keep ] || fail "a regular file at --socket was touched"
-echo "export: three points at once exact (qemu-img, QEMU's NBD client), writable export thrown away, prune held off by the pins"
+echo "export: three points at once exact (qemu-img, nbdcopy, nbdfuse, QEMU's NBD client), writable export thrown away, prune held off by the pins"
