@@ -20,6 +20,7 @@
 #include "cli/cli.h"
 #include "export/export_server.h"
 #include "export/point_image.h"
+#include "export/scratch_dir.h"
 #include "store/point.h"
 #include "store/store_pins.h"
 #include "store/time_parse.h"
@@ -41,23 +42,6 @@ std::string export_uri(const ExportOptions& o) {
     return fmt::format("nbd+unix:///{}?socket={}", o.name,
                        std::filesystem::absolute(o.socket).lexically_normal().string());
   return fmt::format("nbd://{}/{}", o.listen, o.name);
-}
-
-// Scratch files of one export (point_image.h), removed at the end.
-struct WorkDir {
-  std::string path;
-  ~WorkDir() {
-    std::error_code ec;
-    if (!path.empty()) std::filesystem::remove_all(path, ec);
-  }
-};
-
-Result<std::string> make_work_dir() {
-  const char* tmp = getenv("TMPDIR");
-  std::string tmpl = fmt::format("{}/kvmcdp-export-XXXXXX", tmp && *tmp ? tmp : "/var/tmp");
-  if (!::mkdtemp(tmpl.data()))
-    return Status(ErrorKind::kFailure, fsutil::errno_message("create", tmpl));
-  return tmpl;
 }
 
 Status run_export(const ExportOptions& o) {
@@ -98,10 +82,9 @@ Status run_export(const ExportOptions& o) {
   else if (::access(view->store_dir.c_str(), W_OK) == 0) return pin_file.status();
 
   // 4. The index of the point: locations only, no data read.
-  auto dir = make_work_dir();
-  if (!dir) return dir.status();
-  WorkDir work{*dir};
-  auto image = PointImage::open(*view, *seq, work.path, o.writable);
+  auto work = ScratchDir::create("export");
+  if (!work) return work.status();
+  auto image = PointImage::open(*view, *seq, work->path(), o.writable);
   if (!image) return image.status();
 
   // 5. Served.

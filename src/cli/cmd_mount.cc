@@ -31,6 +31,7 @@
 #include "cli/cli.h"
 #include "export/export_server.h"
 #include "export/point_image.h"
+#include "export/scratch_dir.h"
 #include "qemu/subprocess.h"
 #include "store/point.h"
 #include "store/run_state_file.h"
@@ -112,6 +113,7 @@ std::string mount_options(const std::string& fstype) {
 
 // One mount's pieces, taken down in reverse order by the destructor.
 struct Mounted {
+  std::optional<ScratchDir> scratch;  // first: removed last
   std::string mountpoint;
   std::string work;
   std::string loop;
@@ -129,8 +131,6 @@ struct Mounted {
     }
     stop = true;
     if (server.joinable()) server.join();
-    std::error_code ec;
-    if (!work.empty()) fs::remove_all(work, ec);
   }
 };
 
@@ -245,14 +245,6 @@ Result<FsArea> pick_area(const std::string& file, int partition) {
                             found.size(), list));
 }
 
-Result<std::string> make_work_dir() {
-  const char* tmp = getenv("TMPDIR");
-  std::string tmpl = fmt::format("{}/kvmcdp-mount-XXXXXX", tmp && *tmp ? tmp : "/var/tmp");
-  if (!::mkdtemp(tmpl.data()))
-    return Status(ErrorKind::kFailure, fsutil::errno_message("create", tmpl));
-  return tmpl;
-}
-
 // Everything up to the mounted file system; `ready` gets the line to
 // print.  Stays up until SIGINT/SIGTERM.
 Status mount_and_wait(const MountOptions& o, StoreView& view, uint64_t seq,
@@ -264,9 +256,10 @@ Status mount_and_wait(const MountOptions& o, StoreView& view, uint64_t seq,
   ExportServerStats stats;
   Mounted m;
   m.mountpoint = fs::absolute(o.mountpoint).lexically_normal().string();
-  auto dir = make_work_dir();
+  auto dir = ScratchDir::create("mount");
   if (!dir) return dir.status();
-  m.work = *dir;
+  m.scratch.emplace(std::move(*dir));
+  m.work = m.scratch->path();
   auto time_ns = record_time(*view.reader, seq);
   if (!time_ns) return time_ns.status();
   Pin pin{"mount", ::getpid(), process_start_ticks(::getpid()), seq, *time_ns, m.mountpoint,

@@ -29,6 +29,7 @@
 #include "cli/cli.h"
 #include "export/export_server.h"
 #include "export/point_image.h"
+#include "export/scratch_dir.h"
 #include "qemu/qmp_client.h"
 #include "qemu/snapshot_qemu.h"
 #include "qemu/subprocess.h"
@@ -52,6 +53,7 @@ struct RecoverOptions {
   std::string qmp;
   bool resume = false;
   int vm_timeout_s = 600;
+  uint64_t copy_speed_mib = 0;  // 0: as fast as it goes
 };
 
 // How long the VM's reads wait for a lost export (kvmcdp killed) before
@@ -77,22 +79,6 @@ std::string backing_json(const std::string& socket) {
               {"reconnect-delay", kReconnectDelayS}}}};
   return "json:" + j.dump();
 }
-
-Result<std::string> make_work_dir() {
-  const char* tmp = getenv("TMPDIR");
-  std::string tmpl = fmt::format("{}/kvmcdp-recover-XXXXXX", tmp && *tmp ? tmp : "/var/tmp");
-  if (!::mkdtemp(tmpl.data()))
-    return Status(ErrorKind::kFailure, fsutil::errno_message("create", tmpl));
-  return tmpl;
-}
-
-struct WorkDir {
-  std::string path;
-  ~WorkDir() {
-    std::error_code ec;
-    if (!path.empty()) fs::remove_all(path, ec);
-  }
-};
 
 // Whether IMAGE, as the VM has it open, still reads through to a backing.
 Result<bool> still_backed(QmpClient& qmp, const std::string& node) {
@@ -143,12 +129,18 @@ Status copy_in_vm(const RecoverOptions& o, const std::string& image,
   const std::string job = "kvmcdp-recover";
   // A job of a recover that was killed may still run (its reads waited
   // for the export to come back): wait for it rather than start another.
+  const uint64_t speed = o.copy_speed_mib << 20;
   if (!job_running(*qmp, job)) {
     auto backed = still_backed(*qmp, node);
     if (!backed) return backed.status();
     if (!*backed) return Status::ok();
-    QmpReply r = qmp->execute("block-stream", {{"job-id", job}, {"device", node}});
+    json args = {{"job-id", job}, {"device", node}};
+    if (speed) args["speed"] = speed;
+    QmpReply r = qmp->execute("block-stream", args);
     if (!r.ok()) return Status(ErrorKind::kQemu, "block-stream: " + r.message);
+  } else {
+    QmpReply r = qmp->execute("block-job-set-speed", {{"device", job}, {"speed", speed}});
+    if (!r.ok()) return Status(ErrorKind::kQemu, "block-job-set-speed: " + r.message);
   }
   while (!stop) {
     auto end = wait_block_job(*qmp, job, "block-stream", Millis(500));
@@ -184,6 +176,11 @@ Status run_recover(RecoverOptions o) {
                                 image));
   }
 
+  if (o.copy_speed_mib && o.qmp.empty())
+    return Status(ErrorKind::kUsage,
+                  "--copy-speed limits the copy inside the VM: it needs --qmp (without a VM the "
+                  "image is copied here, by qemu-img, at full speed)");
+
   // 2. The point.
   auto view = open_store_view(o.store);
   if (!view) return view.status();
@@ -201,10 +198,9 @@ Status run_recover(RecoverOptions o) {
   else if (::access(view->store_dir.c_str(), W_OK) == 0) return pin_file.status();
 
   // 3. The export, on the socket the image's header names.
-  auto dir = make_work_dir();
-  if (!dir) return dir.status();
-  WorkDir work{*dir};
-  auto img = PointImage::open(*view, *seq, work.path, false);
+  auto work = ScratchDir::create("recover");
+  if (!work) return work.status();
+  auto img = PointImage::open(*view, *seq, work->path(), false);
   if (!img) return img.status();
   const std::string sock = o.resume ? state.value("socket", "") : socket_for(image);
   fs::create_directories(fs::path(sock).parent_path());
@@ -302,6 +298,10 @@ CommandRunner setup_recover_command(CLI::App* app) {
       ->excludes(seq)
       ->excludes(mark)
       ->excludes(latest);
+  app->add_option("--copy-speed", o->copy_speed_mib,
+                  "MiB/s at most for the copy into the image (default: no limit), so that "
+                  "it leaves the storage to the VMs")
+      ->check(CLI::Range(uint64_t(0), uint64_t(1) << 30));
   app->add_option("--vm-timeout", o->vm_timeout_s,
                   "seconds to wait for the VM to open the image")
       ->capture_default_str();

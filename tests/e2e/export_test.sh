@@ -198,6 +198,17 @@ done
 pr=$("$KVMCDP" prune --store "$tmp/store" --keep-last 1) || fail "prune after the exports failed"
 grep -q "merged the journal through seq" <<<"$pr" || fail "prune after the exports did not merge: $pr"
 
+# A killed export leaves its scratch folder; the next export removes it.
+start_export k --latest --socket "$tmp/k.sock"
+kill -KILL "$pid_k"
+wait "$pid_k" 2>/dev/null || true
+[ "$(ls "$TMPDIR" | grep -c '^kvmcdp-export-')" -eq 1 ] || fail "no scratch folder after kill -9"
+start_export k2 --latest --socket "$tmp/k.sock"
+[ "$(ls "$TMPDIR" | grep -c '^kvmcdp-export-')" -eq 1 ] || fail "the killed export's folder is left: $(ls "$TMPDIR")"
+kill -TERM "$pid_k2"
+wait "$pid_k2" || fail "export k2 exited non-zero"
+[ -z "$(ls "$TMPDIR")" ] || fail "scratch files left behind: $(ls "$TMPDIR")"
+
 # Refusals.
 expect() {  # exit-code args...
   local want=$1 rc=0

@@ -129,8 +129,9 @@ rc=0
 "$KVMCDP" recover --store "$tmp/store" --mark m1 --to "$tmp/r1.qcow2" 2>"$tmp/err" || rc=$?
 [ "$rc" -eq 8 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] || kit_fail "recover onto an existing image: exit $rc: $(cat "$tmp/err")"
 
-# 2. Killed while the guest reads, then resumed.
-start_recover "$tmp/r2.log" --store "$tmp/store" --mark m1 --to "$tmp/r2.qcow2"
+# 2. Killed while the guest reads, then resumed.  The copy is held to
+# 8 MiB/s so that the kill lands in it (40 MiB to copy).
+start_recover "$tmp/r2.log" --store "$tmp/store" --mark m1 --to "$tmp/r2.qcow2" --copy-speed 8
 kit_run_guest --script "$tmp/script.img" --data "$tmp/r2.qcow2" --data-format qcow2
 for _ in $(seq 200); do grep -q 'copying the point' "$tmp/r2.log" && break; sleep 0.05; done
 kill -KILL "$rec_pid"
@@ -141,7 +142,7 @@ kit_qemu_img info -U "$tmp/r2.qcow2" | grep -q '^backing file: json:' ||
   kit_fail "the copy was complete before the kill: nothing tested"
 sleep 1
 kill -0 "$KIT_QEMU_PID" || { kit_dump_console; kit_fail "the VM died with recover"; }
-start_recover "$tmp/r2b.log" --resume --to "$tmp/r2.qcow2"
+start_recover "$tmp/r2b.log" --resume --to "$tmp/r2.qcow2"  # and no limit from here
 wait "$rec_pid" || { cat "$tmp/r2b.log" >&2; kit_fail "recover --resume exited non-zero"; }
 rec_pid=
 kit_wait_poweroff 180 || { kit_dump_console; kit_fail "the guest did not power off after the resume"; }
