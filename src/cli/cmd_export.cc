@@ -18,6 +18,7 @@
 #include "base/stop_signals.h"
 #include "base/wall_clock.h"
 #include "cli/cli.h"
+#include "cli/point_options.h"
 #include "export/export_server.h"
 #include "export/point_image.h"
 #include "export/scratch_dir.h"
@@ -132,16 +133,7 @@ Status run_export(const ExportOptions& o) {
 CommandRunner setup_export_command(CLI::App* app) {
   auto o = std::make_shared<ExportOptions>();
   app->add_option("--store", o->store, "the store to export from")->required();
-  auto* at = app->add_option("--at", o->point.at,
-                             "a time: 20:52:10, 2026-11-25 20:52 (local), ISO 8601 with "
-                             "zone, 10 minutes ago, -1h30m, @EPOCH");
-  auto* seq = app->add_option("--seq", o->point.seq,
-                              "a record's sequence number (see kvmcdp points)");
-  auto* mark = app->add_option("--mark", o->point.mark, "a mark's name");
-  auto* latest = app->add_flag("--latest", o->point.latest, "the newest recoverable point");
-  at->excludes(seq, mark, latest);
-  seq->excludes(mark, latest);
-  mark->excludes(latest);
+  add_point_options(app, &o->point);
   auto* sock = app->add_option("--socket", o->socket,
                                "serve on this unix socket (a stale one is replaced)");
   app->add_option("--listen", o->listen, "serve on TCP HOST:PORT (NBD's port is 10809)")
@@ -152,8 +144,7 @@ CommandRunner setup_export_command(CLI::App* app) {
                 "export ends");
   return [o]() {
     take_stop_signals_synchronously();
-    if (!o->point.at && !o->point.seq && !o->point.mark && !o->point.latest)
-      return Status(ErrorKind::kUsage, "export needs one of --at, --seq, --mark, --latest");
+    if (auto s = require_point(o->point, "export"); !s) return s;
     return run_export(*o);
   };
 }

@@ -29,6 +29,7 @@
 #include "base/stop_signals.h"
 #include "base/wall_clock.h"
 #include "cli/cli.h"
+#include "cli/point_options.h"
 #include "export/export_server.h"
 #include "export/point_image.h"
 #include "export/scratch_dir.h"
@@ -469,16 +470,7 @@ Status run_umount(const std::string& mountpoint) {
 CommandRunner setup_mount_command(CLI::App* app) {
   auto o = std::make_shared<MountOptions>();
   app->add_option("--store", o->store, "the store to mount a point of")->required();
-  auto* at = app->add_option("--at", o->point.at,
-                             "a time: 20:52:10, 2026-11-25 20:52 (local), ISO 8601 with "
-                             "zone, 10 minutes ago, -1h30m, @EPOCH");
-  auto* seq = app->add_option("--seq", o->point.seq,
-                              "a record's sequence number (see kvmcdp points)");
-  auto* mark = app->add_option("--mark", o->point.mark, "a mark's name");
-  auto* latest = app->add_flag("--latest", o->point.latest, "the newest recoverable point");
-  at->excludes(seq, mark, latest);
-  seq->excludes(mark, latest);
-  mark->excludes(latest);
+  add_point_options(app, &o->point);
   app->add_option("mountpoint", o->mountpoint, "an existing directory")->required();
   app->add_option("--partition", o->partition,
                   "the partition to mount (default: the whole disk if it holds a file system, "
@@ -487,8 +479,7 @@ CommandRunner setup_mount_command(CLI::App* app) {
   app->add_flag("--foreground", o->foreground, "stay in the foreground; Ctrl-C unmounts");
   return [o]() {
     take_stop_signals_synchronously();
-    if (!o->point.at && !o->point.seq && !o->point.mark && !o->point.latest)
-      return Status(ErrorKind::kUsage, "mount needs one of --at, --seq, --mark, --latest");
+    if (auto s = require_point(o->point, "mount"); !s) return s;
     return run_mount(*o);
   };
 }

@@ -27,6 +27,7 @@
 #include "base/stop_signals.h"
 #include "base/wall_clock.h"
 #include "cli/cli.h"
+#include "cli/point_options.h"
 #include "export/export_server.h"
 #include "export/point_image.h"
 #include "export/scratch_dir.h"
@@ -166,8 +167,7 @@ Status run_recover(RecoverOptions o) {
     o.point.seq = state.value("seq", uint64_t(0));
   } else {
     if (o.store.empty()) return Status(ErrorKind::kUsage, "recover needs --store (or --resume)");
-    if (!o.point.at && !o.point.seq && !o.point.mark && !o.point.latest)
-      return Status(ErrorKind::kUsage, "recover needs one of --at, --seq, --mark, --latest");
+    if (auto s = require_point(o.point, "recover"); !s) return s;
     if (auto s = check_output_outside_store(image, o.store); !s) return s;
     struct stat st;
     if (::lstat(image.c_str(), &st) == 0)
@@ -276,16 +276,7 @@ Status run_recover(RecoverOptions o) {
 CommandRunner setup_recover_command(CLI::App* app) {
   auto o = std::make_shared<RecoverOptions>();
   app->add_option("--store", o->store, "the store to recover from");
-  auto* at = app->add_option("--at", o->point.at,
-                             "a time: 20:52:10, 2026-11-25 20:52 (local), ISO 8601 with "
-                             "zone, 10 minutes ago, -1h30m, @EPOCH");
-  auto* seq = app->add_option("--seq", o->point.seq,
-                              "a record's sequence number (see kvmcdp points)");
-  auto* mark = app->add_option("--mark", o->point.mark, "a mark's name");
-  auto* latest = app->add_flag("--latest", o->point.latest, "the newest recoverable point");
-  at->excludes(seq, mark, latest);
-  seq->excludes(mark, latest);
-  mark->excludes(latest);
+  auto point = add_point_options(app, &o->point);
   app->add_option("--to", o->to, "the new qcow2 image the VM runs on")->required();
   app->add_option("--qmp", o->qmp,
                               "the QMP socket of the VM started on the image: the copy runs "
@@ -294,10 +285,10 @@ CommandRunner setup_recover_command(CLI::App* app) {
                 "serve the point again for an image whose recover was killed, and finish its "
                 "copy")
       ->excludes("--store")
-      ->excludes(at)
-      ->excludes(seq)
-      ->excludes(mark)
-      ->excludes(latest);
+      ->excludes(point.at)
+      ->excludes(point.seq)
+      ->excludes(point.mark)
+      ->excludes(point.latest);
   app->add_option("--copy-speed", o->copy_speed_mib,
                   "MiB/s at most for the copy into the image (default: no limit), so that "
                   "it leaves the storage to the VMs")

@@ -11,6 +11,7 @@
 
 #include "store/base_checksums.h"
 #include "cli/cli.h"
+#include "cli/point_options.h"
 #include "base/fsutil.h"
 #include "restore/output_target.h"
 #include "store/point.h"
@@ -141,16 +142,7 @@ Status run_restore(const RestoreOptions& o) {
 CommandRunner setup_restore_command(CLI::App* app) {
   auto o = std::make_shared<RestoreOptions>();
   app->add_option("--store", o->store, "the store to restore from")->required();
-  auto* at = app->add_option("--at", o->point.at,
-                             "a time: 20:52:10, 2026-11-25 20:52 (local), ISO 8601 with "
-                             "zone, 10 minutes ago, -1h30m, @EPOCH");
-  auto* seq = app->add_option("--seq", o->point.seq,
-                              "a record's sequence number (see kvmcdp points)");
-  auto* mark = app->add_option("--mark", o->point.mark, "a mark's name");
-  auto* latest = app->add_flag("--latest", o->point.latest, "the newest recoverable point");
-  at->excludes(seq, mark, latest);
-  seq->excludes(mark, latest);
-  mark->excludes(latest);
+  add_point_options(app, &o->point);
   app->add_option("-o,--output", o->output,
                   "where the image goes: a new file; an existing file or a block device "
                   "only with --force; - for standard output (raw)")
@@ -171,8 +163,7 @@ CommandRunner setup_restore_command(CLI::App* app) {
       ->excludes("--overlay");
   app->add_flag("--quiet", o->quiet, "no progress or summary on stderr");
   return [o]() {
-    if (!o->point.at && !o->point.seq && !o->point.mark && !o->point.latest)
-      return Status(ErrorKind::kUsage, "restore needs one of --at, --seq, --mark, --latest");
+    if (auto s = require_point(o->point, "restore"); !s) return s;
     return run_restore(*o);
   };
 }
