@@ -56,15 +56,11 @@ Status run_export(const ExportOptions& o) {
                   fmt::format("{} exists and is not a socket: not replaced", o.socket));
 
   // 2. The point, refused unless recoverable.
-  auto view = open_store_view(o.store);
-  if (!view) return view.status();
-  std::string at_meaning;
-  auto seq = resolve_point(*view, o.point, now_ns(), &at_meaning);
-  if (!seq) return seq.status();
-  if (auto s = journal::check_recoverable(view->ranges, *seq); !s) return s;
-  if (!at_meaning.empty()) std::fprintf(stderr, "kvmcdp: %s\n", at_meaning.c_str());
-  auto point_ns = record_time(*view->reader, *seq);
-  if (!point_ns) return point_ns.status();
+  auto point = open_point(o.store, o.point);
+  if (!point) return point.status();
+  StoreView* view = &point->view;
+  const uint64_t* seq = &point->seq;
+  const uint64_t* point_ns = &point->time_ns;
 
   // 3. Pinned while the view's readers lock is held, so a prune that
   //    starts after this sees the pin and leaves the journal alone

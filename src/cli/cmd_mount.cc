@@ -321,13 +321,10 @@ Status run_mount(const MountOptions& o) {
   // 1. Everything that can be refused, before anything is started.
   if (auto s = check_mountpoint(o.mountpoint); !s) return s;
   if (auto s = check_host(); !s) return s;
-  auto view = open_store_view(o.store);
-  if (!view) return view.status();
-  std::string at_meaning;
-  auto seq = resolve_point(*view, o.point, now_ns(), &at_meaning);
-  if (!seq) return seq.status();
-  if (auto s = journal::check_recoverable(view->ranges, *seq); !s) return s;
-  if (!at_meaning.empty()) std::fprintf(stderr, "kvmcdp: %s\n", at_meaning.c_str());
+  auto point = open_point(o.store, o.point);
+  if (!point) return point.status();
+  StoreView* view = &point->view;
+  const uint64_t* seq = &point->seq;
 
   if (o.foreground)
     return mount_and_wait(o, *view, *seq, [](const std::string& line) {

@@ -182,15 +182,11 @@ Status run_recover(RecoverOptions o) {
                   "image is copied here, by qemu-img, at full speed)");
 
   // 2. The point.
-  auto view = open_store_view(o.store);
-  if (!view) return view.status();
-  std::string at_meaning;
-  auto seq = resolve_point(*view, o.point, now_ns(), &at_meaning);
-  if (!seq) return seq.status();
-  if (auto s = journal::check_recoverable(view->ranges, *seq); !s) return s;
-  if (!at_meaning.empty()) std::fprintf(stderr, "kvmcdp: %s\n", at_meaning.c_str());
-  auto time_ns = record_time(*view->reader, *seq);
-  if (!time_ns) return time_ns.status();
+  auto point = open_point(o.store, o.point);
+  if (!point) return point.status();
+  StoreView* view = &point->view;
+  const uint64_t* seq = &point->seq;
+  const uint64_t* time_ns = &point->time_ns;
   Pin pin{"recover", ::getpid(), process_start_ticks(::getpid()), *seq, *time_ns, image, now_ns()};
   auto pin_file = PinFile::create(view->store_dir, pin);
   std::optional<PinFile> held;

@@ -1,5 +1,9 @@
 #include "cli/point_options.h"
 
+#include <cstdio>
+
+#include "base/wall_clock.h"
+
 namespace kvmcdp {
 
 PointOptions add_point_options(CLI::App* app, PointSpec* point) {
@@ -14,6 +18,19 @@ PointOptions add_point_options(CLI::App* app, PointSpec* point) {
   o.seq->excludes(o.mark, o.latest);
   o.mark->excludes(o.latest);
   return o;
+}
+
+Result<OpenPoint> open_point(const std::string& store, const PointSpec& point) {
+  auto view = open_store_view(store);
+  if (!view) return view.status();
+  std::string at_meaning;
+  auto seq = resolve_point(*view, point, now_ns(), &at_meaning);
+  if (!seq) return seq.status();
+  if (auto s = journal::check_recoverable(view->ranges, *seq); !s) return s;
+  if (!at_meaning.empty()) std::fprintf(stderr, "kvmcdp: %s\n", at_meaning.c_str());
+  auto time_ns = record_time(*view->reader, *seq);
+  if (!time_ns) return time_ns.status();
+  return OpenPoint{std::move(*view), *seq, *time_ns};
 }
 
 Status require_point(const PointSpec& point, const std::string& command) {

@@ -9,6 +9,7 @@
 
 #include "base/status.h"
 #include "store/point.h"
+#include "store/store_view.h"
 
 namespace kvmcdp {
 
@@ -20,6 +21,15 @@ struct PointOptions {
   CLI::Option* latest;
 };
 PointOptions add_point_options(CLI::App* app, PointSpec* point);
+
+// The store opened and the point resolved, refused unless recoverable;
+// with --at, the line saying which instant it means goes to stderr.
+struct OpenPoint {
+  StoreView view;
+  uint64_t seq = 0;
+  uint64_t time_ns = 0;  // of the point's record
+};
+Result<OpenPoint> open_point(const std::string& store, const PointSpec& point);
 
 // kUsage "<command> needs one of --at, --seq, --mark, --latest" if none.
 Status require_point(const PointSpec& point, const std::string& command);

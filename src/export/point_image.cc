@@ -154,32 +154,8 @@ Status PointImage::point_extents(uint64_t offset, uint64_t length, const ExtentF
   return err;
 }
 
-Status PointImage::extents(uint64_t offset, uint64_t length, const ExtentFn& fn) {
-  if (offset > size() || length > size() - offset)
-    return Status(ErrorKind::kUsage, "past the end of the disk");
-  if (!writable_) return point_extents(offset, length, fn);
-  // What the client wrote is data; the rest is the point's.
-  std::vector<std::pair<uint64_t, uint64_t>> below;
-  {
-    std::lock_guard lock(overlay_mu_);
-    written_.uncovered(offset, offset + length,
-                       [&](uint64_t b, uint64_t e) { below.emplace_back(b, e); });
-  }
-  uint64_t at = offset;
-  for (auto [b, e] : below) {
-    if (b > at) fn(at, b, false);
-    if (auto s = point_extents(b, e - b, fn); !s) return s;
-    at = e;
-  }
-  if (at < offset + length) fn(at, offset + length, false);
-  return Status::ok();
-}
-
-Status PointImage::read(uint64_t offset, uint64_t length, uint8_t* out) {
-  if (offset > size() || length > size() - offset)
-    return Status(ErrorKind::kUsage, "read past the end of the disk");
-  if (!writable_) return read_point(offset, length, out);
-  // The client's writes first; what they do not cover, from the point.
+Status PointImage::split_written(uint64_t offset, uint64_t length, const RangeFn& written,
+                                 const RangeFn& point) {
   std::vector<std::pair<uint64_t, uint64_t>> below;
   {
     std::lock_guard lock(overlay_mu_);
@@ -189,15 +165,39 @@ Status PointImage::read(uint64_t offset, uint64_t length, uint8_t* out) {
   uint64_t at = offset;
   for (auto [b, e] : below) {
     if (b > at)
-      if (auto s = pread_full(overlay_.get(), out + (at - offset), b - at, at, overlay_path_); !s)
-        return s;
-    if (auto s = read_point(b, e - b, out + (b - offset)); !s) return s;
+      if (auto s = written(at, b); !s) return s;
+    if (auto s = point(b, e); !s) return s;
     at = e;
   }
-  if (at < offset + length)
-    return pread_full(overlay_.get(), out + (at - offset), offset + length - at, at,
-                      overlay_path_);
+  if (at < offset + length) return written(at, offset + length);
   return Status::ok();
+}
+
+Status PointImage::extents(uint64_t offset, uint64_t length, const ExtentFn& fn) {
+  if (offset > size() || length > size() - offset)
+    return Status(ErrorKind::kUsage, "past the end of the disk");
+  if (!writable_) return point_extents(offset, length, fn);
+  // What the client wrote is data; the rest is the point's.
+  return split_written(
+      offset, length,
+      [&](uint64_t b, uint64_t e) {
+        fn(b, e, false);
+        return Status::ok();
+      },
+      [&](uint64_t b, uint64_t e) { return point_extents(b, e - b, fn); });
+}
+
+Status PointImage::read(uint64_t offset, uint64_t length, uint8_t* out) {
+  if (offset > size() || length > size() - offset)
+    return Status(ErrorKind::kUsage, "read past the end of the disk");
+  if (!writable_) return read_point(offset, length, out);
+  // The client's writes first; what they do not cover, from the point.
+  return split_written(
+      offset, length,
+      [&](uint64_t b, uint64_t e) {
+        return pread_full(overlay_.get(), out + (b - offset), e - b, b, overlay_path_);
+      },
+      [&](uint64_t b, uint64_t e) { return read_point(b, e - b, out + (b - offset)); });
 }
 
 Status PointImage::write(uint64_t offset, uint64_t length, const uint8_t* data) {

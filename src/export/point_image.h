@@ -60,6 +60,11 @@ class PointImage {
  private:
   PointImage(StoreView& view, PointIndex index) : view_(view), index_(std::move(index)) {}
   Status read_point(uint64_t offset, uint64_t length, uint8_t* out);
+  // [offset, offset + length) cut into what the client wrote and what it
+  // did not, in order.
+  using RangeFn = std::function<Status(uint64_t begin, uint64_t end)>;
+  Status split_written(uint64_t offset, uint64_t length, const RangeFn& written,
+                       const RangeFn& point);
   Status point_extents(uint64_t offset, uint64_t length, const ExtentFn& fn);
   // The base's data and holes in [b, e) (SEEK_DATA/SEEK_HOLE).
   Status below_extents(uint64_t b, uint64_t e, const ExtentFn& fn);
