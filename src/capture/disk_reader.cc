@@ -54,6 +54,27 @@ Result<std::unique_ptr<DiskReader>> DiskReader::connect(const std::string& socke
   return r;
 }
 
+Result<std::unique_ptr<DiskReader>> DiskReader::spawn(const std::vector<std::string>& argv,
+                                                      const std::string& context) {
+  nbd_handle* h = nbd_create();
+  if (!h) return Status(ErrorKind::kFailure, fmt::format("libnbd: {}", nbd_get_error()));
+  std::unique_ptr<DiskReader> r(new DiskReader(h));
+  r->context_ = context;
+  std::vector<std::string> args = argv;
+  std::vector<char*> cargs;
+  for (auto& a : args) cargs.push_back(a.data());
+  cargs.push_back(nullptr);
+  if (nbd_add_meta_context(h, context.c_str()) == -1 ||
+      nbd_connect_systemd_socket_activation(h, cargs.data()) == -1)
+    return Status(ErrorKind::kQemu, fmt::format("{}: {}", argv[0], nbd_get_error()));
+  if (nbd_can_meta_context(h, context.c_str()) != 1)
+    return Status(ErrorKind::kQemu, fmt::format("{} does not offer the context {}", argv[0], context));
+  int64_t size = nbd_get_size(h);
+  if (size < 0) return Status(ErrorKind::kQemu, fmt::format("NBD export size: {}", nbd_get_error()));
+  r->size_ = static_cast<uint64_t>(size);
+  return r;
+}
+
 DiskReader::~DiskReader() {
   // A timed-out command may still be in flight: close without waiting.
   if (!broken_) nbd_shutdown(h_, 0);

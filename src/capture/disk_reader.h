@@ -33,6 +33,10 @@ class DiskReader {
   static Result<std::unique_ptr<DiskReader>> connect(const std::string& socket,
                                                      const std::string& export_name,
                                                      const std::string& context);
+  // The same on an image served by a server it starts itself (`argv`,
+  // qemu-nbd, socket-activated on a private socket): an export's built node.
+  static Result<std::unique_ptr<DiskReader>> spawn(const std::vector<std::string>& argv,
+                                                   const std::string& context);
   ~DiskReader();
   DiskReader(const DiskReader&) = delete;
   DiskReader& operator=(const DiskReader&) = delete;

@@ -97,13 +97,13 @@ Status run_export(const ExportOptions& o) {
   const DeltaStats& ix = (*image)->index().stats();
   std::fprintf(stderr,
                "kvmcdp: exporting seq %llu (%s) of %s, %s, at %s: %zu journal extents "
-               "(%llu bytes) over the base, indexed in %.0f ms; Ctrl-C ends it\n",
+               "(%llu bytes) over %s, indexed in %.0f ms; Ctrl-C ends it\n",
                static_cast<unsigned long long>(*seq), format_time_human(*point_ns).c_str(),
                o.store.c_str(),
                o.writable ? "writable (writes are thrown away at the end)" : "read-only",
                pin.where.c_str(), (*image)->index().extent_count(),
                static_cast<unsigned long long>(ix.data_bytes + ix.zero_bytes),
-               (now_ns() - t0) / 1e6);
+               (*image)->below_name().c_str(), (now_ns() - t0) / 1e6);
   std::printf("%s\n", pin.where.c_str());
   std::fflush(stdout);
 

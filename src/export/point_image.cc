@@ -9,8 +9,19 @@
 
 #include <fmt/format.h>
 
+#include "qemu/subprocess.h"
+#include "restore/node_overlay.h"
+#include "tree/tree_model.h"
+
 namespace kvmcdp {
 namespace {
+
+namespace fs = std::filesystem;
+
+// qemu-nbd on a local file answers at once; a minute means it is stuck.
+DiskReader::Deadline node_deadline() {
+  return std::chrono::steady_clock::now() + std::chrono::minutes(1);
+}
 
 // A read past the end of a sparse file reads zeroes.
 Status pread_full(int fd, uint8_t* p, uint64_t n, uint64_t off, const std::string& what) {
@@ -34,14 +45,36 @@ Result<std::unique_ptr<PointImage>> PointImage::open(StoreView& view, uint64_t s
                                                      const std::string& work_dir,
                                                      bool writable) {
   const Manifest& m = view.manifest;
-  auto index = PointIndex::build(*view.reader, m.folded_seq, seq, m.disk_size);
+  // The nearest built node, if the store has a tree without an unfinished
+  // change; else the base.
+  std::optional<Tree> tree;
+  const TreeNode* node = nullptr;
+  if (auto t = load_tree(built_tree_dir(view.store_dir)); t && !t->intent) {
+    tree.emplace(std::move(*t));
+    node = nearest_node(*tree, view, seq);
+    // The tree's root is the base again, as a qcow2: the base file itself
+    // reads faster (no qemu-nbd) and knows its holes.
+    if (node && node->parent.empty()) node = nullptr;
+  }
+  auto index = PointIndex::build(*view.reader, node ? *node->point : m.folded_seq, seq,
+                                 m.disk_size);
   if (!index) return index.status();
   std::unique_ptr<PointImage> img(new PointImage(view, std::move(*index)));
   img->writable_ = writable;
-  std::string base = view.store_dir + "/" + m.base_image;
-  img->below_ = fsutil::Fd(::open(base.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!img->below_.valid())
-    return Status(ErrorKind::kFailure, fsutil::errno_message("open", base));
+  if (node) {
+    std::string path = fs::absolute(tree->path_of(*node)).lexically_normal();
+    auto reader = DiskReader::spawn(
+        {qemu_nbd_binary(), "--read-only", "--format", node->format, "--cache", "none", path},
+        "base:allocation");
+    if (!reader) return reader.status();
+    img->node_ = std::move(*reader);
+    img->below_name_ = fmt::format("restore point {} (seq {})", node->name, *node->point);
+  } else {
+    std::string base = view.store_dir + "/" + m.base_image;
+    img->below_ = fsutil::Fd(::open(base.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!img->below_.valid())
+      return Status(ErrorKind::kFailure, fsutil::errno_message("open", base));
+  }
   img->scratch_path_ = work_dir + "/fill.raw";
   auto scratch = scratch_file(img->scratch_path_, m.disk_size);
   if (!scratch) return scratch.status();
@@ -107,6 +140,10 @@ Status PointImage::read_point(uint64_t offset, uint64_t length, uint8_t* out) {
         std::memset(dst, 0, n);
         break;
       case PointPiece::From::kBelow:
+        if (node_) {
+          err = read_node(p.begin, n, dst);
+          break;
+        }
         // Holes of the base are not read: zeroes are cheaper made here.
       {
         Status read_err;
@@ -127,7 +164,19 @@ Status PointImage::read_point(uint64_t offset, uint64_t length, uint8_t* out) {
   return err;
 }
 
+Status PointImage::read_node(uint64_t offset, uint64_t length, uint8_t* out) {
+  std::lock_guard lock(node_mu_);
+  return node_->read(out, length, offset, node_deadline());
+}
+
 Status PointImage::below_extents(uint64_t b, uint64_t e, const ExtentFn& fn) {
+  if (node_) {
+    std::lock_guard lock(node_mu_);
+    auto ext = node_->extents(b, e - b, node_deadline());
+    if (!ext) return ext.status();
+    for (const DiskExtent& x : *ext) fn(x.offset, x.offset + x.length, x.set);
+    return Status::ok();
+  }
   uint64_t at = b;
   while (at < e) {
     off_t data = ::lseek(below_.get(), off_t(at), SEEK_DATA);

@@ -1,5 +1,8 @@
-// One point of a store as a readable disk image, for kvmcdp export: the
-// store's base below, the point's index (point_index.h) above it.  Journal
+// One point of a store as a readable disk image, for kvmcdp export: below,
+// the nearest built node at or before the point (kvmcdp build; read
+// through qemu-nbd, whose lock on the node's chain keeps prune and
+// snapshot delete off it) or else the store's base; above, the point's
+// index (point_index.h) of the journal after that.  Journal
 // data is read lazily: a frame is decompressed when a read first needs it,
 // and its extents go into a sparse scratch file beside the export (the
 // point's "fill"), from which later reads come; a background thread fills
@@ -22,6 +25,7 @@
 
 #include "base/fsutil.h"
 #include "base/status.h"
+#include "capture/disk_reader.h"
 #include "export/point_index.h"
 #include "journal/extent_map.h"
 #include "store/store_view.h"
@@ -39,6 +43,8 @@ class PointImage {
   PointImage& operator=(const PointImage&) = delete;
 
   uint64_t size() const { return index_.disk_size(); }
+  // "the base", or "restore point NAME (seq N)".
+  const std::string& below_name() const { return below_name_; }
   bool writable() const { return writable_; }
   const PointIndex& index() const { return index_; }
 
@@ -66,6 +72,7 @@ class PointImage {
   Status split_written(uint64_t offset, uint64_t length, const RangeFn& written,
                        const RangeFn& point);
   Status point_extents(uint64_t offset, uint64_t length, const ExtentFn& fn);
+  Status read_node(uint64_t offset, uint64_t length, uint8_t* out);
   // The base's data and holes in [b, e) (SEEK_DATA/SEEK_HOLE).
   Status below_extents(uint64_t b, uint64_t e, const ExtentFn& fn);
   Status fill(size_t frame);
@@ -73,7 +80,10 @@ class PointImage {
   StoreView& view_;
   PointIndex index_;
   bool writable_ = false;
-  fsutil::Fd below_;    // the store's base
+  fsutil::Fd below_;    // the store's base, or
+  std::unique_ptr<DiskReader> node_;  // the built node's chain (one request at a time)
+  std::mutex node_mu_;
+  std::string below_name_ = "the base";
   fsutil::Fd scratch_;  // filled journal extents, at their disk offsets
   fsutil::Fd overlay_;  // writable: the client's writes
   std::string scratch_path_, overlay_path_;

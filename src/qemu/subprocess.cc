@@ -18,6 +18,13 @@ std::string qemu_img_binary() {
   return env && *env ? env : "qemu-img";
 }
 
+std::string qemu_nbd_binary() {
+  std::string img = qemu_img_binary();
+  auto slash = img.rfind('/');
+  if (slash == std::string::npos) return "qemu-nbd";
+  return img.substr(0, slash + 1) + "qemu-nbd";
+}
+
 namespace {
 
 // In the child after fork(): become argv, or report why not and exit 127.

@@ -10,6 +10,8 @@ namespace kvmcdp {
 
 // The qemu-img to use: $KVMCDP_QEMU_IMG, else the one on PATH.
 std::string qemu_img_binary();
+// The qemu-nbd beside that qemu-img (or on PATH).
+std::string qemu_nbd_binary();
 
 // Runs argv and returns what it printed on stdout; on a non-zero exit,
 // kFailure with the last line it wrote to stderr.

@@ -15,17 +15,6 @@
 #include "restore/writeback_kicker.h"
 
 namespace kvmcdp {
-namespace {
-
-std::string qemu_nbd_binary() {
-  std::string img = qemu_img_binary();
-  auto slash = img.rfind('/');
-  if (slash == std::string::npos) return "qemu-nbd";
-  return img.substr(0, slash + 1) + "qemu-nbd";
-}
-
-}  // namespace
-
 Result<DeltaStats> write_delta_into(StoreView& view, uint64_t from_seq, uint64_t to_seq,
                                     const std::string& path) {
   // qemu-nbd serves the overlay to us over a socketpair (socket

@@ -106,6 +106,11 @@ start_export e1 --mark m1 --socket "$tmp/e1.sock"
 start_export e2 --mark m2 --listen "127.0.0.1:$port"
 start_export e3 --mark m3 --socket "$tmp/e3.sock" --name third
 [ "$(cat "$tmp/e2.uri")" = "nbd://127.0.0.1:$port/" ] || fail "e2's URI: $(cat "$tmp/e2.uri")"
+# m3 is the built restore point: its export stands on it (through
+# qemu-nbd); m1 and m2 come before it and stand on the base.
+grep -q "journal extents (0 bytes) over restore point .* (seq $seq_m3)" "$tmp/e3.err" ||
+  fail "e3 does not stand on the restore point: $(cat "$tmp/e3.err")"
+grep -q "over the base" "$tmp/e1.err" || fail "e1: $(cat "$tmp/e1.err")"
 [ "$(cat "$tmp/e3.uri")" = "nbd+unix:///third?socket=$tmp/e3.sock" ] || fail "e3's URI: $(cat "$tmp/e3.uri")"
 
 for n in e1 e2 e3; do
@@ -171,6 +176,7 @@ st=$("$KVMCDP" status --store "$tmp/store")
   python3 -c 'import json,sys; j=json.load(sys.stdin); assert len(j["in_use"])==3, j["in_use"]'
 pr=$("$KVMCDP" prune --store "$tmp/store" --keep-last 1) || fail "prune during the exports failed"
 grep -q "journal: not merged into a new base: export pid $pid_e1 " <<<"$pr" || fail "prune: $pr"
+grep -q "^keep .* seq $seq_m3 .*in use" <<<"$pr" || fail "prune did not keep the exported restore point: $pr"
 diff <(echo "$before") <(store_sum) >&2 || fail "prune during the exports changed the store"
 
 # A writable export: the client's write shows, then vanishes.
