@@ -16,6 +16,7 @@
 #include "restore/output_target.h"
 #include "store/point.h"
 #include "cli/progress_throttle.h"
+#include "restore/image_restore.h"
 #include "restore/restore_delta.h"
 #include "restore/restore_engine.h"
 #include "qemu/subprocess.h"
@@ -62,8 +63,9 @@ Status run_restore(const RestoreOptions& o) {
   const uint64_t disk_size = view->manifest.disk_size;
   if (auto s = check_output_fits(*target, disk_size); !s) return s;
 
-  // 3. Rebuild it as a sparse raw image (qcow2: raw first, then QEMU's own
-  //    qemu-img writes the qcow2, so no hand-written qcow2 ever exists).
+  // 3. Rebuild it: a whole image (image_restore.h), or with --overlay
+  //    none at all: a qcow2 overlay on the nearest built node with only
+  //    the journal after it.
   bool tty = !o.quiet && isatty(2);
   RestoreProgressFn progress;
   auto throttle = std::make_shared<ProgressThrottle>();
@@ -73,48 +75,21 @@ Status run_restore(const RestoreOptions& o) {
       std::fprintf(stderr, "\rkvmcdp: restoring (%s) %3.0f%%", p.phase,
                    p.total ? 100.0 * p.done / p.total : 100.0);
     };
-  //    Raw goes straight to its place (temp file renamed over the target,
-  //    the device itself, or a temp streamed to stdout); qcow2 first to a
-  //    raw scratch file beside the output.  With --overlay, no full image
-  //    at all: a qcow2 overlay on the nearest built node with only the
-  //    journal after it.
-  std::optional<ImageOutput> raw_out;
-  std::optional<TempBeside> final_file;
-  if (o.format == "qcow2" || o.overlay) {
+  auto write = [&]() -> Result<NearestRestore> {
+    if (!o.overlay)
+      return restore_image(*view, *seq, *target, o.format, progress,
+                           o.from_node ? NodeUse::kAlways : NodeUse::kIfCheaper);
     auto f = TempBeside::create(target->path, target->kind == OutputKind::kExistingFile);
     if (!f) return f.status();
-    final_file.emplace(std::move(*f));
-  }
-  if (!o.overlay) {
-    auto out = o.format == "raw"
-                   ? ImageOutput::open(*target, disk_size, view->store_dir)
-                   : ImageOutput::scratch(fsutil::dirname_of(target->path), disk_size);
-    if (!out) return out.status();
-    raw_out.emplace(std::move(*out));
-  }
-  //    From the nearest built node at or before the seq when the store has
-  //    one (kvmcdp build) and it is cheaper, else from the base
-  //    (restore_delta.h).
-  auto nearest = o.overlay ? restore_overlay(*view, *seq, final_file->path())
-                           : restore_nearest(*view, *seq, *raw_out, progress,
-                                             o.from_node ? NodeUse::kAlways : NodeUse::kIfCheaper);
-  Result<RestoreStats> stats = nearest ? Result<RestoreStats>(nearest->stats)
-                                       : Result<RestoreStats>(nearest.status());
+    auto r = restore_overlay(*view, *seq, f->path());
+    if (!r) return restore_failure(r.status(), *seq);
+    if (auto s = f->commit(); !s) return s;
+    return r;
+  };
+  auto nearest = write();
   if (tty) std::fprintf(stderr, "\n");
-  // Damage in the base is no later point's problem: it stays damage.
-  if (!stats && stats.status().kind() == ErrorKind::kDamaged && !is_base_damage(stats.status()))
-    return Status(ErrorKind::kNotRecoverable,
-                  fmt::format("seq {} lies past damage in the journal ({}); "
-                              "`kvmcdp journal verify` shows the last good record",
-                              *seq, stats.status().message()));
-  if (!stats) return stats.status();
-  if (o.format == "qcow2" && !o.overlay) {
-    if (auto s = run_process({qemu_img_binary(), "convert", "-q", "-f", "raw", "-O", "qcow2",
-                              raw_out->path(), final_file->path()});
-        !s)
-      return s;
-  }
-  if (auto s = final_file ? final_file->commit() : raw_out->commit(); !s) return s;
+  if (!nearest) return nearest.status();
+  const RestoreStats* stats = &nearest->stats;
   if (!o.quiet) {
     std::string from = nearest->from_node.empty()
                            ? std::string("the base")
