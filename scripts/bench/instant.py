@@ -9,8 +9,10 @@ full `kvmcdp restore --latest` to raw of the same store in the same run.
   2 MiB requests, 16 in flight; bytes per second.
 - recover usable: `kvmcdp recover --qmp` started -> the first 4 KiB read
   through the new image answered (qemu-io opening it, sharing the lock).
-- recover copy: a QEMU (-machine none, -S) opens the image; from recover's
-  "copying" line to its end (block-stream complete); bytes per second."""
+- recover copy: a QEMU (-machine none, -S) opens the overlay; from
+  recover's start to its end (the point restored into the image, the
+  VM's node mirrored into it and the VM moved onto it); bytes per
+  second."""
 import argparse
 import json
 import os
@@ -106,7 +108,8 @@ subprocess.run([os.path.join(a.qemu_bin, "qemu-img"), "bench", "-f", "raw", "-c"
 res["export_read_seconds"] = time.monotonic() - t0
 stop(p)
 
-image = os.path.join(a.work, "r.qcow2")
+image = os.path.join(a.work, "r.raw")
+overlay = image + ".kvmcdp-recover.qcow2"
 vm_sock = os.path.join(a.work, "vm.sock")
 t0 = time.monotonic()
 rec = subprocess.Popen([a.kvmcdp, "recover", "--store", a.store, "--latest", "--to", image,
@@ -115,24 +118,21 @@ rec = subprocess.Popen([a.kvmcdp, "recover", "--store", a.store, "--latest", "--
 line = rec.stderr.readline()
 assert "is ready" in line, line
 subprocess.run([os.path.join(a.qemu_bin, "qemu-io"), "-r", "-U", "-f", "qcow2", "-c", "read 0 4k",
-                image], check=True, stdout=subprocess.DEVNULL)
+                overlay], check=True, stdout=subprocess.DEVNULL)
 res["recover_usable_seconds"] = time.monotonic() - t0
 vm = subprocess.Popen([os.path.join(a.qemu_bin, "qemu-system-x86_64"), "-machine", "none", "-S",
                        "-nodefaults", "-display", "none",
-                       "-blockdev", f"driver=file,filename={image},node-name=f",
+                       "-blockdev", f"driver=file,filename={overlay},node-name=f",
                        "-blockdev", "driver=qcow2,file=f,node-name=d",
                        "-qmp", f"unix:{vm_sock},server=on,wait=off"],
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-line = rec.stderr.readline()
-assert "copying" in line, line
-t1 = time.monotonic()
 rest = rec.stderr.read()
 rc = rec.wait()
-res["recover_copy_seconds"] = time.monotonic() - t1
+res["recover_copy_seconds"] = time.monotonic() - t0
 vm.terminate()
 vm.wait()
-if rc != 0:
-    sys.exit(f"recover failed: {rest}")
+if rc != 0 or "the VM runs on it now" not in rest:
+    sys.exit(f"recover failed (exit {rc}): {rest}")
 os.unlink(image)
 json.dump(res, open(a.out, "w"), indent=1)
 print(json.dumps(res))

@@ -361,12 +361,15 @@ Status run_recover(RecoverOptions o) {
     o.point = PointSpec{};
     o.point.seq = state.value("seq", uint64_t(0));
     if (!exists(p.overlay)) {
-      // Killed after the overlay went: all that is left is the state.
-      if (!exists(p.image))
+      // Killed after the overlay went, or before it was made (then no VM
+      // can have written): all that is left is the state.
+      ::unlink(p.state.c_str());
+      if (!exists(p.image)) {
+        remove_killed_restore_temps(p.image);
         return Status(ErrorKind::kNotFound,
                       fmt::format("neither {} nor {} exists: nothing to resume", p.image,
                                   p.overlay));
-      ::unlink(p.state.c_str());
+      }
       std::fprintf(stderr, "kvmcdp: recovered: %s was complete already\n", p.image.c_str());
       return Status::ok();
     }
@@ -394,58 +397,19 @@ Status run_recover(RecoverOptions o) {
   std::optional<PinFile> held;
   if (pin_file) held.emplace(std::move(*pin_file));
   else if (::access(view->store_dir.c_str(), W_OK) == 0) return pin_file.status();
-
-  // 3. The export, on the socket the overlay's header names.  No
-  //    background fill: the restore into IMAGE is coming anyway; the VM's
-  //    reads until the pivot decompress what they need.
-  auto work = ScratchDir::create("recover");
-  if (!work) return work.status();
-  auto img = PointImage::open(*view, seq, work->path(), false);
-  if (!img) return img.status();
   const std::string sock = o.resume ? state.value("socket", "") : socket_for(p.image);
-  fs::create_directories(fs::path(sock).parent_path());
-  auto lfd = listen_unix(sock);
-  if (!lfd) return lfd.status();
-  struct Unlink {
-    std::string path;
-    ~Unlink() { ::unlink(path.c_str()); }
-  } unlink_socket{sock};
-  std::atomic<bool> stop{false};
-  ExportServerStats stats;
-  std::thread server([&] { (void)serve_export(lfd->get(), **img, "", stop, &stats); });
-  struct Join {
-    std::atomic<bool>& stop;
-    std::thread& t;
-    ~Join() {
-      stop = true;
-      t.join();
-    }
-  } join{stop, server};
-
-  // 4. The overlay, and what --resume needs, before anyone is told.
   if (!o.resume) {
     state = {{"store", fs::absolute(view->store_dir).lexically_normal().string()},
              {"seq", seq},
              {"format", o.format},
              {"socket", sock}};
     if (auto s = write_run_state(p.state, state); !s) return s;
-    if (auto s = create_overlay(p.overlay, backing_json(sock), "raw", view->manifest.disk_size,
-                                kSnapshotOverlay);
-        !s) {
-      ::unlink(p.state.c_str());
-      return s;
-    }
   }
-  std::fprintf(stderr,
-               "kvmcdp: %s %s (seq %llu, %s) in %.0f ms: start the VM on it (qcow2); it moves "
-               "onto %s (%s) once that holds the point\n",
-               p.overlay.c_str(), o.resume ? "serves again" : "is ready",
-               static_cast<unsigned long long>(seq), format_time_human(point->time_ns).c_str(),
-               (now_ns() - t0) / 1e6, p.image.c_str(), o.format.c_str());
-  std::printf("%s\n", p.overlay.c_str());
-  std::fflush(stdout);
 
-  // 5. The point into IMAGE, beside the VM, unless a killed run did it.
+  // 3. The point into IMAGE, unless a killed run did it: started first,
+  //    so that it runs while the export indexes the journal and the VM
+  //    starts (it is the longest step).
+  std::atomic<bool> stop{false};  // ends the export and this thread
   std::atomic<bool> signalled{false}, abort_restore{false};
   std::thread signals([&] {
     sigset_t sigs = stop_signals();
@@ -471,6 +435,54 @@ Status run_recover(RecoverOptions o) {
     std::atomic<bool>& flag;
     ~Abort() { flag = true; }  // whatever ends this run ends the restore first
   } abort_on_exit{abort_restore};
+
+  // 4. The export, on the socket the overlay's header names.  No
+  //    background fill: the restore into IMAGE is coming anyway; the VM's
+  //    reads until the pivot decompress what they need.
+  auto work = ScratchDir::create("recover");
+  if (!work) return work.status();
+  auto img = PointImage::open(*view, seq, work->path(), false);
+  if (!img) return img.status();
+  fs::create_directories(fs::path(sock).parent_path());
+  auto lfd = listen_unix(sock);
+  if (!lfd) return lfd.status();
+  struct Unlink {
+    std::string path;
+    ~Unlink() { ::unlink(path.c_str()); }
+  } unlink_socket{sock};
+  ExportServerStats stats;
+  std::thread server([&] { (void)serve_export(lfd->get(), **img, "", stop, &stats); });
+  struct Join {
+    std::atomic<bool>& stop;
+    std::thread& t;
+    ~Join() {
+      stop = true;
+      t.join();
+    }
+  } join{stop, server};
+
+  // 5. The overlay, and what --resume needs, before anyone is told.
+  if (!o.resume) {
+    if (auto s = create_overlay(p.overlay, backing_json(sock), "raw", view->manifest.disk_size,
+                                kSnapshotOverlay);
+        !s) {
+      abort_restore = true;
+      if (restorer) {
+        (void)restorer->wait();
+        ::unlink(p.image.c_str());
+      }
+      ::unlink(p.state.c_str());
+      return s;
+    }
+  }
+  std::fprintf(stderr,
+               "kvmcdp: %s %s (seq %llu, %s) in %.0f ms: start the VM on it (qcow2); it moves "
+               "onto %s (%s) once that holds the point\n",
+               p.overlay.c_str(), o.resume ? "serves again" : "is ready",
+               static_cast<unsigned long long>(seq), format_time_human(point->time_ns).c_str(),
+               (now_ns() - t0) / 1e6, p.image.c_str(), o.format.c_str());
+  std::printf("%s\n", p.overlay.c_str());
+  std::fflush(stdout);
 
   // 6. The VM's writes into IMAGE, and the VM onto it.
   uint64_t copied = 0;
