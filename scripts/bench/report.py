@@ -244,10 +244,11 @@ for mib, x in inst:
         "qemu-img bench, 2 MiB reads, 16 in flight, the whole disk; reference = full "
         "restore --latest to raw of the same store in the same run")
     fig(f"recover: time until the disk is usable, {gib}", x["recover_usable_seconds"], None, None,
-        "<= 2 s", "s", "kvmcdp recover started -> first 4 KiB read through the new image answered")
+        "<= 2 s", "s", "kvmcdp recover started -> first 4 KiB read through its overlay answered")
     cr = x["disk_size"] / x["recover_copy_seconds"]
     fig(f"recover: background copy, {gib}", cr / MiB, rs / MiB, cr / rs, ">= 0.8", "MiB/s",
-        "block-stream inside a QEMU on the image, from recover's 'copying' line to its end; "
+        "recover started -> its end: the point restored into the image beside a QEMU on the "
+        "overlay, that QEMU's writes mirrored into it and the QEMU moved onto it; "
         "reference = the same full restore")
 if len(inst) == 2:
     (m1, a1), (m2, a2) = inst
