@@ -45,9 +45,13 @@
 #include "base/wall_clock.h"
 #include "cli/cli.h"
 #include "cli/point_options.h"
+#include "cli/qemu_options.h"
 #include "export/export_server.h"
 #include "export/point_image.h"
 #include "export/scratch_dir.h"
+#include "qemu/libvirt_domain.h"
+#include "qemu/libvirt_monitor.h"
+#include "qemu/qemu_target.h"
 #include "qemu/qmp_client.h"
 #include "qemu/snapshot_qemu.h"
 #include "qemu/subprocess.h"
@@ -72,6 +76,7 @@ struct RecoverOptions {
   std::string to;
   std::string format = "raw";
   std::string qmp;
+  std::string domain, uri, drive;  // --domain, --connect, --drive
   bool resume = false;
   int vm_timeout_s = 600;
   uint64_t copy_speed_mib = 0;  // 0: as fast as it goes
@@ -130,6 +135,18 @@ void remove_killed_restore_temps(const std::string& image) {
         n.compare(0, prefix.size(), prefix) == 0 && n.ends_with(".kvmcdp-partial"))
       fs::remove(e.path(), ec);
   }
+}
+
+// Who must open the files: a libvirt domain's QEMU may run as another
+// user (libvirt-qemu, a session daemon's user); it gets the owner of the
+// file its disk read before.  Nobody else: --qmp's QEMU is the caller's.
+struct Owner {
+  uid_t uid;
+  gid_t gid;
+};
+void give(const std::optional<Owner>& owner, const std::string& path) {
+  if (owner && ::chown(path.c_str(), owner->uid, owner->gid) != 0)
+    std::fprintf(stderr, "kvmcdp: warning: chown %s: %s\n", path.c_str(), std::strerror(errno));
 }
 
 struct Interrupted {};
@@ -216,13 +233,15 @@ Result<JobState> job_state(QmpClient& qmp) {
 // switch once it has caught up.  `copied`: the bytes the mirror moved.
 Status mirror_and_pivot(QmpClient& qmp, const std::string& overlay_node, const RecoverPaths& p,
                         const std::string& format, uint64_t speed,
-                        const std::atomic<bool>& stop, uint64_t* copied) {
+                        const std::optional<Owner>& owner, const std::atomic<bool>& stop,
+                        uint64_t* copied) {
   auto job = job_state(qmp);
   if (!job) return job.status();
   if (!job->present) {
     auto nodes = qemu_format_nodes(qmp);
     if (!nodes) return nodes.status();
     if (!find_node_by_name(*nodes, kTargetNode)) {
+      give(owner, p.image);
       // Opened the way the VM opened the overlay (O_DIRECT or not).
       auto cache = file_cache_options(qmp, overlay_node);
       if (!cache) return cache.status();
@@ -286,8 +305,11 @@ enum class MovedBy { kAlready, kMirror, kCommit };
 // into it: by the mirror in a VM that has the overlay open, else by
 // qemu-img.  With --qmp, waits for that VM until --vm-timeout.
 Result<MovedBy> move_writes(const RecoverOptions& o, const RecoverPaths& p,
-                            const std::string& format, ImageRestorer* restorer,
-                            const std::atomic<bool>& stop, uint64_t* copied) {
+                            const std::string& format, const std::optional<Owner>& owner,
+                            ImageRestorer* restorer, const std::atomic<bool>& stop,
+                            uint64_t* copied) {
+  const QemuTarget target{o.qmp, o.domain, o.uri};
+  const bool has_vm = !o.qmp.empty() || !o.domain.empty();
   const auto deadline = Clock::now() + std::chrono::seconds(o.vm_timeout_s);
   std::unique_ptr<QmpClient> qmp;
   bool vm_seen = false;
@@ -299,9 +321,9 @@ Result<MovedBy> move_writes(const RecoverOptions& o, const RecoverPaths& p,
       restorer = nullptr;
     }
     std::optional<VmView> vm;
-    if (!o.qmp.empty()) {
+    if (has_vm) {
       if (!qmp) {
-        auto c = QmpClient::connect(o.qmp, Millis(2000));
+        auto c = QmpClient::connect(target, Millis(2000));
         if (c) qmp = std::move(*c);
       }
       if (qmp) {
@@ -321,7 +343,8 @@ Result<MovedBy> move_writes(const RecoverOptions& o, const RecoverPaths& p,
       }
       if (!restorer) {
         const std::string node = vm->overlay->node_name;
-        auto s = mirror_and_pivot(*qmp, node, p, format, o.copy_speed_mib << 20, stop, copied);
+        auto s = mirror_and_pivot(*qmp, node, p, format, o.copy_speed_mib << 20, owner, stop,
+                                  copied);
         if (s) {
           // A node the VM's command line added stays open without its
           // device: close it, or its NBD client waits on a gone export.
@@ -330,17 +353,17 @@ Result<MovedBy> move_writes(const RecoverOptions& o, const RecoverPaths& p,
         }
         // A VM that went away meanwhile leaves its writes to qemu-img.
         qmp.reset();
-        if (auto c = QmpClient::connect(o.qmp, Millis(2000)); c)
+        if (auto c = QmpClient::connect(target, Millis(2000)); c)
           if (auto v = look(**c, p); v && v->overlay) return s;
         continue;
       }
-    } else if (!restorer && (o.qmp.empty() || vm_seen || Clock::now() > deadline)) {
+    } else if (!restorer && (!has_vm || vm_seen || Clock::now() > deadline)) {
       // No VM (any more): nothing writes the overlay but us.  Unless a
       // VM restarting on it holds its lock: then wait for it, up to the
       // timeout.
       auto s = merge_offline(p, format);
       if (s) return MovedBy::kCommit;
-      if (s.kind() != ErrorKind::kBusy || o.qmp.empty() || Clock::now() > deadline) return s;
+      if (s.kind() != ErrorKind::kBusy || !has_vm || Clock::now() > deadline) return s;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
@@ -358,6 +381,10 @@ Status run_recover(RecoverOptions o) {
     state = *s;
     o.store = state.value("store", "");
     o.format = state.value("format", "raw");
+    if (o.qmp.empty() && o.domain.empty()) {  // the VM it was started for
+      o.domain = state.value("domain", "");
+      o.uri = state.value("connect", "");
+    }
     o.point = PointSpec{};
     o.point.seq = state.value("seq", uint64_t(0));
     if (!exists(p.overlay)) {
@@ -385,6 +412,21 @@ Status run_recover(RecoverOptions o) {
                                   "began)",
                                   f));
   }
+  std::string old_source, old_format;  // --domain: the file its disk read before
+  std::optional<Owner> owner;
+  if (!o.domain.empty() && !o.resume) {
+    if (o.drive.empty())
+      return Status(ErrorKind::kUsage,
+                    "recover --domain needs --drive DEV: the disk's target in the domain (vda)");
+    auto src = libvirt_stopped_disk_source(o.uri, o.domain, o.drive);
+    if (!src) return src.status();
+    old_source = src->file;
+    old_format = src->format;
+    struct stat st;
+    if (::stat(old_source.c_str(), &st) == 0) owner = Owner{st.st_uid, st.st_gid};
+  } else if (o.resume && state.contains("uid")) {
+    owner = Owner{state.value("uid", uid_t(0)), state.value("gid", gid_t(0))};
+  }
 
   // 2. The point, pinned against prune while anything reads it.
   auto point = open_point(o.store, o.point);
@@ -403,6 +445,15 @@ Status run_recover(RecoverOptions o) {
              {"seq", seq},
              {"format", o.format},
              {"socket", sock}};
+    if (!o.domain.empty()) {
+      state["domain"] = o.domain;
+      state["connect"] = o.uri;
+      state["old_source"] = old_source;
+    }
+    if (owner) {
+      state["uid"] = owner->uid;
+      state["gid"] = owner->gid;
+    }
     if (auto s = write_run_state(p.state, state); !s) return s;
   }
 
@@ -450,6 +501,7 @@ Status run_recover(RecoverOptions o) {
     std::string path;
     ~Unlink() { ::unlink(path.c_str()); }
   } unlink_socket{sock};
+  give(owner, sock);
   ExportServerStats stats;
   std::thread server([&] { (void)serve_export(lfd->get(), **img, "", stop, &stats); });
   struct Join {
@@ -474,6 +526,7 @@ Status run_recover(RecoverOptions o) {
       ::unlink(p.state.c_str());
       return s;
     }
+    give(owner, p.overlay);
   }
   std::fprintf(stderr,
                "kvmcdp: %s %s (seq %llu, %s) in %.0f ms: start the VM on it (qcow2); it moves "
@@ -483,10 +536,24 @@ Status run_recover(RecoverOptions o) {
                (now_ns() - t0) / 1e6, p.image.c_str(), o.format.c_str());
   std::printf("%s\n", p.overlay.c_str());
   std::fflush(stdout);
+  if (!o.domain.empty() && !o.resume) {
+    // The domain on the overlay, started.  Its definition names the
+    // overlay until the VM is on IMAGE: a restart meanwhile keeps its
+    // writes.
+    if (auto s = libvirt_repoint_disk(o.uri, o.domain, old_source, p.overlay, "qcow2"); !s)
+      return s;
+    if (auto s = libvirt_start_domain(o.uri, o.domain); !s) {
+      (void)libvirt_repoint_disk(o.uri, o.domain, p.overlay, old_source, old_format);
+      return s;
+    }
+    std::fprintf(stderr, "kvmcdp: libvirt domain %s started on %s\n", o.domain.c_str(),
+                 p.overlay.c_str());
+  }
 
   // 6. The VM's writes into IMAGE, and the VM onto it.
   uint64_t copied = 0;
-  auto moved = move_writes(o, p, o.format, restorer ? &*restorer : nullptr, signalled, &copied);
+  auto moved = move_writes(o, p, o.format, owner, restorer ? &*restorer : nullptr, signalled,
+                           &copied);
   if (!moved) {
     if (signalled)
       return Status(ErrorKind::kFailure,
@@ -497,6 +564,12 @@ Status run_recover(RecoverOptions o) {
   }
 
   // 7. Done: IMAGE stands alone; the overlay, the export and the state go.
+  //    A domain's definition names IMAGE from now on.
+  if (!o.domain.empty())
+    if (auto s = libvirt_repoint_disk(o.uri, o.domain, p.overlay, p.image, o.format); !s)
+      return Status(s.kind(), fmt::format("the VM is on {}, but libvirt domain {}'s definition "
+                                          "still names {} ({}): run recover --resume again",
+                                          p.image, o.domain, p.overlay, s.message()));
   ::unlink(p.overlay.c_str());
   ::unlink(p.state.c_str());
   std::string how = *moved == MovedBy::kMirror
@@ -528,9 +601,14 @@ CommandRunner setup_recover_command(CLI::App* app) {
   app->add_option("--format", o->format, "IMAGE's format: raw or qcow2")
       ->check(CLI::IsMember({"raw", "qcow2"}))
       ->capture_default_str();
-  app->add_option("--qmp", o->qmp,
-                  "the QMP socket of the VM started on the overlay: its writes are mirrored "
-                  "into IMAGE and it moves onto IMAGE; without, qemu-img merges them");
+  add_qemu_target_options(app, &o->qmp, &o->domain, &o->uri,
+                          "the QMP socket of the VM started on the overlay: its writes are "
+                          "mirrored into IMAGE and it moves onto IMAGE; without, qemu-img "
+                          "merges them",
+                          "instead of --qmp: a libvirt domain, shut off, whose disk --drive "
+                          "recover points at the overlay, starts, and moves onto IMAGE");
+  app->add_option("--drive", o->drive, "with --domain: the disk's target in the domain (vda)")
+      ->needs("--domain");
   app->add_flag("--resume", o->resume,
                 "serve the point again for an image whose recover was killed, and finish")
       ->excludes("--store")

@@ -16,14 +16,22 @@
 #      onto it (said with a byte count > 0); same checks.
 #   3. no VM: recover without --qmp, a write into the overlay (qemu-io)
 #      while the restore runs: IMAGE = the point plus that write.
+#   4. a libvirt domain (a real libvirtd, its QEMU running as nobody),
+#      shut off, on an old disk: recover --domain --drive vda points it at
+#      the overlay, starts it, and moves it onto IMAGE; the guest's checks
+#      as in 1; the domain's definition names IMAGE (raw) afterwards.
 # Also: prune while a recover runs keeps the journal; IMAGE existing: exit 8.
 #
-# Needs KVMCDP, KVMCDP_QEMU_PREFIX, KVMCDP_KIT, /usr/bin/qemu-system-x86_64.
+# Needs KVMCDP, KVMCDP_QEMU_PREFIX, KVMCDP_KIT, /usr/bin/qemu-system-x86_64,
+# libvirtd and virsh.
 set -euo pipefail
 : "${KVMCDP:?set KVMCDP to the kvmcdp binary}"
 # shellcheck source=../lib/guest.sh
 . "$(dirname "$0")/../lib/guest.sh"
+# shellcheck source=../lib/libvirt.sh
+. "$(dirname "$0")/../lib/libvirt.sh"
 kit_init
+chmod 755 "$KIT_TMPDIR"  # the domain's QEMU (nobody) reaches its files
 stock=/usr/bin/qemu-system-x86_64
 [ -x "$stock" ] || kit_fail "no $stock: scripts/setup.sh installs Debian's qemu-system-x86"
 tmp=$KIT_TMPDIR
@@ -33,6 +41,7 @@ rec_pid='' store_qemu=''
 stop_all() {
   [ -z "$rec_pid" ] || { kill -KILL "$rec_pid" 2>/dev/null; wait "$rec_pid" 2>/dev/null; } || true
   [ -z "$store_qemu" ] || { kill "$store_qemu" 2>/dev/null; wait "$store_qemu" 2>/dev/null; } || true
+  lv_stop
   kit_cleanup
 }
 trap stop_all EXIT
@@ -192,4 +201,36 @@ grep -q "no VM had the overlay open: its writes are merged in" "$tmp/r3.log" || 
 qio -f raw -c "write -P 0x33 1M 1M" "$tmp/exp.raw" >/dev/null
 [ "$(md5sum <"$tmp/r3.raw")" = "$(md5sum <"$tmp/exp.raw")" ] || kit_fail "r3 is not the point plus the write"
 [ ! -e "$tmp/r3.raw.kvmcdp-recover.qcow2" ] || kit_fail "r3's overlay is left"
-echo "recover: the guest read the point at once and wrote while it was restored beside it; it moved onto the image with its writes, also after kill -9 and --resume; without a VM the writes are merged"
+
+# 4. A libvirt domain, shut off on its old disk, recovered by name.
+command -v libvirtd >/dev/null && command -v virsh >/dev/null ||
+  kit_fail "libvirtd and virsh are needed (scripts/setup.sh installs them)"
+export KVMCDP_QEMU_IMG=$KVMCDP_QEMU_PREFIX/bin/qemu-img
+lv_start "$tmp/lv"
+head -c 1M /dev/urandom >"$tmp/old.raw"
+truncate -s 128M "$tmp/old.raw"
+old_md5=$(md5sum <"$tmp/old.raw")
+kit_make_stoppable_script_disk "$tmp/guest.sh" "$tmp/script4.img"
+chown nobody:nogroup "$tmp/old.raw"
+chmod 644 "$tmp/script4.img"
+lv_kit_domain rec "$tmp/old.raw" raw "$tmp/script4.img"
+KIT_CONSOLE_LOG=$LV_DIR/rec.console
+"$KVMCDP" recover --store "$tmp/store" --mark m1 --to "$tmp/r4.raw" --domain rec \
+  --connect "$LV_URI" --drive vda --vm-timeout 60 >/dev/null 2>"$tmp/r4.log" &
+rec_pid=$!
+wait "$rec_pid" || { cat "$tmp/r4.log" "$LV_DIR/libvirtd.log" >&2; kit_fail "recover --domain exited non-zero"; }
+rec_pid=
+grep -q "^kvmcdp: libvirt domain rec started on $tmp/r4.raw.kvmcdp-recover.qcow2" "$tmp/r4.log" &&
+  grep -q "^kvmcdp: recovered: $tmp/r4.raw holds seq .*the VM runs on it now" "$tmp/r4.log" ||
+  kit_fail "recover --domain said: $(cat "$tmp/r4.log")"
+lv_virsh dumpxml --inactive rec | grep -q "<source file='$tmp/r4.raw'/>" ||
+  kit_fail "the domain's definition does not name r4.raw: $(lv_virsh dumpxml --inactive rec | grep -A3 '<disk')"
+lv_virsh dumpxml --inactive rec | grep -q "<driver name='qemu' type='raw'" || kit_fail "the definition's format is not raw"
+for _ in $(seq 1200); do grep -q GUEST-WROTE "$KIT_CONSOLE_LOG" 2>/dev/null && break; sleep 0.1; done
+grep -q GUEST-WROTE "$KIT_CONSOLE_LOG" || { cat "$KIT_CONSOLE_LOG" >&2; kit_fail "the domain's guest did not write"; }
+kit_tell_guest_stop "$tmp/script4.img"
+for _ in $(seq 1200); do [ "$(lv_virsh domstate rec)" = "shut off" ] && break; sleep 0.1; done
+[ "$(lv_virsh domstate rec)" = "shut off" ] || kit_fail "the domain did not power off"
+check_image "$tmp/r4.raw"
+[ "$(md5sum <"$tmp/old.raw")" = "$old_md5" ] || kit_fail "the old disk was written"
+echo "recover: the guest read the point at once and wrote while it was restored beside it; it moved onto the image with its writes, also after kill -9 and --resume; without a VM the writes are merged; a libvirt domain is started on the point and moved onto the image"
