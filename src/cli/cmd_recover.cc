@@ -151,6 +151,16 @@ void give(const std::optional<Owner>& owner, const std::string& path) {
 
 struct Interrupted {};
 
+// Sets `stop` and joins `t` when the scope ends, however it ends.
+struct StopAndJoin {
+  std::atomic<bool>& stop;
+  std::thread& t;
+  ~StopAndJoin() {
+    stop = true;
+    t.join();
+  }
+};
+
 // Progress of the restore into IMAGE: held to --copy-speed (by the
 // position in the disk, so that holes cost time too: the limit is for
 // planning, not accounting), and a way out when stopped.
@@ -468,14 +478,7 @@ Status run_recover(RecoverOptions o) {
     while (!signalled && !stop)
       if (sigtimedwait(&sigs, nullptr, &tick) > 0) signalled = abort_restore = true;
   });
-  struct JoinSignals {
-    std::atomic<bool>& stop;
-    std::thread& t;
-    ~JoinSignals() {
-      stop = true;
-      t.join();
-    }
-  } join_signals{stop, signals};
+  StopAndJoin join_signals{stop, signals};
   std::optional<ImageRestorer> restorer;
   if (!exists(p.image)) {
     auto own = open_store_view(view->store_dir);
@@ -504,14 +507,7 @@ Status run_recover(RecoverOptions o) {
   give(owner, sock);
   ExportServerStats stats;
   std::thread server([&] { (void)serve_export(lfd->get(), **img, "", stop, &stats); });
-  struct Join {
-    std::atomic<bool>& stop;
-    std::thread& t;
-    ~Join() {
-      stop = true;
-      t.join();
-    }
-  } join{stop, server};
+  StopAndJoin join_server{stop, server};
 
   // 5. The overlay, and what --resume needs, before anyone is told.
   if (!o.resume) {

@@ -51,41 +51,43 @@ Result<std::pair<ConnPtr, DomPtr>> lookup(const std::string& uri, const std::str
 
 }  // namespace
 
-std::optional<std::string> disk_source_in_xml(const std::string& xml, const std::string& target) {
-  // libvirt writes its XML one way: <disk ...> ... <source file='...'/>
-  // ... <target dev='vda' .../> ... </disk>, values in single quotes.
+std::optional<std::string> disk_element_in_xml(const std::string& xml, const std::string& target) {
+  // libvirt writes its XML one way: <disk ...> ... <target dev='vda' .../>
+  // ... </disk>, values in single quotes (the quote ends the match: no
+  // prefixes).
+  const std::string dev = fmt::format("<target dev='{}'", target);
   for (size_t at = xml.find("<disk "); at != std::string::npos; at = xml.find("<disk ", at + 1)) {
     size_t end = xml.find("</disk>", at);
     if (end == std::string::npos) break;
     std::string disk = xml.substr(at, end - at);
-    if (disk.find(fmt::format("<target dev='{}'", target)) == std::string::npos) continue;
-    // The disk's own source comes before any <backingStore>.
-    size_t chain = disk.find("<backingStore");
-    size_t s = disk.find("<source file='");
-    if (s == std::string::npos || (chain != std::string::npos && s > chain)) return std::nullopt;
-    s += 14;
-    size_t q = disk.find('\'', s);
-    if (q == std::string::npos) return std::nullopt;
-    return xml_unescape(disk.substr(s, q - s));
+    if (disk.find(dev) != std::string::npos) return disk;
   }
   return std::nullopt;
 }
 
+std::optional<std::string> disk_source_in_xml(const std::string& xml, const std::string& target) {
+  auto disk = disk_element_in_xml(xml, target);
+  if (!disk) return std::nullopt;
+  // The disk's own source comes before any <backingStore>.
+  size_t chain = disk->find("<backingStore");
+  size_t s = disk->find("<source file='");
+  if (s == std::string::npos || (chain != std::string::npos && s > chain)) return std::nullopt;
+  s += 14;
+  size_t q = disk->find('\'', s);
+  if (q == std::string::npos) return std::nullopt;
+  return xml_unescape(disk->substr(s, q - s));
+}
+
 std::string disk_format_in_xml(const std::string& xml, const std::string& target) {
-  for (size_t at = xml.find("<disk "); at != std::string::npos; at = xml.find("<disk ", at + 1)) {
-    size_t end = xml.find("</disk>", at);
-    if (end == std::string::npos) break;
-    std::string disk = xml.substr(at, end - at);
-    if (disk.find(fmt::format("<target dev='{}'", target)) == std::string::npos) continue;
-    size_t d = disk.find("<driver ");
-    if (d == std::string::npos) break;
-    size_t close = disk.find('>', d);
-    size_t t = disk.find(" type='", d);
-    if (t == std::string::npos || t > close) break;
-    t += 7;
-    return disk.substr(t, disk.find('\'', t) - t);
-  }
-  return "raw";
+  auto disk = disk_element_in_xml(xml, target);
+  if (!disk) return "raw";
+  size_t d = disk->find("<driver ");
+  if (d == std::string::npos) return "raw";
+  size_t close = disk->find('>', d);
+  size_t t = disk->find(" type='", d);
+  if (t == std::string::npos || t > close) return "raw";
+  t += 7;
+  return disk->substr(t, disk->find('\'', t) - t);
 }
 
 Result<DomainDisk> libvirt_stopped_disk_source(const std::string& uri, const std::string& domain,

@@ -10,6 +10,10 @@
 
 namespace kvmcdp {
 
+// The <disk ...> ... </disk> element (without its end tag) whose
+// <target dev='...'/> is `target`, in a domain XML as libvirt writes it.
+std::optional<std::string> disk_element_in_xml(const std::string& xml, const std::string& target);
+
 // The <source file='...'/> of the <disk> whose <target dev='...'/> is
 // `target`, in a domain XML as libvirt writes it (entities decoded).
 std::optional<std::string> disk_source_in_xml(const std::string& xml, const std::string& target);

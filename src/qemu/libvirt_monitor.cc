@@ -11,6 +11,7 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include "qemu/libvirt_domain.h"
 #include "qemu/qemu_target.h"
 
 namespace kvmcdp {
@@ -189,21 +190,15 @@ std::optional<std::string> LibvirtMonitor::disk_alias(const std::string& target)
 }
 
 std::optional<std::string> disk_alias_in_xml(const std::string& doc, const std::string& target) {
-  // libvirt writes its XML one way: <disk ...> ... <target dev='vda' .../>
-  // ... <alias name='virtio-disk0'/> ... </disk>.
-  for (size_t at = doc.find("<disk "); at != std::string::npos; at = doc.find("<disk ", at + 1)) {
-    size_t end = doc.find("</disk>", at);
-    if (end == std::string::npos) break;
-    std::string disk = doc.substr(at, end - at);
-    if (disk.find(fmt::format("<target dev='{}'", target)) == std::string::npos) continue;
-    size_t a = disk.find("<alias name='");
-    if (a == std::string::npos) return std::nullopt;
-    a += 13;
-    size_t q = disk.find('\'', a);
-    if (q == std::string::npos) return std::nullopt;
-    return disk.substr(a, q - a);
-  }
-  return std::nullopt;
+  // ... <alias name='virtio-disk0'/> ... inside the disk's element.
+  auto disk = disk_element_in_xml(doc, target);
+  if (!disk) return std::nullopt;
+  size_t a = disk->find("<alias name='");
+  if (a == std::string::npos) return std::nullopt;
+  a += 13;
+  size_t q = disk->find('\'', a);
+  if (q == std::string::npos) return std::nullopt;
+  return disk->substr(a, q - a);
 }
 
 namespace {
