@@ -215,6 +215,11 @@ chown nobody:nogroup "$tmp/old.raw"
 chmod 644 "$tmp/script4.img"
 lv_kit_domain rec "$tmp/old.raw" raw "$tmp/script4.img"
 KIT_CONSOLE_LOG=$LV_DIR/rec.console
+rc=0
+"$KVMCDP" recover --store "$tmp/store" --mark m1 --to "$tmp/r4.raw" --domain rec \
+  --connect "$LV_URI" 2>"$tmp/err" || rc=$?
+[ "$rc" -eq 2 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q -- "--drive" "$tmp/err" ||
+  kit_fail "recover --domain without --drive: exit $rc: $(cat "$tmp/err")"
 "$KVMCDP" recover --store "$tmp/store" --mark m1 --to "$tmp/r4.raw" --domain rec \
   --connect "$LV_URI" --drive vda --vm-timeout 60 >/dev/null 2>"$tmp/r4.log" &
 rec_pid=$!
@@ -228,6 +233,12 @@ lv_virsh dumpxml --inactive rec | grep -q "<source file='$tmp/r4.raw'/>" ||
 lv_virsh dumpxml --inactive rec | grep -q "<driver name='qemu' type='raw'" || kit_fail "the definition's format is not raw"
 for _ in $(seq 1200); do grep -q GUEST-WROTE "$KIT_CONSOLE_LOG" 2>/dev/null && break; sleep 0.1; done
 grep -q GUEST-WROTE "$KIT_CONSOLE_LOG" || { cat "$KIT_CONSOLE_LOG" >&2; kit_fail "the domain's guest did not write"; }
+rc=0
+"$KVMCDP" recover --store "$tmp/store" --mark m1 --to "$tmp/r5.raw" --domain rec \
+  --connect "$LV_URI" --drive vda 2>"$tmp/err" || rc=$?
+[ "$rc" -eq 5 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "is running" "$tmp/err" ||
+  kit_fail "recover --domain of a running domain: exit $rc: $(cat "$tmp/err")"
+[ ! -e "$tmp/r5.raw" ] && [ ! -e "$tmp/r5.raw.kvmcdp-recover.json" ] || kit_fail "the refused recover left files"
 kit_tell_guest_stop "$tmp/script4.img"
 for _ in $(seq 1200); do [ "$(lv_virsh domstate rec)" = "shut off" ] && break; sleep 0.1; done
 [ "$(lv_virsh domstate rec)" = "shut off" ] || kit_fail "the domain did not power off"
